@@ -1,0 +1,45 @@
+"""The `torchdojo` command line: one sub-command per module in torchdojo.commands."""
+
+import argparse
+import importlib
+import sys
+
+from torchdojo.errors import DojoError
+
+# Explicit list: the CLI is generated from it (one module per command).
+COMMAND_MODULES = ["list_cmd", "run_cmd", "report_cmd", "compare_cmd", "data_cmd"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchdojo",
+        description="Run a deep-learning course's experiments end to end and write their reports; verify "
+        "hand-written layers against PyTorch; answer shape/param/FLOP/receptive-field questions.",
+        epilog="Start with `torchdojo list`, then `torchdojo run ladder`. `torchdojo COMMAND --help` for details.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        mod = importlib.import_module(f"torchdojo.commands.{name}")
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_main=mod.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_main", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._main(args) or 0)
+    except DojoError as e:
+        print(f"error: {e.problem}", file=sys.stderr)
+        if e.fix:
+            print(f"  fix: {e.fix}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; finished epochs are kept (resume with --resume RUN_DIR)", file=sys.stderr)
+        return 130

@@ -1,0 +1,56 @@
+"""`torchdojo run EXPERIMENT`: run an experiment end to end into a run folder with its report."""
+
+import argparse
+import sys
+
+NAME = "run"
+HELP = "run an experiment end to end and write its run folder and report.html"
+DESCRIPTION = """Run an experiment (see `torchdojo list`) at a scale:
+  smoke  seconds, for tests;  small  minutes on a 2-core CPU (default);  full  the seed's own settings.
+Override any config field with --set key=value (nested: --set train.lr=0.01; lists: --set rungs=mlp,cnn).
+Examples:
+  torchdojo run ladder
+  torchdojo run ladder --scale smoke --rungs logreg,cnn --set train.epochs=2
+  torchdojo run ladder --preset cifar10 --data-dir ~/data --download
+  torchdojo run ladder --resume runs/ladder/20261123-101500-ab12cd"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", help="experiment name (torchdojo list experiments)")
+    p.add_argument("--scale", default="small", choices=["smoke", "small", "full"], help="size of the run")
+    p.add_argument("--preset", default=None, help="a named preset of the experiment (e.g. ladder's cifar10)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field; repeatable")
+    p.add_argument("--rungs", default=None, help="comma-separated subset of rungs (same as --set rungs=...)")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
+    p.add_argument("--data-dir", default=None, help="folder with datasets (looked at first)")
+    p.add_argument("--download", action="store_true", help="allow downloading a dataset that is not found locally")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip dataset checksum verification")
+    p.add_argument("--runs-dir", default="runs", help="where run folders are created (default: ./runs)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run in its folder (config is read from it)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch output")
+    p.add_argument("--config", action="store_true", help="print the resolved config and exit")
+
+
+def main(args: argparse.Namespace) -> int:
+    import json
+
+    from torchdojo.config import to_dict
+    from torchdojo.experiments import EXPERIMENTS
+    from torchdojo.experiments.base import build_config, run_experiment
+
+    module = EXPERIMENTS.get(args.experiment)
+    overrides = list(args.overrides)
+    if args.rungs:
+        overrides.append(f"rungs={args.rungs}")
+    if args.config:
+        cfg = build_config(module, args.scale, args.preset, overrides)
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    path = run_experiment(module, scale=args.scale, preset=args.preset, overrides=overrides, device=args.device,
+                          data_dir=args.data_dir, download=args.download, verify=args.verify,
+                          runs_root=args.runs_dir, resume=args.resume, verbose=not args.quiet)
+    print(f"run folder: {path}", file=sys.stderr)
+    print(f"report:     {path / 'report.html'}")
+    return 0

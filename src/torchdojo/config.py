@@ -1,0 +1,153 @@
+"""Typed configs: dataclasses, scale presets, and `key=value` overrides validated in one place."""
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+from torchdojo.errors import DojoError
+
+C = TypeVar("C")
+SCALES = ("smoke", "small", "full")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything the training engine needs; shared by every experiment that trains a classifier."""
+
+    epochs: int = 5
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    schedule: Literal["none", "cosine", "onecycle", "step"] = "none"
+    warmup_epochs: float = 0.0  # linear warm-up, in epochs (fractions allowed)
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    early_stop_patience: int = 0  # epochs without val improvement; 0 = off
+    monitor: Literal["val_acc", "val_loss"] = "val_acc"
+    max_batches: int = 0  # stop each epoch after this many batches (smoke tests); 0 = all
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise DojoError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise DojoError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise DojoError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+def _coerce(value: str, tp: Any, key: str) -> Any:
+    """Parse the string `value` as type `tp`, or raise a DojoError naming `key`."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        for a in allowed:
+            if str(a) == value:
+                return a
+        raise DojoError(f"bad value {value!r} for {key}", f"allowed values: {', '.join(map(str, allowed))}")
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value.lower() in ("none", "null") and len(args) < len(get_args(tp)):
+            return None
+        return _coerce(value, args[0], key)
+    if origin in (tuple, list):
+        (inner, *_) = get_args(tp) or (str,)
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        seq = [_coerce(p, inner, key) for p in parts]
+        return tuple(seq) if origin is tuple else seq
+    try:
+        if tp is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return value
+    except ValueError:
+        raise DojoError(f"bad value {value!r} for {key}", f"{key} takes a {tp.__name__}") from None
+    raise DojoError(f"{key} cannot be set from the command line (type {tp})")
+
+
+def field_names(cfg: Any, prefix: str = "") -> list[str]:
+    """All settable dotted keys of a (nested) dataclass config."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        val = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(val):
+            out += field_names(val, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def apply_overrides(cfg: C, overrides: dict[str, Any] | list[str]) -> C:
+    """A copy of `cfg` with overrides applied (`["train.lr=0.1"]` strings or a dict); re-validates."""
+    if isinstance(overrides, list):
+        parsed: dict[str, Any] = {}
+        for item in overrides:
+            if "=" not in item:
+                raise DojoError(f"bad --set {item!r}", "write it as key=value, e.g. --set train.lr=0.01")
+            k, v = item.split("=", 1)
+            parsed[k.strip()] = v.strip()
+        overrides = parsed
+    nested: dict[str, dict[str, Any]] = {}
+    flat: dict[str, Any] = {}
+    hints = get_type_hints(type(cfg))
+    names = {f.name for f in dataclasses.fields(cfg)}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head not in names:
+            close = [n for n in field_names(cfg) if n.endswith(key.split(".")[-1])]
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise DojoError(f"unknown config key {key!r}", f"{hint}known keys: {', '.join(field_names(cfg))}")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            current = getattr(cfg, head)
+            if dataclasses.is_dataclass(current) and isinstance(value, dict):
+                nested.setdefault(head, {}).update(value)
+                continue
+            if dataclasses.is_dataclass(current):
+                raise DojoError(f"{key!r} is a group of settings", f"set one of its fields, e.g. {key}.<field>")
+            flat[head] = _coerce(value, hints[head], key) if isinstance(value, str) else value
+    for head, sub in nested.items():
+        current = getattr(cfg, head)
+        if not dataclasses.is_dataclass(current):
+            raise DojoError(f"unknown config key {head}.{next(iter(sub))!r}", f"{head} has no sub-fields")
+        try:
+            flat[head] = apply_overrides(current, sub)
+        except DojoError as e:
+            e.problem = e.problem.replace("key '", f"key '{head}.")
+            raise
+    return dataclasses.replace(cfg, **flat)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-friendly dict of a (nested) dataclass config."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    """Rebuild a (nested) dataclass config from `to_dict` output."""
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            continue
+        tp, val = hints[f.name], data[f.name]
+        if dataclasses.is_dataclass(tp) and isinstance(val, dict):
+            val = from_dict(tp, val)
+        elif get_origin(tp) is tuple and isinstance(val, list):
+            val = tuple(val)
+        kwargs[f.name] = val
+    return cls(**kwargs)

@@ -1,0 +1,14 @@
+"""Experiment registry, filled from the explicit list below. CLI name = module name with '-'."""
+
+from types import ModuleType
+
+from torchdojo.experiments import ladder
+from torchdojo.experiments.base import module_name
+from torchdojo.registry import Registry
+
+EXPERIMENTS: Registry[ModuleType] = Registry("experiment")
+
+for _module in (ladder,):
+    EXPERIMENTS.register(module_name(_module), _module)
+
+__all__ = ["EXPERIMENTS"]

@@ -1,0 +1,126 @@
+"""What every experiment shares: the context it runs in and the function that runs one end to end.
+
+An experiment is a module with `MISSION_IDS`, `SUMMARY`, a dataclass `Config`, `SCALES` (overrides
+for smoke/small/full), optional `PRESETS`, and `run(cfg, ctx) -> dict` (the summary numbers).
+"""
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from torchdojo.config import SCALES, apply_overrides, from_dict, to_dict
+from torchdojo.data import Splits, load_dataset
+from torchdojo.errors import DojoError
+from torchdojo.report import Report
+from torchdojo.runs import Run, atomic_write_json, environment
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when present, else cpu; asking for cuda without one is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DojoError("--device cuda was asked for but no CUDA device is available", "use --device cpu or auto")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise DojoError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+@dataclasses.dataclass
+class Context:
+    """Where an experiment runs: its run folder, report, device and data options."""
+
+    run: Run
+    report: Report
+    device: torch.device
+    data_dir: Path | None = None
+    download: bool = False
+    verify: bool = True
+    resume: bool = False
+    verbose: bool = True
+
+    def load_data(self, name: str, classes: list[str] | tuple[str, ...] | None = None) -> Splits:
+        return load_dataset(name, self.data_dir, download=self.download, verify=self.verify, classes=classes)
+
+    def log(self, msg: str) -> None:
+        if self.verbose and self.run.is_main:
+            print(msg, file=sys.stderr, flush=True)
+
+
+def build_config(module: ModuleType, scale: str = "small", preset: str | None = None,
+                 overrides: list[str] | dict[str, Any] | None = None) -> Any:
+    """Config() with the scale's overrides, then the preset's, then the user's `--set` ones."""
+    if scale not in SCALES:
+        raise DojoError(f"unknown scale {scale!r}", f"use one of {', '.join(SCALES)}")
+    cfg = module.Config()
+    cfg = apply_overrides(cfg, module.SCALES.get(scale, {}))
+    presets = getattr(module, "PRESETS", {})
+    if preset is not None:
+        if preset not in presets:
+            known = ", ".join(presets) or "none"
+            raise DojoError(f"unknown preset {preset!r} for {module_name(module)}", f"presets: {known}")
+        cfg = apply_overrides(cfg, presets[preset].get(scale, presets[preset].get("all", {})))
+    return apply_overrides(cfg, overrides or [])
+
+
+def module_name(module: ModuleType) -> str:
+    return module.__name__.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def run_experiment(
+    module: ModuleType,
+    *,
+    scale: str = "small",
+    preset: str | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    device: str = "auto",
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    verify: bool = True,
+    runs_root: str | Path = "runs",
+    resume: str | Path | None = None,
+    verbose: bool = True,
+    is_main: bool = True,
+) -> Path:
+    """Run `module` end to end into a new (or, with `resume`, an existing) run folder; returns its path."""
+    name = module_name(module)
+    dev = resolve_device(device)
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.json").exists():
+            raise DojoError(f"{run_dir} is not a run folder (no config.json)", "pass the folder printed by `run`")
+        saved = Run(run_dir, is_main=is_main).read_json("config.json")
+        if saved.get("experiment") != name:
+            raise DojoError(f"{run_dir} is a run of {saved.get('experiment')!r}, not {name!r}")
+        cfg = from_dict(module.Config, saved["config"])
+        scale, preset = saved.get("scale", scale), saved.get("preset")
+        run = Run(run_dir, is_main=is_main)
+    else:
+        cfg = build_config(module, scale, preset, overrides)
+        run = Run.create(name, runs_root, is_main=is_main)
+        if is_main:
+            run.path.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        atomic_write_json(run.path / "config.json", {"experiment": name, "scale": scale, "preset": preset,
+                                                     "overrides": overrides or [], "config": to_dict(cfg)})
+        atomic_write_json(run.path / "env.json", environment(dev))
+    report = Report(f"torchdojo {name}: {module.SUMMARY}")
+    ctx = Context(run, report, dev, Path(data_dir) if data_dir else None, download, verify, resume is not None,
+                  verbose)
+    torch.manual_seed(getattr(cfg, "seed", 0))
+    start = time.perf_counter()
+    try:
+        summary = module.run(cfg, ctx)
+    finally:
+        run.close()
+    summary = dict(summary or {})
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    if is_main:
+        atomic_write_json(run.path / "summary.json", summary)
+        report.save(run.path)
+    return run.path

@@ -1,0 +1,207 @@
+"""The classification ladder (MISSION C1-C4): the data shown, augmentations shown, then each rung
+(logistic regression, MLP, CNN, ...) trained on the same split, augmentation and seed, with curves,
+a per-rung table and confusion matrices. Preset `cifar10` is C4's ablation.
+"""
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchdojo.config import TrainConfig, apply_overrides
+from torchdojo.data import ImageData, Splits, stratified_split
+from torchdojo.data.augment import AUGMENTATIONS, build_augment
+from torchdojo.data.loader import TensorBatches
+from torchdojo.engine import evaluate, fit
+from torchdojo.experiments.base import Context
+from torchdojo.models import build_model
+from torchdojo.report import figures
+
+MISSION_IDS = ("C1", "C2", "C3", "C4")
+SUMMARY = "classification ladder: logistic regression -> MLP -> CNN (C4 ablation on CIFAR-10)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rung:
+    model: str
+    options: dict[str, Any]
+    train: dict[str, Any]  # overrides of the shared TrainConfig for this rung
+    augment: bool = True
+    why: str = ""
+
+
+RUNGS: dict[str, Rung] = {
+    "logreg": Rung("logreg", {}, {"lr": 2e-3, "schedule": "cosine"}, augment=False,
+                   why="softmax regression on raw pixels; augmentation only hurts a linear model, so none"),
+    "mlp": Rung("mlp", {"hidden": (512, 256, 128), "dropout": 0.2}, {"lr": 2e-3, "schedule": "cosine"},
+                augment=False, why="3 hidden layers with BN and dropout; flips/crops gave no gain to an MLP"),
+    "cnn": Rung("cnn", {"channels": (32, 64), "fc": (256, 128), "dropout": 0.3},
+                {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4, "schedule": "onecycle"},
+                why="2 conv+BN+pool blocks, 2 FC with dropout; one-cycle AdamW converges in few epochs"),
+    "small-resnet": Rung("small-resnet", {}, {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4,
+                                               "schedule": "onecycle"}, why="D3's three downsampling residual blocks"),
+    "textbook-cnn": Rung("textbook-cnn", {}, {"lr": 1e-3}, why="the benchmark's CNN with its Adam settings"),
+    # C4: the given BaselineModel (SGD), then the improved net, + BN, + dropout.
+    "baseline": Rung("baseline", {}, {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9},
+                     why="C4's BaselineModel exactly as given, plain SGD with momentum"),
+    "improved": Rung("improved-cnn", {}, {"optimizer": "sgd", "lr": 0.02, "schedule": "cosine"},
+                     why="4 conv + 3 FC, no BN, no dropout"),
+    "improved-bn": Rung("improved-cnn", {"batch_norm": True}, {"optimizer": "sgd", "lr": 0.05,
+                                                               "schedule": "cosine"}, why="+ batch norm"),
+    "improved-bn-dropout": Rung("improved-cnn", {"batch_norm": True, "dropout": 0.3},
+                                {"optimizer": "sgd", "lr": 0.05, "schedule": "cosine"}, why="+ dropout 0.3 on FCs"),
+}
+
+
+@dataclasses.dataclass
+class Config:
+    dataset: str = "fashion-mnist"
+    classes: tuple[str, ...] = ()  # keep only these classes (names); empty = all
+    rungs: tuple[str, ...] = ("logreg", "mlp", "cnn")
+    seed: int = 0
+    val_fraction: float = 0.1  # stratified, seeded, taken from the training set
+    train_subset: int = 0  # use this many training images (0 = all)
+    augment: tuple[str, ...] = ("crop", "flip")  # train-time, batched; see `torchdojo list`
+    crop_padding: int = 2
+    test_crop: int = 0  # center crop at test time (0 = none)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        from torchdojo.errors import DojoError
+
+        for r in self.rungs:
+            if r not in RUNGS:
+                raise DojoError(f"unknown rung {r!r}", f"rungs: {', '.join(RUNGS)}")
+        if not self.rungs:
+            raise DojoError("rungs is empty", f"pick one or more of {', '.join(RUNGS)}")
+
+
+SCALES = {
+    "smoke": {"train_subset": 512, "train": {"epochs": 1, "batch_size": 64, "max_batches": 4}},
+    "small": {"train": {"epochs": 8, "batch_size": 128}},
+    "full": {"train": {"epochs": 30, "batch_size": 128}},
+}
+PRESETS = {
+    "cifar10": {"all": {"dataset": "cifar10", "rungs": "baseline,improved,improved-bn,improved-bn-dropout",
+                        "augment": "crop,flip", "crop_padding": 4}},
+}
+
+
+def show_data(data: Splits, ctx: Context, cfg: Config) -> None:
+    """C1: a 10x4 grid (4 examples per class, one row per class) and one random image per class.
+    C2: one image under each augmentation."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    classes, y = data.classes, data.train.y
+    grid, randoms = [], []
+    for c in range(len(classes)):
+        members = torch.nonzero(y == c).flatten()
+        pick = members[torch.randperm(len(members), generator=g)[:5]]
+        grid += [data.train.x[i] for i in pick[:4]]
+        randoms.append(data.train.x[pick[4]] if len(pick) > 4 else data.train.x[pick[0]])
+    figures.image_grid(grid, ctx.run.figure_path("c1_grid"), ncols=4, row_labels=classes,
+                       title="4 training examples per class")
+    figures.image_grid(randoms, ctx.run.figure_path("c1_random"), ncols=min(10, len(classes)), titles=classes,
+                       title="one random image per class")
+    ctx.report.heading("C1. The data")
+    ctx.report.text(f"{data.name}: {len(data.train):,} training and {len(data.test):,} test images of shape "
+                    f"{'x'.join(map(str, data.train.shape))}, {len(classes)} classes, read from {data.source}.")
+    ctx.report.figure("c1_grid.png", "10x4 grid: each row one class, labelled with its name")
+    ctx.report.figure("c1_random.png", "one random image per class, with its label")
+
+    img = data.train.x[:1]
+    views, titles = [img[0]], ["original"]
+    for name in AUGMENTATIONS.names():
+        op = AUGMENTATIONS.get(name)
+        fn = op(cfg.crop_padding) if name == "crop" else (op(1.0) if name in ("flip", "erase") else op())
+        views.append(fn(img, torch.Generator().manual_seed(cfg.seed + 1))[0])
+        titles.append(name + (" (used)" if name in cfg.augment else ""))
+    figures.image_grid(views, ctx.run.figure_path("c2_augment"), ncols=len(views), titles=titles, cell=1.8)
+    ctx.report.heading("C2. Augmentation")
+    ctx.report.text(
+        f"Training uses {', '.join(cfg.augment) or 'no augmentation'}, applied to whole batches on the training "
+        "device with independent random parameters per image (no DataLoader workers). crop: zero-pad by "
+        f"{cfg.crop_padding} px and cut a random window of the original size; flip: mirror left-right with p=0.5; "
+        "erase: zero a random rectangle; jitter: random brightness and contrast. Test images get "
+        + (f"a {cfg.test_crop} px center crop." if cfg.test_crop else "no augmentation (center view).")
+    )
+    ctx.report.figure("c2_augment.png", "the same training image under each augmentation")
+
+
+def _confusion(probs: torch.Tensor, targets: torch.Tensor, k: int) -> np.ndarray:
+    cm = torch.zeros(k, k, dtype=torch.long)
+    cm.index_put_((targets, probs.argmax(1)), torch.ones(len(targets), dtype=torch.long), accumulate=True)
+    return cm.numpy()
+
+
+def run(cfg: Config, ctx: Context) -> dict[str, Any]:
+    data = ctx.load_data(cfg.dataset, list(cfg.classes) or None)
+    dev, k = ctx.device, len(data.classes)
+    mean, std = data.mean_std()
+    tr_idx, va_idx = stratified_split(data.train.y, cfg.val_fraction, cfg.seed)
+    if cfg.train_subset:
+        tr_idx = tr_idx[torch.randperm(len(tr_idx), generator=torch.Generator().manual_seed(cfg.seed))]
+        tr_idx = tr_idx[: cfg.train_subset].sort().values
+    train, val, test = data.train.take(tr_idx).to(dev), data.train.take(va_idx).to(dev), data.test.to(dev)
+    show_data(data, ctx, cfg)
+
+    def batches(d: ImageData, t: TrainConfig, aug: bool, shuffle: bool, bs: int) -> TensorBatches:
+        return TensorBatches(d, bs, mean, std, shuffle=shuffle, seed=cfg.seed,
+                             augment=build_augment(cfg.augment, cfg.crop_padding) if aug else None,
+                             crop=cfg.test_crop or None, size=None if not cfg.test_crop else None)
+
+    ctx.report.heading("C3/C4. The ladder")
+    ctx.report.text(f"Every rung trains on the same {len(train):,}-image split (validation: {len(val):,} images, "
+                    f"stratified, seed {cfg.seed}), keeps the weights of its best validation epoch, and is then "
+                    f"evaluated on the {len(test):,} test images.")
+    rows, histories, summary = [], {}, {}
+    for i, name in enumerate(cfg.rungs):
+        rung = RUNGS[name]
+        torch.manual_seed(cfg.seed + i)
+        model = build_model(rung.model, data.train.shape, k, **rung.options).to(dev)
+        tcfg = apply_overrides(cfg.train, rung.train)
+        ctx.log(f"== rung {i + 1}/{len(cfg.rungs)}: {name} ({model.num_params():,} params)")
+        result = fit(model, batches(train, tcfg, rung.augment, True, tcfg.batch_size),
+                     batches(val, tcfg, False, False, tcfg.eval_batch_size), tcfg, device=dev, stage=name,
+                     run=ctx.run, resume=ctx.resume, verbose=ctx.verbose)
+        t0 = time.perf_counter()
+        ev = {split: evaluate(model, batches(d, tcfg, False, False, tcfg.eval_batch_size), device=dev,
+                              max_batches=tcfg.max_batches, return_outputs=split == "test")
+              for split, d in (("train", train), ("val", val), ("test", test))}
+        cm = _confusion(ev["test"]["probs"], ev["test"]["targets"], k)
+        figures.confusion_matrix(cm, data.classes, ctx.run.figure_path(f"cm_{name}"),
+                                 title=f"{name}: test confusion (best epoch {result.best_epoch})")
+        figures.curves({name: result.history}, ctx.run.figure_path(f"curves_{name}"), title=name)
+        histories[name] = result.history
+        row = {"rung": name, "model": rung.model,
+               **{f"{s}_acc": ev[s]["acc"] for s in ev}, **{f"{s}_loss": ev[s]["loss"] for s in ev},
+               "params": model.num_params(), "trainable": model.num_params(trainable_only=True),
+               "best_epoch": result.best_epoch, "epochs": len(result.history),
+               "s_per_epoch": result.seconds_per_epoch, "eval_s": time.perf_counter() - t0}
+        rows.append(row)
+        summary[name] = {k2: v for k2, v in row.items() if isinstance(v, (int, float))}
+        ctx.report.heading(f"Rung {i + 1}: {name}", level=3)
+        ctx.report.text(f"{rung.why}.")
+        hp = {"optimizer": tcfg.optimizer, "lr": tcfg.lr, "weight_decay": tcfg.weight_decay,
+              "schedule": tcfg.schedule, "epochs": tcfg.epochs, "batch_size": tcfg.batch_size,
+              "augment": ",".join(cfg.augment) if rung.augment else "none",
+              **{k2: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k2, v in rung.options.items()}}
+        ctx.report.table([{"split": s, "accuracy": ev[s]["acc"], "loss": ev[s]["loss"], "images": ev[s]["n"]}
+                          for s in ev], caption=f"{name}: best model (epoch {result.best_epoch})")
+        ctx.report.table([{"setting": k2, "value": v} for k2, v in hp.items()]
+                         + [{"setting": "parameters (total / trainable)",
+                             "value": f"{row['params']:,} / {row['trainable']:,}"},
+                            {"setting": "seconds per epoch", "value": f"{row['s_per_epoch']:.1f}"}],
+                         caption=f"{name}: hyper-parameters and cost")
+        ctx.report.figure(f"curves_{name}.png", f"{name}: train (solid) and val (dashed) loss and accuracy per epoch")
+        ctx.report.figure(f"cm_{name}.png", f"{name}: confusion matrix of the best model on the test set")
+        ctx.report.save(ctx.run.path)  # a readable report after every rung, even if a later one is interrupted
+
+    figures.curves(histories, ctx.run.figure_path("curves_all"), title="all rungs")
+    ctx.report.heading("All rungs side by side")
+    ctx.report.table(rows, caption="accuracy and loss of each rung's best model",
+                     columns=["rung", "train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss",
+                              "params", "trainable", "best_epoch", "s_per_epoch"])
+    ctx.report.figure("curves_all.png", "all rungs: train (solid) and validation (dashed) curves")
+    return {"dataset": data.name, "rungs": summary}
