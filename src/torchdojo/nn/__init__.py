@@ -1,0 +1,1 @@
+"""Layers written by hand (no torch.nn maths): convolution, transposed convolution, STE, Elman cell."""
