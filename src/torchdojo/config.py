@@ -3,6 +3,7 @@
 import dataclasses
 import types
 import typing
+from difflib import get_close_matches
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from torchdojo.errors import DojoError
@@ -34,11 +35,13 @@ class TrainConfig:
         positive = ("epochs", "batch_size", "eval_batch_size")
         for name in positive:
             if getattr(self, name) < 1:
-                raise DojoError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+                raise DojoError(f"train.{name} must be >= 1, got {getattr(self, name)}",
+                                f"pass a positive integer, e.g. --set train.{name}=1")
         if self.lr <= 0:
-            raise DojoError(f"train.lr must be > 0, got {self.lr}")
+            raise DojoError(f"train.lr must be > 0, got {self.lr}", "pass e.g. --set train.lr=0.001")
         if not 0 <= self.label_smoothing < 1:
-            raise DojoError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise DojoError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}",
+                            "pass e.g. --set train.label_smoothing=0.1 (0 = off)")
 
 
 def _coerce(value: str, tp: Any, key: str) -> Any:
@@ -74,7 +77,8 @@ def _coerce(value: str, tp: Any, key: str) -> Any:
         if tp is str:
             return value
     except ValueError:
-        raise DojoError(f"bad value {value!r} for {key}", f"{key} takes a {tp.__name__}") from None
+        allowed = "true or false" if tp is bool else f"a value of type {tp.__name__}"
+        raise DojoError(f"bad value {value!r} for {key}", f"{key} takes {allowed}") from None
     raise DojoError(f"{key} cannot be set from the command line (type {tp})")
 
 
@@ -90,8 +94,11 @@ def field_names(cfg: Any, prefix: str = "") -> list[str]:
     return out
 
 
-def apply_overrides(cfg: C, overrides: dict[str, Any] | list[str]) -> C:
-    """A copy of `cfg` with overrides applied (`["train.lr=0.1"]` strings or a dict); re-validates."""
+def apply_overrides(cfg: C, overrides: dict[str, Any] | list[str], prefix: str = "") -> C:
+    """A copy of `cfg` with overrides applied (`["train.lr=0.1"]` strings or a dict); re-validates.
+
+    `prefix` is the dotted path of `cfg` inside its parent config; errors name keys with it.
+    """
     if isinstance(overrides, list):
         parsed: dict[str, Any] = {}
         for item in overrides:
@@ -107,9 +114,11 @@ def apply_overrides(cfg: C, overrides: dict[str, Any] | list[str]) -> C:
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
         if head not in names:
-            close = [n for n in field_names(cfg) if n.endswith(key.split(".")[-1])]
+            known = field_names(cfg, prefix)
+            close = get_close_matches(prefix + key, known, n=1) or [
+                n for n in known if n.endswith("." + key.split(".")[-1])]
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise DojoError(f"unknown config key {key!r}", f"{hint}known keys: {', '.join(field_names(cfg))}")
+            raise DojoError(f"unknown config key {prefix + key!r}", f"{hint}known keys: {', '.join(known)}")
         if rest:
             nested.setdefault(head, {})[rest] = value
         else:
@@ -118,17 +127,17 @@ def apply_overrides(cfg: C, overrides: dict[str, Any] | list[str]) -> C:
                 nested.setdefault(head, {}).update(value)
                 continue
             if dataclasses.is_dataclass(current):
-                raise DojoError(f"{key!r} is a group of settings", f"set one of its fields, e.g. {key}.<field>")
-            flat[head] = _coerce(value, hints[head], key) if isinstance(value, str) else value
+                raise DojoError(f"{prefix + key!r} is a group of settings",
+                                f"set one of its fields, e.g. {prefix + key}.<field>")
+            if not isinstance(value, str) and get_origin(hints[head]) is Literal:
+                value = str(value)  # Python values are checked against the choices too
+            flat[head] = _coerce(value, hints[head], prefix + key) if isinstance(value, str) else value
     for head, sub in nested.items():
         current = getattr(cfg, head)
         if not dataclasses.is_dataclass(current):
-            raise DojoError(f"unknown config key {head}.{next(iter(sub))!r}", f"{head} has no sub-fields")
-        try:
-            flat[head] = apply_overrides(current, sub)
-        except DojoError as e:
-            e.problem = e.problem.replace("key '", f"key '{head}.")
-            raise
+            raise DojoError(f"unknown config key {prefix + head + '.' + next(iter(sub))!r}",
+                            f"{prefix + head} has no sub-fields")
+        flat[head] = apply_overrides(current, sub, f"{prefix}{head}.")
     return dataclasses.replace(cfg, **flat)
 
 

@@ -1,0 +1,93 @@
+"""Shared fixtures: isolated data locations, writers for the datasets' real binary formats, small data."""
+
+import gzip
+import hashlib
+import pickle
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torchdojo.data import Splits, load_dataset
+
+IDX_STEMS = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@pytest.fixture
+def data_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Empty --data-dir, $TORCHDOJO_DATA and $XDG_CACHE_HOME folders: no real dataset is found by accident."""
+    dirs = {name: tmp_path / name for name in ("data_dir", "env_data", "cache")}
+    for d in dirs.values():
+        d.mkdir()
+    monkeypatch.setenv("TORCHDOJO_DATA", str(dirs["env_data"]))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(dirs["cache"]))
+    return dirs
+
+
+def idx_bytes(arr: np.ndarray) -> bytes:
+    """An idx file as published: magic 0x00 0x00 <dtype> <ndim>, big-endian uint32 dims, data."""
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
+    big = arr.astype(arr.dtype.newbyteorder(">")) if arr.dtype.itemsize > 1 else arr
+    header = bytes([0, 0, codes[big.dtype], arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    return header + big.tobytes()
+
+
+def write_idx_dataset(
+    folder: Path, n_train: int = 12, n_test: int = 6, gz: bool = True, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """The four MNIST-format idx files (28x28 uint8 images, uint8 labels); returns the arrays written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": (np.arange(n_train) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": (np.arange(n_test)[::-1] % 10).astype(np.uint8),
+    }
+    for stem, arr in arrays.items():
+        data = idx_bytes(arr)
+        if gz:
+            (folder / f"{stem}.gz").write_bytes(gzip.compress(data))
+        else:
+            (folder / stem).write_bytes(data)
+    return arrays
+
+
+@pytest.fixture
+def write_idx() -> Callable[..., dict[str, np.ndarray]]:
+    return write_idx_dataset
+
+
+def cifar_batch(images: np.ndarray, labels: list[int]) -> bytes:
+    """A CIFAR-10 python batch: 'data' rows of 3072 bytes (R plane, G plane, B plane), 'labels'."""
+    rows = images.reshape(len(images), 3 * 32 * 32)
+    return pickle.dumps(
+        {"batch_label": "fixture", "labels": labels, "data": rows, "filenames": []}, protocol=2
+    )
+
+
+@pytest.fixture
+def digits() -> Splits:
+    """scikit-learn's 8x8 digits: the fastest real dataset."""
+    return load_dataset("digits")
+
+
+def md5_bytes(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def file_snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> bytes), to check that nothing changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def seed_all(seed: int = 0) -> None:
+    torch.manual_seed(seed)
