@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from torchdojo.errors import DojoError
+
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -19,20 +21,30 @@ def first_existing(folder: Path, name: str) -> Path:
     raise FileNotFoundError(folder / name)
 
 
+def corrupt_file(path: Path, why: str) -> DojoError:
+    """The error for a dataset file that cannot be read: name it and say how to replace it."""
+    return DojoError(f"{path} cannot be read: {why}", f"delete {path} and fetch it again (--download)")
+
+
 def read_idx(path: Path) -> torch.Tensor:
     """Read an idx file (MNIST format), gzip or raw, into a tensor."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # truncated or not gzip at all
+        raise corrupt_file(path, f"{type(e).__name__}: {e}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path} is not an idx file (bad magic number)")
+        raise corrupt_file(path, "not an idx file (bad magic number)")
     dtype, ndim = data[2], data[3]
     if dtype not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown idx dtype code {dtype:#x}")
+        raise corrupt_file(path, f"unknown idx dtype code {dtype:#x}")
+    if len(data) < 4 + 4 * ndim:
+        raise corrupt_file(path, "the idx header is cut short")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=_IDX_DTYPES[dtype], offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: header says {dims} = {int(np.prod(dims))} values, file has {arr.size}")
+        raise corrupt_file(path, f"header says {dims} = {int(np.prod(dims))} values, file has {arr.size}")
     return torch.from_numpy(arr.astype(arr.dtype.newbyteorder("=")).reshape(dims).copy())
 
 
@@ -56,7 +68,7 @@ def read_stl10_images(path: Path) -> torch.Tensor:
     """STL-10 binary images: column-major 3x96x96 uint8 -> (N, 3, 96, 96) row-major."""
     arr = np.fromfile(path, dtype=np.uint8)
     if arr.size % (3 * 96 * 96):
-        raise ValueError(f"{path}: size {arr.size} is not a multiple of 3*96*96")
+        raise corrupt_file(path, f"size {arr.size} is not a multiple of 3*96*96")
     return torch.from_numpy(arr.reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2).copy())
 
 
