@@ -30,6 +30,8 @@ class TrainConfig:
     early_stop_patience: int = 0  # epochs without val improvement; 0 = off
     monitor: Literal["val_acc", "val_loss"] = "val_acc"
     max_batches: int = 0  # stop each epoch after this many batches (smoke tests); 0 = all
+    # NHWC activations and weights: 3-4x faster conv training on CPU (oneDNN) and faster on GPU tensor cores
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "eval_batch_size")

@@ -43,6 +43,13 @@ def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
     return step
 
 
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     if not enabled or not sys.stderr.isatty():
         return None
@@ -67,6 +74,7 @@ def train_one_epoch(
     max_batches: int = 0,
     progress: str = "",
     autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> dict[str, float]:
     """One pass over `batches`; returns mean loss, accuracy (if the loss gives logits) and seconds."""
     model.train()
@@ -81,7 +89,7 @@ def train_one_epoch(
     for i, (x, y) in enumerate(batches):
         if max_batches and i >= max_batches:
             break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss, logits = loss_fn(model, x, y)
         optimizer.zero_grad(set_to_none=True)
@@ -115,6 +123,7 @@ def evaluate(
     max_batches: int = 0,
     return_outputs: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """Mean loss and accuracy over `batches`; with `return_outputs`, also probabilities and targets."""
     model.eval()
@@ -124,7 +133,7 @@ def evaluate(
     for i, (x, y) in enumerate(batches):
         if max_batches and i >= max_batches:
             break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss, logits = loss_fn(model, x, y)
         loss_sum += loss.float().item() * len(y)
@@ -180,6 +189,8 @@ def fit(
     """
     loss_fn = loss_fn or cross_entropy(cfg.label_smoothing)
     val_loss_fn = val_loss_fn or loss_fn
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)  # only 4-D weights change layout
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, cfg)
     steps = min(len(train), cfg.max_batches) if cfg.max_batches else len(train)
@@ -214,7 +225,7 @@ def fit(
         tr = train_one_epoch(model, train, optimizer, loss_fn, device=device, scheduler=scheduler,
                              grad_clip=cfg.grad_clip, max_batches=cfg.max_batches,
                              progress=f"[{stage}] epoch {epoch}/{cfg.epochs}" if verbose else "",
-                             autocast_dtype=autocast_dtype)
+                             autocast_dtype=autocast_dtype, channels_last=cfg.channels_last)
         if not (torch.isfinite(torch.tensor(tr["loss"]))):
             raise TrainingDiverged(
                 f"[{stage}] the training loss became {tr['loss']} in epoch {epoch}; stopped. The last good "
@@ -225,7 +236,7 @@ def fit(
         row: dict[str, Any] = {"stage": stage, "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"]}
         if val is not None:
             va = evaluate(model, val, device=device, loss_fn=val_loss_fn, max_batches=cfg.max_batches,
-                          autocast_dtype=autocast_dtype)
+                          autocast_dtype=autocast_dtype, channels_last=cfg.channels_last)
             row.update(val_loss=va["loss"], val_acc=va["acc"])
         row.update(lr=optimizer.param_groups[0]["lr"], seconds=tr["seconds"])
         history.append(row)

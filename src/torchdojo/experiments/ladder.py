@@ -167,7 +167,8 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
                      run=ctx.run, resume=ctx.resume, verbose=ctx.verbose)
         t0 = time.perf_counter()
         ev = {split: evaluate(model, batches(d, tcfg, False, False, tcfg.eval_batch_size), device=dev,
-                              max_batches=tcfg.max_batches, return_outputs=split == "test")
+                              max_batches=tcfg.max_batches, return_outputs=split == "test",
+                              channels_last=tcfg.channels_last)
               for split, d in (("train", train), ("val", val), ("test", test))}
         cm = _confusion(ev["test"]["probs"], ev["test"]["targets"], k)
         figures.confusion_matrix(cm, data.classes, ctx.run.figure_path(f"cm_{name}"),

@@ -1,0 +1,131 @@
+"""Benchmark: torchdojo's engine vs the textbook pipeline on Fashion-MNIST, in one session.
+
+Trains the CNN of shared/bench/textbook_fashion_mnist.py with torchdojo's engine (in-memory uint8 data,
+batched augmentation, channels_last) using the same optimizer (Adam 1e-3), batch size (128) and
+augmentation (random crop with 2 px padding + horizontal flip), then runs the textbook script itself,
+and prints seconds per epoch for both, their ratio, both test accuracies, and torchdojo's achieved
+training GFLOP/s as a fraction of this machine's measured fp32 matmul peak.
+
+usage: python benchmarks/bench_textbook.py [--epochs 3] [--textbook PATH] [--skip-textbook]
+"""
+
+import argparse
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from torchdojo.config import TrainConfig
+from torchdojo.data import load_dataset
+from torchdojo.data.augment import build_augment
+from torchdojo.data.loader import TensorBatches
+from torchdojo.engine import evaluate, fit
+from torchdojo.models import build_model
+
+REPO = Path(__file__).resolve().parent.parent
+MEAN, STD = (0.2860,), (0.3530,)  # the textbook script's normalisation
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-`repeats` fp32 GEMM throughput with torch's current thread count."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def train_step_flops(batch_size: int = 128) -> int:
+    """FLOPs of one forward+backward of the textbook CNN (torch's FlopCounterMode: conv, linear, matmul)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model("textbook-cnn", (1, 28, 28), 10)
+    x, y = torch.randn(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops()
+
+
+def run_torchdojo(epochs: int, seed: int) -> dict:
+    data = load_dataset("fashion-mnist")
+    torch.manual_seed(seed)
+    model = build_model("textbook-cnn", (1, 28, 28), 10)
+    cfg = TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", lr=1e-3, eval_batch_size=1024)
+    train = TensorBatches(data.train, 128, MEAN, STD, shuffle=True, seed=seed, augment=build_augment(["crop", "flip"], 2))
+    test = TensorBatches(data.test, 1024, MEAN, STD)
+    dev = torch.device("cpu")
+    start = time.perf_counter()
+    result = fit(model, train, None, cfg, device=dev, verbose=True)  # no val split: the textbook has none
+    elapsed = time.perf_counter() - start
+    t = time.perf_counter()
+    acc = evaluate(model, test, device=dev, channels_last=True)["acc"]
+    eval_s = time.perf_counter() - t
+    train_s = sum(r["seconds"] for r in result.history)
+    return {"seconds_per_epoch": (elapsed + eval_s * epochs) / epochs, "train_seconds_per_epoch": train_s / epochs,
+            "test_accuracy": acc, "steps_per_epoch": len(train)}
+
+
+def run_textbook(script: Path, epochs: int, seed: int) -> dict:
+    root = Path(tempfile.mkdtemp(prefix="textbook-fmnist-"))
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    src = Path(load_dataset("fashion-mnist").source)
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        if (src / stem).exists():
+            shutil.copy(src / stem, raw / stem)
+        else:
+            with gzip.open(src / f"{stem}.gz") as f, open(raw / stem, "wb") as out:
+                shutil.copyfileobj(f, out)
+    try:
+        out = subprocess.run([sys.executable, str(script), "--root", str(root), "--epochs", str(epochs),
+                              "--seed", str(seed)], capture_output=True, text=True, check=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(out.stdout.strip(), file=sys.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--textbook", type=Path, default=REPO.parent / "shared" / "bench" / "textbook_fashion_mnist.py")
+    p.add_argument("--skip-textbook", action="store_true")
+    a = p.parse_args()
+
+    print(f"device: cpu, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    peak = matmul_peak_gflops()
+    flops = train_step_flops()
+    ours = run_torchdojo(a.epochs, a.seed)
+    gflops = flops * ours["steps_per_epoch"] / ours["train_seconds_per_epoch"] / 1e9
+    print(f"torchdojo : {ours['seconds_per_epoch']:.1f} s/epoch (train {ours['train_seconds_per_epoch']:.1f} s), "
+          f"test accuracy {ours['test_accuracy']:.4f}")
+    print(f"achieved  : {gflops:.1f} GFLOP/s training = {gflops / peak:.1%} of the measured fp32 matmul peak "
+          f"({peak:.1f} GFLOP/s; {flops / 128 / 1e6:.1f} MFLOP per image fwd+bwd)")
+    result = {"torchdojo": ours, "gflops": gflops, "peak_gflops": peak}
+    if not a.skip_textbook:
+        if not a.textbook.exists():
+            sys.exit(f"textbook script not found at {a.textbook}; pass --textbook PATH or --skip-textbook")
+        tb = run_textbook(a.textbook, a.epochs, a.seed)
+        ratio = tb["seconds_per_epoch"] / ours["seconds_per_epoch"]
+        diff = (ours["test_accuracy"] - tb["test_accuracy"]) * 100
+        print(f"textbook  : {tb['seconds_per_epoch']:.1f} s/epoch, test accuracy {tb['test_accuracy']:.4f}")
+        print(f"speed-up  : {ratio:.2f}x per epoch (target >= 3x); accuracy difference {diff:+.2f} points "
+              f"(target within 0.5)")
+        result.update(textbook=tb, speedup=ratio, accuracy_diff_points=diff)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
