@@ -11,8 +11,14 @@ import operator
 import re
 from typing import Any
 
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow}
+_BINOPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Pow: operator.pow,
+}
 _FUNCS = {"ceil": math.ceil, "floor": math.floor, "max": max, "min": min}
 
 
@@ -62,8 +68,11 @@ class Formula:
         return int(v) if float(v).is_integer() else v
 
     def substituted(self) -> str:
-        return re.sub(r"[A-Za-z_][A-Za-z_0-9]*",
-                      lambda m: m.group(0) if m.group(0) in _FUNCS else str(self.values[m.group(0)]), self.expr)
+        return re.sub(
+            r"[A-Za-z_][A-Za-z_0-9]*",
+            lambda m: m.group(0) if m.group(0) in _FUNCS else str(self.values[m.group(0)]),
+            self.expr,
+        )
 
     def text(self) -> str:
         """'expr = numbers = value' (the middle part left out when it adds nothing)."""

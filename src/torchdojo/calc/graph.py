@@ -33,6 +33,7 @@ class Layer:
     counted: bool
     act_bytes: int
     rf: RF
+    node: str = ""  # the fx node's name (for gradient_map)
 
     @property
     def frozen(self) -> int:
@@ -117,10 +118,11 @@ def trace(model: nn.Module) -> fx.GraphModule:
         where = tracer.failed_in[-1] if tracer.failed_in else f"the forward of {type(model).__name__} itself"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DojoError(
-            f"cannot trace {type(model).__name__} into a graph: layer {where} failed: {type(e).__name__}: {msg}",
-            "calc reads the model's torch.fx graph: remove Python control flow on tensor values (if/while on a "
-            "tensor, .item(), data-dependent shapes) from that layer's forward, or describe the network with "
-            "--spec",
+            f"cannot trace {type(model).__name__} into a graph: layer {where} failed: "
+            f"{type(e).__name__}: {msg}",
+            "calc reads the model's torch.fx graph: remove Python control flow on tensor values (if/while "
+            "on a tensor, .item(), data-dependent shapes) from that layer's forward, or describe the network "
+            "with --spec",
         ) from None
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
@@ -189,21 +191,36 @@ class _Recorder(fx.Interpreter):
         name = str(n.target) if n.op == "call_module" else n.name
         self.calls[name] = self.calls.get(name, 0) + 1
         name += f":{self.calls[name]}" if self.calls[name] > 1 else ""
-        self.layers.append(Layer(
-            name=name, type=kind, op=op.key, in_shapes=in_shapes,
-            out_shape=tuple(outs[0].shape), params=sum(p.numel() for p in new),
-            trainable=sum(p.numel() for p in new if p.requires_grad), macs=c.macs, flops=c.flops,
-            counted=c.counted, act_bytes=act, rf=field))
+        self.layers.append(
+            Layer(
+                name=name,
+                node=n.name,
+                type=kind,
+                op=op.key,
+                in_shapes=in_shapes,
+                out_shape=tuple(outs[0].shape),
+                params=sum(p.numel() for p in new),
+                trainable=sum(p.numel() for p in new if p.requires_grad),
+                macs=c.macs,
+                flops=c.flops,
+                counted=c.counted,
+                act_bytes=act,
+                rf=field,
+            )
+        )
         return out
 
-    def _field(self, op: Op, in_nodes: list[fx.Node], in_shapes: list[tuple[int, ...]],
-               out_shape: tuple[int, ...]) -> RF:
+    def _field(
+        self, op: Op, in_nodes: list[fx.Node], in_shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]
+    ) -> RF:
         merged = receptive.merge([self.fields.get(a.name) for a in in_nodes])
         geo = receptive.geometry(op, in_shapes[0] if in_shapes else None, out_shape)
         return receptive.apply(merged, geo)
 
 
-def analyze(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, name: str | None = None) -> Analysis:
+def analyze(
+    model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, name: str | None = None
+) -> Analysis:
     """Measure every layer of `model` on a (batch, *input_shape) input (eval mode, no grad)."""
     gm = trace(model)
     param = next(model.parameters(), None)
@@ -220,11 +237,14 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, name
         raise
     except Exception as e:
         n = rec.current
-        where = f"{n.target} ({type(gm.get_submodule(n.target)).__name__})" if n.op == "call_module" else n.name
+        where = (
+            f"{n.target} ({type(gm.get_submodule(n.target)).__name__})" if n.op == "call_module" else n.name
+        )
         raise DojoError(
-            f"{name or type(model).__name__} fails on input {'x'.join(map(str, input_shape))} at layer {where}: "
-            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
-            "check --input: (C, H, W) without the batch dim, large enough for every kernel and pooling window",
+            f"{name or type(model).__name__} fails on input {'x'.join(map(str, input_shape))} at layer "
+            f"{where}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+            "check --input: (C, H, W) without the batch dim, large enough for every kernel and pooling "
+            "window",
         ) from None
     finally:
         for m, mode in modes.items():
@@ -232,8 +252,22 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, name
     unused = [p for p in model.parameters() if id(p) not in rec.seen]
     if unused:  # defined but never called in forward: still part of the model's parameter count
         n = sum(p.numel() for p in unused)
-        rec.layers.append(Layer("(unused in forward)", "-", "free", [], None, n,
-                                sum(p.numel() for p in unused if p.requires_grad), 0, 0, True, 0, None))
+        rec.layers.append(
+            Layer(
+                "(unused in forward)",
+                "-",
+                "free",
+                [],
+                None,
+                n,
+                sum(p.numel() for p in unused if p.requires_grad),
+                0,
+                0,
+                True,
+                0,
+                None,
+            )
+        )
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return Analysis(name or type(model).__name__, tuple(input_shape), batch, rec.layers, total, trainable, gm)

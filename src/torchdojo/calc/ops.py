@@ -27,27 +27,112 @@ def _tup(v: Any, n: int) -> tuple[int, ...]:
     return tuple(int(v) for _ in range(n))
 
 
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-               nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign,
-               nn.Tanhshrink, nn.Threshold, nn.LogSigmoid, nn.GLU)
-ACT_FUNCS = {F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
-             F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh,
-             torch.relu_, F.relu_, torch.nn.functional.logsigmoid}
+ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.Threshold,
+    nn.LogSigmoid,
+    nn.GLU,
+)
+ACT_FUNCS = {
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.softplus,
+    F.sigmoid,
+    F.tanh,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.relu_,
+    F.relu_,
+    torch.nn.functional.logsigmoid,
+}
 ACT_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "exp", "neg"}
 SOFTMAX = (nn.Softmax, nn.LogSoftmax, nn.Softmin)
 SOFTMAX_FUNCS = {F.softmax, F.log_softmax, F.softmin, torch.softmax, torch.log_softmax}
-ELTWISE_FUNCS = {operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
-                 torch.add, torch.sub, torch.mul, torch.div}
+ELTWISE_FUNCS = {
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.iadd,
+    operator.imul,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+}
 ELTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 MATMUL_FUNCS = {torch.matmul, operator.matmul, torch.mm, torch.bmm}
-FREE_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity, nn.Flatten,
-                nn.Unflatten, nn.Embedding, nn.ZeroPad2d, nn.ConstantPad2d)
-FREE_FUNCS = {torch.flatten, torch.reshape, torch.cat, torch.stack, torch.squeeze, torch.unsqueeze,
-              torch.transpose, torch.permute, F.dropout, F.dropout2d, operator.getitem, getattr}
-POOL_FUNCS = {F.max_pool1d: "max", F.max_pool2d: "max", F.max_pool3d: "max",
-              F.avg_pool1d: "avg", F.avg_pool2d: "avg", F.avg_pool3d: "avg"}
-ADAPTIVE_FUNCS = {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-                  F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d}
+FREE_MODULES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Embedding,
+    nn.ZeroPad2d,
+    nn.ConstantPad2d,
+)
+FREE_FUNCS = {
+    torch.flatten,
+    torch.reshape,
+    torch.cat,
+    torch.stack,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.transpose,
+    torch.permute,
+    F.dropout,
+    F.dropout2d,
+    operator.getitem,
+    getattr,
+}
+POOL_FUNCS = {
+    F.max_pool1d: "max",
+    F.max_pool2d: "max",
+    F.max_pool3d: "max",
+    F.avg_pool1d: "avg",
+    F.avg_pool2d: "avg",
+    F.avg_pool3d: "avg",
+}
+ADAPTIVE_FUNCS = {
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+}
 CONV_FUNCS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 CONVT_FUNCS = {F.conv_transpose1d: 1, F.conv_transpose2d: 2, F.conv_transpose3d: 3}
 RNN_GATES = {nn.RNNCell: 1, nn.LSTMCell: 4, nn.GRUCell: 3, nn.RNN: 1, nn.LSTM: 4, nn.GRU: 3}
@@ -59,32 +144,62 @@ def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any) -> Any:
     return kwargs.get(name, default)
 
 
-def _conv_op(n: int, weight_shape: tuple[int, ...], stride: Any, padding: Any, dilation: Any, groups: int,
-             transposed: bool, output_padding: Any = 0) -> Op:
+def _conv_op(
+    n: int,
+    weight_shape: tuple[int, ...],
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: int,
+    transposed: bool,
+    output_padding: Any = 0,
+) -> Op:
     k = tuple(int(x) for x in weight_shape[2:])
     pad = padding if isinstance(padding, str) else _tup(padding, n)
-    return Op("conv", {"kernel": k, "stride": _tup(stride, n), "padding": pad, "dilation": _tup(dilation, n),
-                       "groups": int(groups), "transposed": transposed, "output_padding": _tup(output_padding, n)})
+    return Op(
+        "conv",
+        {
+            "kernel": k,
+            "stride": _tup(stride, n),
+            "padding": pad,
+            "dilation": _tup(dilation, n),
+            "groups": int(groups),
+            "transposed": transposed,
+            "output_padding": _tup(output_padding, n),
+        },
+    )
 
 
 def _pool_op(kind: str, n: int, kernel: Any, stride: Any, padding: Any, dilation: Any = 1) -> Op:
     k = _tup(kernel, n)
     s = _tup(stride, n) if stride not in (None, [], ()) else k
-    return Op("pool", {"mode": kind, "kernel": k, "stride": s, "padding": _tup(padding, n),
-                       "dilation": _tup(dilation, n)})
+    return Op(
+        "pool",
+        {"mode": kind, "kernel": k, "stride": s, "padding": _tup(padding, n), "dilation": _tup(dilation, n)},
+    )
 
 
 def classify_module(m: nn.Module) -> Op:
     """The canonical op of a leaf module."""
     if isinstance(m, nn.modules.conv._ConvNd):
         n = len(m.kernel_size)
-        return _conv_op(n, (0, 0, *m.kernel_size), m.stride, m.padding, m.dilation, m.groups, m.transposed,
-                        m.output_padding)
+        return _conv_op(
+            n,
+            (0, 0, *m.kernel_size),
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            m.transposed,
+            m.output_padding,
+        )
     if isinstance(m, nn.Linear):
         return Op("linear")
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         return Op("bn")
-    if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)):
+    if isinstance(
+        m, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+    ):
         return Op("norm")
     if isinstance(m, SOFTMAX):
         return Op("softmax")
@@ -126,11 +241,25 @@ def classify_call(kind: str, target: Any, args: tuple, kwargs: dict) -> Op:
         n = CONV_FUNCS.get(target) or CONVT_FUNCS[target]
         w = args[1] if len(args) > 1 else kwargs["weight"]
         if target in CONVT_FUNCS:  # (input, weight, bias, stride, padding, output_padding, groups, dilation)
-            return _conv_op(n, tuple(w.shape), _arg(args, kwargs, 3, "stride", 1), _arg(args, kwargs, 4, "padding", 0),
-                            _arg(args, kwargs, 7, "dilation", 1), _arg(args, kwargs, 6, "groups", 1), True,
-                            _arg(args, kwargs, 5, "output_padding", 0))
-        return _conv_op(n, tuple(w.shape), _arg(args, kwargs, 3, "stride", 1), _arg(args, kwargs, 4, "padding", 0),
-                        _arg(args, kwargs, 5, "dilation", 1), _arg(args, kwargs, 6, "groups", 1), False)
+            return _conv_op(
+                n,
+                tuple(w.shape),
+                _arg(args, kwargs, 3, "stride", 1),
+                _arg(args, kwargs, 4, "padding", 0),
+                _arg(args, kwargs, 7, "dilation", 1),
+                _arg(args, kwargs, 6, "groups", 1),
+                True,
+                _arg(args, kwargs, 5, "output_padding", 0),
+            )
+        return _conv_op(
+            n,
+            tuple(w.shape),
+            _arg(args, kwargs, 3, "stride", 1),
+            _arg(args, kwargs, 4, "padding", 0),
+            _arg(args, kwargs, 5, "dilation", 1),
+            _arg(args, kwargs, 6, "groups", 1),
+            False,
+        )
     if target is F.linear:
         return Op("linear")
     if target in MATMUL_FUNCS:
@@ -140,7 +269,9 @@ def classify_call(kind: str, target: Any, args: tuple, kwargs: dict) -> Op:
         mode = POOL_FUNCS[target]
         k = _arg(args, kwargs, 1, "kernel_size", 1)
         dil = _arg(args, kwargs, 4, "dilation", 1) if mode == "max" else 1
-        return _pool_op(mode, n, k, _arg(args, kwargs, 2, "stride", None), _arg(args, kwargs, 3, "padding", 0), dil)
+        return _pool_op(
+            mode, n, k, _arg(args, kwargs, 2, "stride", None), _arg(args, kwargs, 3, "padding", 0), dil
+        )
     if target in ADAPTIVE_FUNCS:
         return Op("adaptive_pool")
     if target is F.interpolate:

@@ -85,8 +85,11 @@ def apply(field: RF, geo: list[Geo] | str) -> RF:
         if d.whole or g.whole:
             out.append(DimRF(d.extent, 0, (d.extent - 1) / 2, d.extent, True))
         else:
-            out.append(DimRF(d.size + (g.span - 1) * d.jump, d.jump * g.stride, d.start + g.center * d.jump,
-                             d.extent))
+            out.append(
+                DimRF(
+                    d.size + (g.span - 1) * d.jump, d.jump * g.stride, d.start + g.center * d.jump, d.extent
+                )
+            )
     return tuple(out)
 
 
@@ -123,8 +126,10 @@ def geometry(op: Op, in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...
         return geos
     if op.key == "pool":
         a = op.attrs
-        return [Geo(dil * (k - 1) + 1, s, dil * (k - 1) / 2 - p)
-                for k, s, p, dil in zip(a["kernel"], a["stride"], a["padding"], a["dilation"], strict=True)]
+        return [
+            Geo(dil * (k - 1) + 1, s, dil * (k - 1) / 2 - p)
+            for k, s, p, dil in zip(a["kernel"], a["stride"], a["padding"], a["dilation"], strict=True)
+        ]
     if op.key == "adaptive_pool" and len(spatial_in) == len(spatial_out):
         geos = []
         for n, o in zip(spatial_in, spatial_out, strict=True):
@@ -137,8 +142,10 @@ def geometry(op: Op, in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...
         return geos
     if op.key == "upsample" and len(spatial_in) == len(spatial_out):
         nearest = op.attrs.get("mode", "nearest") == "nearest"
-        return [Geo(1, n / o, 0) if nearest else Geo(2, n / o, 0.5 * n / o - 0.5)
-                for n, o in zip(spatial_in, spatial_out, strict=True)]
+        return [
+            Geo(1, n / o, 0) if nearest else Geo(2, n / o, 0.5 * n / o - 0.5)
+            for n, o in zip(spatial_in, spatial_out, strict=True)
+        ]
     if op.key in ("linear", "matmul", "rnn", "rnncell"):
         return "global" if len(in_shape) > 2 or len(out_shape) > 2 else "pointwise"
     if len(out_shape) == len(in_shape) and spatial_in == spatial_out:
@@ -168,8 +175,14 @@ def subgraph(gm: fx.GraphModule, node_name: str) -> fx.GraphModule:
     return fx.GraphModule(gm, graph)
 
 
-def gradient_map(gm: fx.GraphModule, in_shape: tuple[int, ...], node_name: str | None = None,
-                 position: tuple[int, ...] | None = None, samples: int = 4, seed: int = 0) -> torch.Tensor:
+def gradient_map(
+    gm: fx.GraphModule,
+    in_shape: tuple[int, ...],
+    node_name: str | None = None,
+    position: tuple[int, ...] | None = None,
+    samples: int = 4,
+    seed: int = 0,
+) -> torch.Tensor:
     """Mean |d output unit / d input| over `samples` random inputs: the empirical (effective) field.
 
     The unit is one spatial position (default: the centre) of `node_name`'s output (default: the last

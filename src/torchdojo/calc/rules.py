@@ -53,8 +53,14 @@ def _weight(module: nn.Module | None, args: tuple, kwargs: dict) -> torch.Tensor
     return args[1] if len(args) > 1 else kwargs["weight"]
 
 
-def cost(op: Op, module: nn.Module | None, ins: list[torch.Tensor], out: torch.Tensor | None,
-         args: tuple, kwargs: dict[str, Any]) -> Cost:
+def cost(
+    op: Op,
+    module: nn.Module | None,
+    ins: list[torch.Tensor],
+    out: torch.Tensor | None,
+    args: tuple,
+    kwargs: dict[str, Any],
+) -> Cost:
     """The MACs and FLOPs of `op` given its tensor inputs `ins` and (first) output `out`."""
     x = _first(ins)
     n_out = out.numel() if out is not None else 0

@@ -21,11 +21,34 @@ from torch import nn
 from torchdojo.calc.formula import Formula
 from torchdojo.errors import DojoError
 
-ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
-        "silu": nn.SiLU, "leakyrelu": nn.LeakyReLU, "elu": nn.ELU, "softmax": lambda: nn.Softmax(dim=1)}
+ACTS = {
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "leakyrelu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "softmax": lambda: nn.Softmax(dim=1),
+}
 ACT_FLOPS = {"softmax": 3}  # per element; every other activation: 1 (calc.rules)
-LAYER_WORDS = ("conv", "convt", "dsconv", "pool", "maxpool", "avgpool", "gap", "bn", "dropout", "flatten", "fc",
-               "rnncell", "yolo", *ACTS)
+LAYER_WORDS = (
+    "conv",
+    "convt",
+    "dsconv",
+    "pool",
+    "maxpool",
+    "avgpool",
+    "gap",
+    "bn",
+    "dropout",
+    "flatten",
+    "fc",
+    "rnncell",
+    "yolo",
+    *ACTS,
+)
 SPEC_HELP = (__doc__ or "").split("\n\n")[1]
 
 
@@ -55,7 +78,9 @@ class Spec:
 
 def _shape(text: str) -> tuple[int, ...]:
     if not re.fullmatch(r"\d+(x\d+){0,3}", text.strip()):
-        raise DojoError(f"spec input {text.strip()!r} is not a shape", "start the spec with e.g. 3x128x128 or 64")
+        raise DojoError(
+            f"spec input {text.strip()!r} is not a shape", "start the spec with e.g. 3x128x128 or 64"
+        )
     return tuple(int(v) for v in text.strip().split("x"))
 
 
@@ -107,12 +132,22 @@ def _conv_args(words: list[str], err: "callable") -> dict:
     if opts["padding"] == "same":
         if opts["stride"] != (1, 1):
             raise err("'same' padding needs stride 1", "give the padding as pP")
-        opts["padding"] = tuple(d * (k - 1) // 2 for k, d in zip(opts["kernel"], opts["dilation"], strict=True))
+        opts["padding"] = tuple(
+            d * (k - 1) // 2 for k, d in zip(opts["kernel"], opts["dilation"], strict=True)
+        )
     return opts
 
 
-def _dims(b: _Builder, i: int, text: str, k: tuple[int, int], s: tuple[int, int], p: tuple[int, int],
-          d: tuple[int, int], transposed: bool = False) -> tuple[tuple[int, int], dict[str, Formula]]:
+def _dims(
+    b: _Builder,
+    i: int,
+    text: str,
+    k: tuple[int, int],
+    s: tuple[int, int],
+    p: tuple[int, int],
+    d: tuple[int, int],
+    transposed: bool = False,
+) -> tuple[tuple[int, int], dict[str, Formula]]:
     """Output H, W and their formulas; checks that the (dilated) kernel fits the padded input."""
     _, h, w = b.shape
     names = ("Ho", "Wo") if (h, k[0], s[0], p[0], d[0]) != (w, k[1], s[1], p[1], d[1]) else ("Ho=Wo",)
@@ -120,9 +155,13 @@ def _dims(b: _Builder, i: int, text: str, k: tuple[int, int], s: tuple[int, int]
     for j, (n, kk, ss, pp, dd) in enumerate(zip((h, w), k, s, p, d, strict=True)):
         keff = dd * (kk - 1) + 1
         if not transposed and keff > n + 2 * pp:
-            raise b.fail(i, text, f"kernel {kk}{f' (dilated to {keff})' if dd > 1 else ''} is larger than its "
-                         f"{h}x{w} input plus padding {pp}", "use a smaller kernel, more padding, or fewer "
-                         "downsampling layers before it")
+            raise b.fail(
+                i,
+                text,
+                f"kernel {kk}{f' (dilated to {keff})' if dd > 1 else ''} is larger than its "
+                f"{h}x{w} input plus padding {pp}",
+                "use a smaller kernel, more padding, or fewer downsampling layers before it",
+            )
         x = "HW"[j]
         if transposed:
             f = Formula(f"({x} - 1)*S - 2*P + K", **{x: n}, S=ss, P=pp, K=kk)
@@ -138,8 +177,14 @@ def _dims(b: _Builder, i: int, text: str, k: tuple[int, int], s: tuple[int, int]
     return (out[0], out[1]), closed
 
 
-def _field(b: _Builder, closed: dict[str, Formula], k: tuple[int, int], s: tuple[int, int],
-           d: tuple[int, int], transposed: bool = False) -> None:
+def _field(
+    b: _Builder,
+    closed: dict[str, Formula],
+    k: tuple[int, int],
+    s: tuple[int, int],
+    d: tuple[int, int],
+    transposed: bool = False,
+) -> None:
     """Advance the closed-form field by one conv/pool layer and record its formula."""
     if b.rf is None or b.all_rf:
         return
@@ -183,7 +228,15 @@ def _layer(b: _Builder, i: int, text: str) -> tuple[str, list[nn.Module], dict[s
         if not image:
             raise err(f"needs a CxHxW input, got {'x'.join(map(str, b.shape))}", "convs go before flatten/fc")
         o = _conv_args(rest, err)
-        m, n, k, s, p, d, g = b.shape[0], o["out"], o["kernel"], o["stride"], o["padding"], o["dilation"], o["groups"]
+        m, n, k, s, p, d, g = (
+            b.shape[0],
+            o["out"],
+            o["kernel"],
+            o["stride"],
+            o["padding"],
+            o["dilation"],
+            o["groups"],
+        )
         if m % g or n % g:
             raise err(f"groups {g} must divide {m} input and {n} output channels", "pick another gG")
         (ho, wo), closed = _dims(b, i, text, k, s, p, d, transposed=word == "convt")
@@ -197,7 +250,9 @@ def _layer(b: _Builder, i: int, text: str) -> tuple[str, list[nn.Module], dict[s
             closed["macs"] = Formula(f"Ho*Wo*{kk}*{mm}*N", Ho=ho, Wo=wo, **vals)
         elif word == "convt":
             if d != (1, 1) or g != 1:
-                raise err("convT in a spec takes no dilation or groups", "use a Python module with calc MODULE:ATTR")
+                raise err(
+                    "convT in a spec takes no dilation or groups", "use a Python module with calc MODULE:ATTR"
+                )
             mods = [nn.ConvTranspose2d(m, n, k, s, p, bias=o["bias"])]
             closed["params"] = Formula(f"{kk}*M*N{bias}", **vals)
             closed["macs"] = Formula(f"H*W*{kk}*M*N", H=b.shape[1], W=b.shape[2], **vals)
@@ -246,8 +301,12 @@ def _layer(b: _Builder, i: int, text: str) -> tuple[str, list[nn.Module], dict[s
             raise err("needs a CxHxW input", "gap goes after the convs")
         c = b.shape[0]
         flat = c * (b.shape[1] * b.shape[2] if image and word == "flatten" else 1)
-        closed = {"params": Formula("0"), "out": Formula("C*H*W", C=c, H=b.shape[1], W=b.shape[2]) if image and
-                  word == "flatten" else Formula("C", C=c)}
+        closed = {
+            "params": Formula("0"),
+            "out": Formula("C*H*W", C=c, H=b.shape[1], W=b.shape[2])
+            if image and word == "flatten"
+            else Formula("C", C=c),
+        }
         mods: list[nn.Module] = [nn.Flatten()]
         if word == "gap":
             mods = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
@@ -256,8 +315,10 @@ def _layer(b: _Builder, i: int, text: str) -> tuple[str, list[nn.Module], dict[s
         return word, mods, closed
     if word == "fc":
         if image:
-            raise err(f"needs a flat input, got {'x'.join(map(str, b.shape))}", "add '| flatten |' or '| gap |' "
-                      "before it")
+            raise err(
+                f"needs a flat input, got {'x'.join(map(str, b.shape))}",
+                "add '| flatten |' or '| gap |' before it",
+            )
         nums = [w for w in rest if w.isdigit()]
         acts = [w for w in rest if w in ACTS]
         if len(nums) != 1 or len(nums) + len(acts) != len(rest):
@@ -273,10 +334,15 @@ def _layer(b: _Builder, i: int, text: str) -> tuple[str, list[nn.Module], dict[s
             raise err("needs IN and HIDDEN sizes", "e.g. rnncell 64 256")
         n_in, hid = int(rest[0]), int(rest[1])
         if b.shape != (n_in,):
-            raise err(f"input size {n_in} does not match the incoming shape {'x'.join(map(str, b.shape))}",
-                      f"start the spec with {n_in} or flatten to {n_in} features")
-        closed = {"params": Formula("H*I + H*H + 2*H", H=hid, I=n_in), "macs": Formula("H*(I + H)", H=hid, I=n_in),
-                  "flops": Formula("2*H*(I + H) + 4*H", H=hid, I=n_in)}
+            raise err(
+                f"input size {n_in} does not match the incoming shape {'x'.join(map(str, b.shape))}",
+                f"start the spec with {n_in} or flatten to {n_in} features",
+            )
+        closed = {
+            "params": Formula("H*I + H*H + 2*H", H=hid, I=n_in),
+            "macs": Formula("H*(I + H)", H=hid, I=n_in),
+            "flops": Formula("2*H*(I + H) + 4*H", H=hid, I=n_in),
+        }
         b.shape = (hid,)
         return word, [nn.RNNCell(n_in, hid)], closed
     if word == "yolo":
@@ -285,7 +351,11 @@ def _layer(b: _Builder, i: int, text: str) -> tuple[str, list[nn.Module], dict[s
         n = 1
         for v in b.shape:
             n *= v
-        return word, [ACTS[word]()], {"params": Formula("0"), "flops": Formula(f"{ACT_FLOPS.get(word, 1)}*n", n=n)}
+        return (
+            word,
+            [ACTS[word]()],
+            {"params": Formula("0"), "flops": Formula(f"{ACT_FLOPS.get(word, 1)}*n", n=n)},
+        )
     raise err(f"unknown layer {word!r}", f"layers: {', '.join(LAYER_WORDS)}")
 
 
@@ -303,8 +373,11 @@ def _yolo(b: _Builder, i: int, text: str, rest: list[str], err: "callable") -> t
             raise err("v1's head is fully connected: it needs a flat input", "add '| flatten |' before it")
         f = b.shape[0]
         depth = Formula("5*B + C", B=nb, C=c)
-        closed = {"depth": depth, "params": Formula("F*S*S*(5*B + C) + S*S*(5*B + C)", F=f, S=s, B=nb, C=c),
-                  "macs": Formula("F*S*S*(5*B + C)", F=f, S=s, B=nb, C=c)}
+        closed = {
+            "depth": depth,
+            "params": Formula("F*S*S*(5*B + C) + S*S*(5*B + C)", F=f, S=s, B=nb, C=c),
+            "macs": Formula("F*S*S*(5*B + C)", F=f, S=s, B=nb, C=c),
+        }
         closed["flops"] = Formula("2*F*S*S*(5*B + C)", F=f, S=s, B=nb, C=c)
         mods = [nn.Linear(f, s * s * depth.value), nn.Unflatten(1, (depth.value, s, s))]
         b.shape = (depth.value, s, s)
@@ -314,9 +387,12 @@ def _yolo(b: _Builder, i: int, text: str, rest: list[str], err: "callable") -> t
     na = int(kv.get("boxes", 5 if ver == "v2" else 3))
     m, h, w = b.shape
     depth = Formula("A*(5 + C)", A=na, C=c)
-    closed = {"depth": depth, "params": Formula("M*A*(5 + C) + A*(5 + C)", M=m, A=na, C=c),
-              "macs": Formula("H*W*M*A*(5 + C)", H=h, W=w, M=m, A=na, C=c),
-              "flops": Formula("2*H*W*M*A*(5 + C)", H=h, W=w, M=m, A=na, C=c)}
+    closed = {
+        "depth": depth,
+        "params": Formula("M*A*(5 + C) + A*(5 + C)", M=m, A=na, C=c),
+        "macs": Formula("H*W*M*A*(5 + C)", H=h, W=w, M=m, A=na, C=c),
+        "flops": Formula("2*H*W*M*A*(5 + C)", H=h, W=w, M=m, A=na, C=c),
+    }
     _field(b, closed, (1, 1), (1, 1), (1, 1))
     b.shape = (depth.value, h, w)
     return "yolo", [nn.Conv2d(m, depth.value, 1)], closed
@@ -326,8 +402,10 @@ def parse_spec(text: str) -> Spec:
     """Build a Spec (modules and closed forms) from spec text; an inconsistent spec raises DojoError."""
     segments = [s.strip() for s in text.split("|")]
     if len(segments) < 2 or not all(segments):
-        raise DojoError(f"spec {text!r} needs an input shape and at least one layer, separated by '|'",
-                        "e.g. 3x128x128 | conv 5 s2 p2 64 relu | flatten | fc 200 softmax")
+        raise DojoError(
+            f"spec {text!r} needs an input shape and at least one layer, separated by '|'",
+            "e.g. 3x128x128 | conv 5 s2 p2 64 relu | flatten | fc 200 softmax",
+        )
     shape = _shape(segments[0])
     b = _Builder(shape)
     layers, named = [], collections.OrderedDict()

@@ -17,13 +17,18 @@ def measured(analysis: Analysis, layer: SpecLayer) -> dict[str, Any]:
     rf = None
     if last.rf is not None and not any(d.whole for d in last.rf):
         rf = tuple(d.size for d in last.rf)
-    return {"params": sum(r.params for r in rows), "macs": sum(r.macs for r in rows),
-            "flops": sum(r.flops for r in rows), "out": tuple(last.out_shape[1:]), "rf": rf,
-            "jump": tuple(d.jump for d in last.rf) if rf else None}
+    return {
+        "params": sum(r.params for r in rows),
+        "macs": sum(r.macs for r in rows),
+        "flops": sum(r.flops for r in rows),
+        "out": tuple(last.out_shape[1:]),
+        "rf": rf,
+        "jump": tuple(d.jump for d in last.rf) if rf else None,
+    }
 
 
 def check_spec(spec: Spec | str, batch: int = 1) -> tuple[Spec, Analysis, list[dict[str, Any]]]:
-    """Build, measure and compare: one row per (layer, quantity) with formula, closed-form value and measured."""
+    """Build, measure and compare: one row per (layer, quantity): formula, closed-form value, measured."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     analysis = analyze(spec.model, spec.input_shape, batch=batch, name="spec")
     rows = []
@@ -32,14 +37,26 @@ def check_spec(spec: Spec | str, batch: int = 1) -> tuple[Spec, Analysis, list[d
         label = f"{layer.index}: {layer.text}"
 
         def add(quantity: str, formula: str, closed: Any, value: Any, label: str = label) -> None:
-            rows.append({"layer": label, "quantity": quantity, "formula": formula, "closed_form": closed,
-                         "measured": value, "match": closed == value})
+            rows.append(
+                {
+                    "layer": label,
+                    "quantity": quantity,
+                    "formula": formula,
+                    "closed_form": closed,
+                    "measured": value,
+                    "match": closed == value,
+                }
+            )
 
         add("output shape", "x".join(map(str, layer.out_shape)), layer.out_shape, got["out"])
         for key, f in layer.closed.items():
             if key in ("params", "macs", "flops"):
-                add(key if key == "params" else key.upper()[:-1] + "s", f.text(), f.value * batch ** (key != "params"),
-                    got[key])
+                add(
+                    key if key == "params" else key.upper()[:-1] + "s",
+                    f.text(),
+                    f.value * batch ** (key != "params"),
+                    got[key],
+                )
             elif key in ("rf", "rf_w", "jump", "jump_w"):
                 dim = 1 if key.endswith("_w") else 0
                 which = "receptive field" if key.startswith("rf") else "jump"
@@ -47,7 +64,8 @@ def check_spec(spec: Spec | str, batch: int = 1) -> tuple[Spec, Analysis, list[d
                 add(which + (" (W)" if dim else ""), f.text(), f.value, src[dim] if src else None)
             else:  # output sizes, detection depth: the formula and its value against the measured shape
                 size = {"Ho": got["out"][1:2], "Ho=Wo": got["out"][1:2], "Wo": got["out"][2:3]}.get(
-                    key, got["out"][:1])
+                    key, got["out"][:1]
+                )
                 add(key, f.text(), f.value, size[0] if size else None)
         for key in ("params", "macs", "flops"):  # every quantity is checked, zero ones included
             if key not in layer.closed:
