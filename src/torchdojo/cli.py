@@ -7,7 +7,7 @@ import sys
 from torchdojo.errors import DojoError
 
 # Explicit list: the CLI is generated from it (one module per command).
-COMMAND_MODULES = ["list_cmd", "run_cmd", "report_cmd", "compare_cmd", "data_cmd"]
+COMMAND_MODULES = ["list_cmd", "run_cmd", "report_cmd", "compare_cmd", "data_cmd", "calc_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:
