@@ -91,3 +91,8 @@ def file_snapshot(folder: Path) -> dict[str, bytes]:
 
 def seed_all(seed: int = 0) -> None:
     torch.manual_seed(seed)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Small shared test machines: one intra-op thread avoids oversubscription; tiny models gain nothing.
+    torch.set_num_threads(1)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from torchdojo.errors import DojoError
+from torchdojo.errors import CheckpointError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -61,13 +61,13 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with weights_only=True; a truncated or corrupt file is a clear DojoError."""
+    """Load a checkpoint with weights_only=True; a truncated or corrupt file is a clear CheckpointError."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise DojoError(f"checkpoint {path} does not exist", "check the run folder path") from None
+        raise CheckpointError(f"checkpoint {path} does not exist", "check the run folder path") from None
     except Exception as e:  # torch raises RuntimeError/EOFError/UnpicklingError for damaged files
-        raise DojoError(
+        raise CheckpointError(
             f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
             "it is truncated or corrupt",
             f"delete {path} and resume from an earlier checkpoint, or start a new run without --resume",
@@ -156,7 +156,8 @@ class MetricsLogger:
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return
-        rows = [r for r in read_metrics(self.run_dir) if not (r.get("stage") == stage and r["epoch"] > after_epoch)]
+        rows = [r for r in read_metrics(self.run_dir)
+                if not (r.get("stage") == stage and r["epoch"] > after_epoch)]
         atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
         self._write_csv()
 
