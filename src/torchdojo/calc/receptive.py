@@ -171,8 +171,10 @@ def subgraph(gm: fx.GraphModule, node_name: str) -> fx.GraphModule:
 
         raise DojoError(f"no layer named {node_name!r} in the graph", f"layers: {', '.join(names[:40])} ...")
     graph.output(target)
-    graph.eliminate_dead_code()
-    return fx.GraphModule(gm, graph)
+    sub = fx.GraphModule(gm, graph)
+    sub.graph.eliminate_dead_code()
+    sub.recompile()
+    return sub
 
 
 def gradient_map(

@@ -1,0 +1,169 @@
+"""calc's counts cross-checked: params against sum(p.numel()), conv/linear FLOPs against FlopCounterMode."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from torchdojo.calc import analyze
+from torchdojo.calc.resolve import resolve_model
+from torchdojo.cli import main
+from torchdojo.errors import DojoError
+from torchdojo.models import MODELS, build_model
+
+
+def reference_flops(model: nn.Module, shape: tuple[int, ...], batch: int = 1) -> int:
+    """FLOPs torch's own counter sees (conv, mm/addmm/bmm: 2 per multiply-accumulate, bias not counted)."""
+    param = next(model.parameters())
+    model.eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.zeros((batch, *shape), device=param.device))
+    return fc.get_total_flops()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vgg16"])
+def test_torchvision_params_and_flops_match_torch(name: str) -> None:
+    with torch.device("meta"):  # shapes only: vgg16's 138M weights are never allocated
+        model = torchvision.models.get_model(name, weights=None)
+    a = analyze(model, (3, 224, 224))
+    assert a.total_params == sum(p.numel() for p in model.parameters())
+    assert sum(r.params for r in a.layers) == a.total_params
+    ours = a.flops_of("conv", "linear", "matmul")
+    ref = reference_flops(model, (3, 224, 224))
+    assert abs(ours - ref) <= 0.01 * ref
+    assert ours == ref  # in fact exact: same convention
+
+
+def test_resnet18_matches_torchvision_documented_numbers() -> None:
+    with torch.device("meta"):
+        model = torchvision.models.get_model("resnet18", weights=None)
+    a = analyze(model, (3, 224, 224))
+    assert round(a.total_params / 1e6, 2) == 11.69  # torchvision docs: 11.7M params
+    conv_linear_macs = sum(r.macs for r in a.layers if r.op in ("conv", "linear"))
+    assert round(conv_linear_macs / 1e9, 2) == 1.81  # torchvision docs: 1.81 GFLOPS (which are MACs)
+    assert [d.size for d in a.layers[-4].rf] == [435, 435]  # the last residual stage sees 435x435 px
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_registered_models_params_and_flops(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, (3, 32, 32), 10)
+    a = analyze(model, (3, 32, 32), batch=2)
+    assert a.total_params == sum(p.numel() for p in model.parameters()) == sum(r.params for r in a.layers)
+    ref = reference_flops(model, (3, 32, 32), batch=2)
+    assert abs(a.flops_of("conv", "linear", "matmul") - ref) <= 0.01 * ref
+    assert not a.uncounted
+
+
+def test_conv_transpose_counts_input_positions() -> None:
+    # Each of the 8x5x5 input elements is multiplied by a 4x4 kernel for each of 6/2 output channels per
+    # group: 8*5*5 * 3 * 16 MACs. Counting output positions instead (torchinfo) would give 8*5*5 -> 8*12*12.
+    m = nn.Sequential(nn.ConvTranspose2d(8, 6, 4, stride=2, padding=0, groups=2))
+    a = analyze(m, (8, 5, 5))
+    (row,) = a.layers
+    assert row.out_shape == (1, 6, 12, 12)
+    assert row.macs == 8 * 5 * 5 * 3 * 16
+    assert row.flops == 2 * row.macs == reference_flops(m, (8, 5, 5))
+    assert row.params == 8 * 3 * 16 + 6
+
+
+def test_functional_ops_shared_modules_and_frozen_split() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 3, 3, 3))
+            self.act = nn.ReLU()
+            self.fc = nn.Linear(4, 5)
+            self.unused = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.act(F.conv2d(x, self.w, padding=1))  # functional conv on a get_attr weight
+            y = self.act(F.max_pool2d(y, 2))  # the same ReLU called twice
+            z = y.mean((2, 3))
+            return torch.matmul(self.fc(z), self.fc.weight)  # fc's weight reused: counted once
+
+    net = Net()
+    net.fc.weight.requires_grad_(False)
+    a = analyze(net, (3, 8, 8))
+    assert a.total_params == sum(p.numel() for p in net.parameters()) == sum(r.params for r in a.layers)
+    assert a.trainable_params == a.total_params - 20
+    conv = next(r for r in a.layers if r.op == "conv")
+    assert conv.params == 4 * 3 * 9 and conv.macs == 4 * 8 * 8 * 3 * 9
+    assert [r.name for r in a.layers if r.type == "ReLU"] == ["act", "act:2"]
+    assert a.layer("(unused in forward)").params == 6
+    mm = next(r for r in a.layers if r.op == "matmul")
+    assert mm.macs == 5 * 4  # (1,5) @ (5,4)
+    assert a.flops_of("conv", "linear", "matmul") == reference_flops(net, (3, 8, 8))
+    pool = next(r for r in a.layers if r.op == "pool")
+    assert pool.flops == 4 * 4 * 4 * 4 and [d.size for d in pool.rf] == [4, 4]
+
+
+def test_rnn_cell_and_layer_counts() -> None:
+    a = analyze(nn.Sequential(nn.RNNCell(64, 256)), (64,), batch=3)
+    assert a.total_params == 256 * 64 + 256 * 256 + 2 * 256
+    assert a.macs == 3 * 256 * (64 + 256)
+    lstm = nn.LSTM(10, 20, num_layers=2)
+
+    class Seq(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = lstm
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lstm(x)[0]
+
+    a = analyze(Seq(), (2, 10), batch=7)  # (T=7, B=2, I=10)
+    assert a.macs == 7 * 2 * 4 * 20 * ((10 + 20) + (20 + 20))
+
+
+def test_untraceable_model_names_the_layer() -> None:
+    class Gate(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent control flow: no static graph
+                return x
+            return -x
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Gate())
+    with pytest.raises(DojoError, match=r"layer 1 \(Gate\)"):
+        analyze(model, (3, 8, 8))
+
+
+def test_too_small_input_names_the_layer() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 7))
+    with pytest.raises(DojoError, match=r"layer 1 \(Conv2d\)"):
+        analyze(model, (3, 6, 6))
+
+
+def test_resolve_model_sources(tmp_path) -> None:
+    assert isinstance(resolve_model("resnet18", (3, 32, 32)), torchvision.models.ResNet)
+    assert resolve_model("cnn", (1, 28, 28)).num_params() > 0
+    (tmp_path / "mynet.py").write_text("import torch.nn as nn\ndef build():\n    return nn.Linear(3, 2)\n")
+    assert isinstance(resolve_model(f"{tmp_path}/mynet.py:build", (3,)), nn.Linear)
+    with pytest.raises(DojoError, match="unknown model 'resnet19'"):
+        resolve_model("resnet19", (3, 32, 32))
+
+
+def test_cli_formats(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["calc", "textbook-cnn", "--input", "1x28x28", "--format", "json", "--freeze", "features.0"])
+        == 0
+    )
+    doc = json.loads(capsys.readouterr().out)
+    model = build_model("textbook-cnn", (1, 28, 28), 10)
+    assert doc["totals"]["params"] == model.num_params()
+    assert doc["totals"]["frozen"] == 32 * 9 + 32
+    assert doc["layers"][0]["rf"] == "3"
+    assert main(["calc", "textbook-cnn", "--input", "1x28x28", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("name,type,input,output,params") and lines[-1].startswith("TOTAL,")
+    assert main(["calc", "textbook-cnn", "--input", "1x28x28", "--format", "markdown"]) == 0
+    assert "| features.0 | Conv2d |" in capsys.readouterr().out
+    assert main(["calc", "textbook-cnn", "--input", "1x28x28", "--erf"]) == 0
+    out = capsys.readouterr().out
+    assert "TOTAL" in out and "empirical receptive field of features.7" in out and "support 10x10" in out
+    assert main(["calc", "nope-net"]) == 2
+    assert "unknown model" in capsys.readouterr().err
