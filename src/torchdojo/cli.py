@@ -7,7 +7,8 @@ import sys
 from torchdojo.errors import DojoError
 
 # Explicit list: the CLI is generated from it (one module per command).
-COMMAND_MODULES = ["list_cmd", "run_cmd", "report_cmd", "compare_cmd", "data_cmd", "calc_cmd"]
+COMMAND_MODULES = ["list_cmd", "run_cmd", "report_cmd", "compare_cmd", "data_cmd", "calc_cmd", "predict_cmd",
+                   "describe_cmd", "check_cmd", "explain_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:

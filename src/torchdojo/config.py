@@ -32,6 +32,8 @@ class TrainConfig:
     max_batches: int = 0  # stop each epoch after this many batches (smoke tests); 0 = all
     # NHWC activations and weights: 3-4x faster conv training on CPU (oneDNN) and faster on GPU tensor cores
     channels_last: bool = True
+    amp: bool = True  # bf16 autocast on CUDA; CPU always trains in fp32 (bit-reproducible)
+    compile: bool = False  # torch.compile the training step (pays off on long GPU runs)
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "eval_batch_size")

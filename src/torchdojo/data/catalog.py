@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from torchdojo.data.base import DatasetSpec, ImageData, Splits, verify_md5
+from torchdojo.data.flowers import SPEC as FLOWERS102
 from torchdojo.data.readers import (
     first_existing,
     read_cifar_batches,
@@ -167,3 +168,4 @@ DATASETS.register("digits", DatasetSpec(
     how_to_get="install scikit-learn (pip install scikit-learn)",
     description="scikit-learn's 1,797 8x8 handwritten digits (ships with scikit-learn)",
 ))
+DATASETS.register("flowers102", FLOWERS102)
