@@ -56,6 +56,7 @@ class Config:
     val_fraction: float = 0.1  # stratified, seeded, from the training set
     train_subset: int = 0  # this many training images (0 = all)
     test_subset: int = 0  # this many test images (0 = all)
+    val_subset: int = 0  # this many validation images (0 = all)
     model: str = "metric-cnn"  # or any registered classifier (torchdojo list models)
     channels: tuple[int, ...] = (32, 64, 128)  # metric-cnn only
     embedding_dim: int = 64  # metric-cnn only
@@ -107,7 +108,9 @@ SCALES = {
     "smoke": {
         "train_subset": 240,
         "test_subset": 200,
+        "val_subset": 120,
         "probe_images": 120,
+        "feature_map_channels": 4,
         "projection_points": 100,
         "channels": "8,16",
         "embedding_dim": 16,
@@ -176,7 +179,8 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     tr_idx, va_idx = stratified_split(data.train.y, cfg.val_fraction, cfg.seed)
     train = data.train.take(tr_idx)
     train = _subset(train, cfg.train_subset, cfg.seed)
-    val, test = data.train.take(va_idx), _subset(data.test, cfg.test_subset, cfg.seed)
+    val = _subset(data.train.take(va_idx), cfg.val_subset, cfg.seed + 1)
+    test = _subset(data.test, cfg.test_subset, cfg.seed)
     if len(val) == 0:
         raise DojoError("the validation split is empty", "raise val_fraction or use more training images")
     ref = _subset(train, cfg.probe_images, cfg.seed + 2)

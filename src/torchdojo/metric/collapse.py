@@ -27,9 +27,7 @@ class CollapseDetector:
 
     def stuck_at_margin(self) -> bool:
         tail = self.losses[-self.patience :]
-        return len(tail) >= self.patience and all(
-            abs(v - self.margin) <= self.loss_tol * self.margin for v in tail
-        )
+        return len(tail) >= self.patience and all(abs(v - self.margin) <= self.loss_tol * self.margin for v in tail)
 
     def warnings(self) -> list[str]:
         out = []

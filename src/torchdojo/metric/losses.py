@@ -65,9 +65,7 @@ class TripletObjective:
         return out
 
 
-def head_only_cross_entropy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def head_only_cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of `model.head` on frozen features: the extractor runs in eval mode (BN statistics
     are not updated) and without autograd, so only the head can change."""
     model.features.eval()

@@ -63,9 +63,7 @@ class RepresentationMonitor:
         row: dict[str, Any] = {
             "epoch": epoch,
             "seconds": seconds,
-            "knn_val_acc": knn_accuracy(
-                ref["embedding"], p.ref.y.cpu(), val["embedding"], p.val.y.cpu(), p.knn_k
-            ),
+            "knn_val_acc": knn_accuracy(ref["embedding"], p.ref.y.cpu(), val["embedding"], p.val.y.cpu(), p.knn_k),
             "spread": spread,
             **{f"train_{k}": v for k, v in stats.items()},
         }

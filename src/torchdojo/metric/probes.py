@@ -100,7 +100,7 @@ def linear_probe_accuracy(
 def mean_pairwise_distance(emb: torch.Tensor, max_rows: int = 1024) -> float:
     """Mean Euclidean distance between distinct L2-normalised rows (0 = collapsed to a point;
     random directions in many dimensions give about sqrt(2))."""
-    z = F.normalize(emb[:max_rows].float(), dim=1)
+    z = F.normalize(emb[:max_rows].detach().float(), dim=1)
     n = len(z)
     if n < 2:
         return 0.0

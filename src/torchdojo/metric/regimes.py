@@ -114,9 +114,7 @@ def _fit(
     return result.history
 
 
-def train_e1(
-    model: nn.Module, setup: Setup, tcfg: TrainConfig, monitor: RepresentationMonitor
-) -> RegimeResult:
+def train_e1(model: nn.Module, setup: Setup, tcfg: TrainConfig, monitor: RepresentationMonitor) -> RegimeResult:
     """E1: cross-entropy on the whole model."""
     hist = _fit(
         model,
