@@ -1,7 +1,6 @@
 """Shared fixtures: isolated data locations, writers for the datasets' real binary formats, small data."""
 
 import gzip
-import hashlib
 import pickle
 import struct
 from collections.abc import Callable
@@ -80,19 +79,27 @@ def digits() -> Splits:
     return load_dataset("digits")
 
 
-def md5_bytes(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
 def file_snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (relative path -> bytes), to check that nothing changed."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def seed_all(seed: int = 0) -> None:
-    torch.manual_seed(seed)
-
-
 def pytest_configure(config: pytest.Config) -> None:
     # Small shared test machines: one intra-op thread avoids oversubscription; tiny models gain nothing.
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two finished smoke ladder runs on digits (read-only: copy one before changing it)."""
+    from torchdojo.experiments import ladder
+    from torchdojo.experiments.base import run_experiment
+
+    root = tmp_path_factory.mktemp("runs")
+    common = ["dataset=digits", "train.max_batches=3"]
+    return [
+        run_experiment(ladder, scale="smoke", overrides=[*common, "rungs=logreg,mlp"], device="cpu",
+                       runs_root=root, verbose=False),
+        run_experiment(ladder, scale="smoke", overrides=[*common, "rungs=logreg", "seed=1"], device="cpu",
+                       runs_root=root, verbose=False),
+    ]
