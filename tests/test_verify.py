@@ -162,7 +162,8 @@ def test_failure_reproduces_with_the_printed_case(capsys: pytest.CaptureFixture,
      "has no 'Conv'; classes defined there: Other"),
     ("def Conv():\n    pass\n", "Conv", 2, "is a function, not an nn.Module subclass"),
     ("import torch\nclass Conv(torch.nn.Module):\n    def __init__(self, cin, cout, k):\n"
-     "        super().__init__()\n", "Conv", 1, r"FAIL  constructor: Conv\(cin, cout, k\) cannot be called with keywords in_channels, "),
+     "        super().__init__()\n", "Conv", 1,
+     r"FAIL  constructor: Conv\(cin, cout, k\) cannot be called with keywords in_channels, "),
     ("import torch\nclass Conv(torch.nn.Module):\n    def __init__(self, **kw):\n        super().__init__()\n"
      "        self.weight = torch.nn.Parameter(torch.zeros(1))\n"
      "    def forward(self, x):\n        print('debug output')\n        raise NotImplementedError('todo')\n",
