@@ -41,8 +41,7 @@ MISSION_IDS = ("E1", "E2", "E3", "E4")
 SUMMARY = "metric learning: cross-entropy vs triplet loss (+ frozen FC) vs both, feature maps and embeddings"
 REGIMES = {
     "e1": "E1: cross-entropy, end to end",
-    "e2": "E2: triplet loss on the extractor (no FC), then the FC head alone with cross-entropy "
-    "(extractor frozen)",
+    "e2": "E2: triplet loss on the extractor (no FC), then the FC head alone with cross-entropy (extractor frozen)",
     "e4": "E4: L = L_triplet + lambda * L_CE, whole model at once",
 }
 
@@ -66,7 +65,7 @@ class Config:
     ce_weight: float = 1.0  # lambda of E4 (the seed: 1)
     augment: tuple[str, ...] = ("flip",)
     crop_padding: int = 2
-    target_acc: float = 0.9  # validation accuracy that counts as "converged"
+    target_acc: float = 0.85  # validation accuracy that counts as "converged"
     head_epochs: int = 3  # E2 stage 2
     head_lr: float = 1e-2
     feature_map_epochs: tuple[int, ...] = ()  # () = first, middle and last (epoch 0 = init is always shown)
@@ -77,9 +76,7 @@ class Config:
     projection_points: int = 1000  # test embeddings drawn in the PCA / t-SNE plots
     tsne: bool = True
     train: TrainConfig = dataclasses.field(
-        default_factory=lambda: TrainConfig(
-            epochs=6, optimizer="adamw", lr=2e-3, weight_decay=5e-4, schedule="cosine"
-        )
+        default_factory=lambda: TrainConfig(epochs=6, optimizer="adamw", lr=2e-3, weight_decay=5e-4, schedule="cosine")
     )
 
     def __post_init__(self) -> None:
@@ -95,9 +92,7 @@ class Config:
         if self.margin <= 0 or self.margin > 2:
             raise DojoError(f"margin must be in (0, 2] (unit embeddings), got {self.margin}")
         if len(self.classes) == 1:
-            raise DojoError(
-                "metric learning needs at least two classes", "set classes=a,b (or empty for all)"
-            )
+            raise DojoError("metric learning needs at least two classes", "set classes=a,b (or empty for all)")
         if self.ce_weight < 0:
             raise DojoError(f"ce_weight must be >= 0, got {self.ce_weight}")
         if not 0 < self.target_acc <= 1:
@@ -118,7 +113,14 @@ SCALES = {
         "tsne": False,
         "train": {"epochs": 2, "batch_size": 48, "max_batches": 3},
     },
-    "small": {},
+    # minutes on a shared 2-core CPU: a narrower net, 6,000 of the 10,800 training images
+    "small": {
+        "train_subset": 6000,
+        "channels": "16,32,64",
+        "embedding_dim": 32,
+        "probe_images": 1500,
+        "train": {"epochs": 5},
+    },
     "full": {"head_epochs": 10, "train": {"epochs": 30}},
 }
 PRESETS = {
@@ -158,9 +160,7 @@ def _train_regime(
     if name == "e1":
         return train_e1(model, setup, cfg.train, monitor)
     if name == "e2":
-        head_cfg = apply_overrides(
-            cfg.train, {"epochs": cfg.head_epochs, "lr": cfg.head_lr, "weight_decay": 0.0}
-        )
+        head_cfg = apply_overrides(cfg.train, {"epochs": cfg.head_epochs, "lr": cfg.head_lr, "weight_decay": 0.0})
         return train_e2(model, setup, cfg.train, head_cfg, cfg.margin, miner, monitor)
     return train_e4(model, setup, cfg.train, cfg.margin, miner, cfg.ce_weight, monitor)
 

@@ -1,0 +1,103 @@
+"""The metric-learning experiment (E1-E4): E2's frozen extractor, a smoke run end to end, config errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchdojo.config import TrainConfig
+from torchdojo.data import load_dataset
+from torchdojo.errors import DojoError
+from torchdojo.experiments import EXPERIMENTS, metric_learning
+from torchdojo.experiments.base import build_config, run_experiment
+from torchdojo.metric.model import MetricCNN
+from torchdojo.metric.regimes import Setup, fit_head_frozen
+from torchdojo.runs import load_checkpoint
+
+
+def _digits_setup() -> Setup:
+    d = load_dataset("digits", classes=["3", "8"])
+    mean, std = d.mean_std()
+    return Setup(d.train, d.test, mean, std, torch.device("cpu"), seed=0, verbose=False)
+
+
+def test_e2_head_stage_leaves_the_extractor_unchanged() -> None:
+    setup = _digits_setup()
+    torch.manual_seed(0)
+    model = MetricCNN((1, 8, 8), 2, channels=(8, 16), embedding_dim=8)
+    features_before = {k: v.clone() for k, v in model.features.state_dict().items()}  # weights and BN stats
+    head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    tcfg = TrainConfig(epochs=2, batch_size=32, lr=0.05)
+    hist = fit_head_frozen(
+        model, setup.batches(setup.train, 32, True), setup.batches(setup.val, 256, False), tcfg, setup
+    )
+    assert len(hist) == 2 and hist[-1]["val_acc"] > 0.5
+    for k, v in model.features.state_dict().items():
+        assert torch.equal(v, features_before[k]), f"extractor tensor {k} changed in the FC stage"
+    assert all(not p.requires_grad for p in model.features.parameters())
+    assert any(not torch.equal(v, head_before[k]) for k, v in model.head.state_dict().items()), "head must learn"
+
+
+def _run(tmp_path: Path, **overrides: object) -> Path:
+    return run_experiment(
+        metric_learning, scale="smoke", overrides=dict(overrides), device="cpu", runs_root=tmp_path, verbose=False
+    )
+
+
+def test_smoke_run_end_to_end(tmp_path: Path) -> None:
+    try:
+        load_dataset("fashion-mnist")
+        over: dict[str, object] = {}
+    except DojoError:  # offline without Fashion-MNIST: the same code path on sklearn's digits
+        over = {"dataset": "digits", "classes": "3,8"}
+    path = _run(tmp_path, **over)
+    summary = json.loads((path / "summary.json").read_text())
+    assert set(summary["regimes"]) == {"e1", "e2", "e4"}
+    for name, r in summary["regimes"].items():
+        assert 0 <= r["test_acc"] <= 1 and 0 <= r["knn_test_acc"] <= 1, name
+        assert set(r["separability"]) == {"block1", "block2", "embedding"}
+        assert all(v["fisher"] >= 0 for v in r["separability"].values())
+        for layer in ("block1", "block2"):
+            assert (path / "figures" / f"fmap_{name}_{layer}.png").stat().st_size > 0
+        assert (path / "figures" / f"embedding_{name}.png").exists()
+        assert (path / "figures" / f"curves_{name}.png").exists()
+    stages = {json.loads(line)["stage"] for line in (path / "metrics.jsonl").read_text().splitlines()}
+    assert stages == {"e1", "e2-triplet", "e2-head", "e4"}
+    # E2 end to end: the head stage's best model carries exactly the triplet stage's extractor
+    trip = load_checkpoint(path / "checkpoints" / "e2-triplet" / "best.pt")["model"]
+    head = load_checkpoint(path / "checkpoints" / "e2-head" / "best.pt")["model"]
+    for k, v in trip.items():
+        if k.startswith("features."):
+            assert torch.equal(v, head[k]), k
+    html = (path / "report.html").read_text()
+    for text in ("E3. The regimes side by side", "Fisher", "kNN", "feature maps"):
+        assert text in html
+
+
+def test_batch_hard_with_pml_runs(tmp_path: Path) -> None:
+    pytest.importorskip("pytorch_metric_learning")
+    path = _run(
+        tmp_path,
+        dataset="digits",
+        classes="0,1",
+        regimes="e4",
+        miner="batch-hard",
+        miner_impl="pml",
+        feature_map_epochs="2",
+    )
+    summary = json.loads((path / "summary.json").read_text())
+    assert list(summary["regimes"]) == ["e4"]
+
+
+def test_config_validation_and_presets() -> None:
+    assert "metric-learning" in EXPERIMENTS.names()
+    with pytest.raises(DojoError, match="unknown regime"):
+        build_config(metric_learning, "smoke", overrides=["regimes=e1,e3"])
+    with pytest.raises(DojoError, match="miner"):
+        build_config(metric_learning, "smoke", overrides=["miner=hardest"])
+    with pytest.raises(DojoError, match="margin"):
+        build_config(metric_learning, "smoke", overrides=["margin=0"])
+    cfg = build_config(metric_learning, "small", preset="cifar10")
+    assert cfg.dataset == "cifar10" and cfg.classes == ("airplane", "automobile")
+    assert build_config(metric_learning, "small").classes == ("T-shirt/top", "Shirt")
