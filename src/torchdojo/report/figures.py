@@ -80,7 +80,8 @@ def image_grid(images: Sequence[torch.Tensor], path: Path, ncols: int, titles: S
         if row_labels and i % ncols == 0 and i // ncols < len(row_labels):
             ax.set_ylabel(row_labels[i // ncols], rotation=0, ha="right", va="center", fontsize=9)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)
 
 
