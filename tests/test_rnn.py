@@ -1,0 +1,140 @@
+"""RNN cells, the classifier's exact truncated BPTT, nn.RNN as an oracle, and gradient clipping."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from torchdojo.rnn import (
+    CELLS,
+    LipschitzCell,
+    ResetGateCell,
+    RNNClassifier,
+    build_cell,
+    clip_gradients,
+    position_gradients,
+    structured,
+)
+
+ALL_CELLS = RNNClassifier.cell_names()
+
+
+def _batch(lengths: list[int], vocab: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, vocab, (len(lengths), max(lengths)), generator=g)
+    for i, n in enumerate(lengths):
+        ids[i, n:] = 0
+    return ids, torch.tensor(lengths), torch.randint(0, 2, (len(lengths),), generator=g)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+@pytest.mark.parametrize("t", [0, 1, 3, 7, 25])
+def test_truncation_is_exact(cell, t):
+    """Gradient exactly zero before T - t, non-zero inside the window, per sentence of length T."""
+    torch.manual_seed(0)
+    model = RNNClassifier(40, 2, cell, embed_dim=6, hidden_size=10, dropout=0.0)
+    lengths = [12, 3, 9, 20, 7]
+    ids, lens, y = _batch(lengths)
+    g = position_gradients(model, ids, lens, y, tbptt_steps=t)
+    for b, T in enumerate(lengths):
+        lo = max(T - t, 0) if t > 0 else 0
+        assert (g["dx"][b, :lo] == 0).all(), f"dL/dx leaks past the window (T={T}, t={t})"
+        assert (g["dx"][b, lo:T] > 0).all(), f"dL/dx missing inside the window (T={T}, t={t})"
+        assert (g["dx"][b, T:] == 0).all()  # padding
+        if "dh" in g:
+            assert (g["dh"][b, :lo] == 0).all() and (g["dh"][b, lo:T] > 0).all()
+    assert ("dh" in g) == (cell != "torch")
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(1, 30), min_size=1, max_size=4), st.integers(1, 30), st.integers(0, 99))
+def test_truncation_window_any_t_and_T(lengths, t, seed):
+    torch.manual_seed(seed)
+    model = RNNClassifier(40, 2, "elman", embed_dim=4, hidden_size=6, dropout=0.0)
+    ids, lens, y = _batch(lengths, seed=seed)
+    dx = position_gradients(model, ids, lens, y, tbptt_steps=t)["dx"]
+    nonzero = dx > 0
+    for b, T in enumerate(lengths):
+        assert nonzero[b].nonzero().flatten().tolist() == list(range(max(T - t, 0), T))
+
+
+@pytest.mark.parametrize("t", [0, 4])
+def test_hand_stepped_elman_matches_fused_nn_rnn(t):
+    """Same weights: the Python-stepped ElmanCell and packed nn.RNN give the same logits and input gradients."""
+    torch.manual_seed(0)
+    ours = RNNClassifier(40, 3, "elman", embed_dim=5, hidden_size=7, dropout=0.0)
+    ref = RNNClassifier(40, 3, "torch", embed_dim=5, hidden_size=7, dropout=0.0)
+    ref.embed.load_state_dict(ours.embed.state_dict())
+    ref.head.load_state_dict(ours.head.state_dict())
+    ref.rnn.load_state_dict({f"{k}_l0": v for k, v in ours.rnn.state_dict().items()})
+    ids, lens, _ = _batch([9, 2, 6, 4])
+    y = torch.tensor([0, 2, 1, 1])
+    torch.testing.assert_close(ours(ids, lens, t), ref(ids, lens, t))
+    torch.testing.assert_close(position_gradients(ours, ids, lens, y, t)["dx"],
+                               position_gradients(ref, ids, lens, y, t)["dx"])
+
+
+@pytest.mark.parametrize("name", CELLS.names())
+def test_cell_shapes_and_gradcheck(name):
+    torch.manual_seed(0)
+    cell = build_cell(name, 3, 4).double()
+    x = torch.randn(2, 3, dtype=torch.double, requires_grad=True)
+    h = torch.randn(2, 4, dtype=torch.double, requires_grad=True)
+    out = cell(x, h)
+    assert out.shape == (2, 4)
+    assert torch.autograd.gradcheck(lambda a, b: cell(a, b), (x, h))
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in cell.parameters())
+
+
+def test_reset_gate_depends_only_on_input_and_can_wipe_the_state():
+    torch.manual_seed(0)
+    cell = ResetGateCell(3, 5)
+    x = torch.randn(4, 3)
+    h1, h2 = torch.randn(4, 5), 10 * torch.randn(4, 5)
+    torch.testing.assert_close(cell.gate(x), torch.sigmoid(x @ cell.weight_r.T + cell.bias_r))
+    cand = torch.tanh(x @ cell.candidate.weight_ih.T + cell.candidate.bias_ih + h1 @ cell.candidate.weight_hh.T
+                      + cell.candidate.bias_hh)
+    torch.testing.assert_close(cell(x, h1), cand * cell.gate(x))
+    with torch.no_grad():
+        cell.bias_r.fill_(-30.0)  # the reset button pressed for every input
+    assert cell(x, h1).abs().max() < 1e-12 and cell(x, h2).abs().max() < 1e-12
+    assert cell(x).shape == (4, 5)
+
+
+def test_lipschitz_plain_form_is_the_formula():
+    torch.manual_seed(0)
+    cell = LipschitzCell(3, 4)
+    x, h = torch.randn(2, 3), torch.randn(2, 4)
+    expected = h @ cell.A.T + torch.tanh(h @ cell.W.T + x @ cell.U.T + cell.b)
+    torch.testing.assert_close(cell(x, h), expected)
+    assert {n for n, _ in cell.named_parameters()} == {"A", "W", "U", "b"}
+
+
+def test_structured_matrices():
+    m = torch.randn(6, 6, dtype=torch.double)
+    eye = torch.eye(6, dtype=torch.double)
+    skew = structured(m, beta=1.0, gamma=0.5) + 0.5 * eye
+    torch.testing.assert_close(skew, -skew.T)  # beta = 1: skew-symmetric, shifted by -gamma
+    sym = structured(m, beta=0.0, gamma=0.0)
+    torch.testing.assert_close(sym, sym.T)
+    # the skew part has purely imaginary eigenvalues, so A = beta-mix - gamma I has real parts near -gamma
+    eig = torch.linalg.eigvals(structured(m, 1.0, 0.25))
+    torch.testing.assert_close(eig.real, torch.full((6,), -0.25, dtype=torch.double))
+    cell = LipschitzCell(3, 6, structured=True, eps=0.1)
+    a, w = cell.matrices()
+    torch.testing.assert_close(a, torch.eye(6) + 0.1 * structured(cell.A, cell.beta, cell.gamma_a))
+    x, h = torch.randn(2, 3), torch.randn(2, 6)
+    torch.testing.assert_close(cell(x, h), h @ a.T + 0.1 * torch.tanh(h @ w.T + x @ cell.U.T + cell.b))
+
+
+def test_clip_by_norm_keeps_direction_clip_by_value_does_not():
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([30.0, 4.0, 0.0])
+    clip_gradients([p], "norm", 1.0)
+    torch.testing.assert_close(p.grad, torch.tensor([30.0, 4.0, 0.0]) / torch.tensor([30.0, 4.0]).norm())
+    p.grad = torch.tensor([30.0, 4.0, -0.5])
+    clip_gradients([p], "value", 1.0)
+    torch.testing.assert_close(p.grad, torch.tensor([1.0, 1.0, -0.5]))
+    with pytest.raises(ValueError):
+        clip_gradients([p], "sideways", 1.0)  # type: ignore[arg-type]
