@@ -23,6 +23,7 @@ from torchdojo.errors import DojoError
 from torchdojo.experiments.base import Context
 from torchdojo.metric import featuremaps, projection
 from torchdojo.metric.collapse import CollapseDetector
+from torchdojo.metric.compare import report_comparison
 from torchdojo.metric.miners import MINERS, build_miner
 from torchdojo.metric.model import MetricCNN, main_layers
 from torchdojo.metric.monitor import Probe, RepresentationMonitor
@@ -240,7 +241,14 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         ctx.report.save(ctx.run.path)  # readable after every regime, even if a later one is interrupted
 
     pixels = _pixel_baseline(ref, test, cfg.seed)
-    return _compare(cfg, ctx, results, evals, layer_names, pixels)
+    report_comparison(ctx.report, ctx.run, results, evals, layer_names, pixels, cfg.target_acc, cfg.probe_images)
+    return {
+        "dataset": cfg.dataset,
+        "classes": list(cfg.classes),
+        "target_acc": cfg.target_acc,
+        "pixels": pixels,
+        "regimes": evals,
+    }
 
 
 def _evaluate_regime(
@@ -375,116 +383,4 @@ def _pixel_baseline(ref: ImageData, test: ImageData, seed: int) -> dict[str, flo
     return {
         "fisher": fisher_ratio(pix(test), test.y.cpu()),
         "probe": linear_probe_accuracy(pix(ref), ref.y.cpu(), pix(test), test.y.cpu(), seed),
-    }
-
-
-def _fmt_conv(ep: int | None, sec: float | None) -> tuple[Any, Any]:
-    return ("not reached", "-") if ep is None else (ep, round(sec or 0.0, 1))
-
-
-def _compare(
-    cfg: Config,
-    ctx: Context,
-    results: dict[str, RegimeResult],
-    evals: dict[str, dict[str, Any]],
-    layer_names: list[str],
-    pixels: dict[str, float],
-) -> dict[str, Any]:
-    """E3: the regimes side by side, and the summary numbers."""
-    names = list(results)
-    layers = [*layer_names, "embedding"]
-    ctx.report.heading("E3. The regimes side by side")
-    rows = []
-    for n in names:
-        e = evals[n]
-        ep, sec = _fmt_conv(e["epochs_to_target"], e["seconds_to_target"])
-        kep, ksec = _fmt_conv(e["knn_epochs_to_target"], e["knn_seconds_to_target"])
-        rows.append(
-            {
-                "regime": n,
-                "test acc": e["test_acc"],
-                "kNN test acc": e["knn_test_acc"],
-                f"epochs to val acc {cfg.target_acc}": ep,
-                "seconds to it": sec,
-                f"epochs to kNN val acc {cfg.target_acc}": kep,
-                "seconds to it (kNN)": ksec,
-                "train seconds": round(e["train_seconds"], 1),
-                "spread": e["spread"],
-                **{f"Fisher {ln}": e["separability"][ln]["fisher"] for ln in layers},
-                "collapse": "yes" if e["collapse_warnings"] else "no",
-            }
-        )
-    ctx.report.table(
-        rows,
-        caption="test accuracy, convergence (epochs counted over all stages; seconds = "
-        "training time) and feature quality (Fisher ratio of pooled features, test set)",
-    )
-    sep_rows = [
-        {
-            "layer": "input pixels (8x8 avg)",
-            **{f"Fisher {n}": pixels["fisher"] for n in names},
-            **{f"probe acc {n}": pixels["probe"] for n in names},
-        }
-    ]
-    for ln in layers:
-        sep_rows.append(
-            {
-                "layer": ln,
-                **{f"Fisher {n}": evals[n]["separability"][ln]["fisher"] for n in names},
-                **{f"probe acc {n}": evals[n]["separability"][ln]["probe"] for n in names},
-            }
-        )
-    ctx.report.table(
-        sep_rows,
-        caption="feature-map quality per layer: Fisher ratio trace(Sw^-1 Sb) of globally "
-        "average-pooled features on the test set, and the test accuracy of a logistic-regression "
-        f"probe fitted on {cfg.probe_images} training images' features",
-    )
-    series_ep = {}
-    series_s = {}
-    for n in names:
-        rows_m = results[n].monitor.rows
-        series_ep[f"{n} kNN"] = ([r["epoch"] for r in rows_m], [r["knn_val_acc"] for r in rows_m])
-        secs = [sum(r["seconds"] for r in rows_m[: j + 1]) for j in range(len(rows_m))]
-        series_s[f"{n} kNN"] = (secs, [r["knn_val_acc"] for r in rows_m])
-        cls_rows = [r for rows in results[n].stages.values() for r in rows if r.get("stage") != "e2-triplet"]
-        offset = sum(len(rows) for st, rows in results[n].stages.items() if st == "e2-triplet")
-        series_ep[f"{n} classifier"] = (
-            [offset + j + 1 for j in range(len(cls_rows))],
-            [r["val_acc"] for r in cls_rows],
-        )
-    figures.line_plot(
-        series_ep,
-        ctx.run.figure_path("convergence"),
-        "epoch (all stages)",
-        "validation accuracy",
-        title="convergence: kNN on the embedding and the classifier head",
-    )
-    figures.line_plot(
-        series_s,
-        ctx.run.figure_path("convergence_seconds"),
-        "training seconds",
-        "kNN validation accuracy",
-        title="convergence against wall-clock training time",
-    )
-    ctx.report.figure(
-        "convergence.png",
-        "validation accuracy per epoch: kNN vote on the embedding (every regime, "
-        "every epoch) and the classifier head (E2's head only exists after its triplet stage)",
-    )
-    ctx.report.figure("convergence_seconds.png", "kNN validation accuracy against training seconds")
-    best = max(names, key=lambda n: evals[n]["test_acc"])
-    ctx.report.text(
-        f"Best test accuracy: {best} ({evals[best]['test_acc']:.4f}). Read the tables for the trade-offs: "
-        "the triplet loss shapes the embedding directly (kNN accuracy, Fisher ratio of the embedding), "
-        "cross-entropy only needs a separating hyperplane, and the combined loss gets both signals in one "
-        "stage. The per-epoch tables show how fast each objective makes the deep layers separable, and a "
-        "collapse warning appears above a regime whose embeddings shrank to a point."
-    )
-    return {
-        "dataset": cfg.dataset,
-        "classes": list(cfg.classes),
-        "target_acc": cfg.target_acc,
-        "pixels": pixels,
-        "regimes": {n: {k2: v for k2, v in evals[n].items()} for n in names},
     }

@@ -1,0 +1,147 @@
+"""E3: the regimes of the metric-learning experiment side by side: test accuracy, convergence speed and
+feature-map quality per layer, with a conclusion drawn from the measured numbers (not a canned text).
+"""
+
+from typing import Any
+
+from torchdojo.metric.regimes import RegimeResult
+from torchdojo.report import Report, figures
+from torchdojo.runs import Run
+
+
+def _fmt_conv(ep: int | None, sec: float | None) -> tuple[Any, Any]:
+    return ("not reached", "-") if ep is None else (ep, round(sec or 0.0, 1))
+
+
+def report_comparison(
+    report: Report,
+    run: Run,
+    results: dict[str, RegimeResult],
+    evals: dict[str, dict[str, Any]],
+    layer_names: list[str],
+    pixels: dict[str, float],
+    target_acc: float,
+    probe_images: int,
+) -> None:
+    """E3: tables and convergence plots of every regime side by side, and a conclusion from the numbers."""
+    names = list(results)
+    layers = [*layer_names, "embedding"]
+    report.heading("E3. The regimes side by side")
+    rows = []
+    for n in names:
+        e = evals[n]
+        ep, sec = _fmt_conv(e["epochs_to_target"], e["seconds_to_target"])
+        kep, ksec = _fmt_conv(e["knn_epochs_to_target"], e["knn_seconds_to_target"])
+        rows.append(
+            {
+                "regime": n,
+                "test acc": e["test_acc"],
+                "kNN test acc": e["knn_test_acc"],
+                f"epochs to val acc {target_acc}": ep,
+                "seconds to it": sec,
+                f"epochs to kNN val acc {target_acc}": kep,
+                "seconds to it (kNN)": ksec,
+                "train seconds": round(e["train_seconds"], 1),
+                "spread": e["spread"],
+                **{f"Fisher {ln}": e["separability"][ln]["fisher"] for ln in layers},
+                "collapse": "yes" if e["collapse_warnings"] else "no",
+            }
+        )
+    report.table(
+        rows,
+        caption="test accuracy, convergence (epochs counted over all stages; seconds = "
+        "training time) and feature quality (Fisher ratio of pooled features, test set)",
+    )
+    sep_rows = [
+        {
+            "layer": "input pixels (8x8 avg)",
+            **{f"Fisher {n}": pixels["fisher"] for n in names},
+            **{f"probe acc {n}": pixels["probe"] for n in names},
+        }
+    ]
+    for ln in layers:
+        sep_rows.append(
+            {
+                "layer": ln,
+                **{f"Fisher {n}": evals[n]["separability"][ln]["fisher"] for n in names},
+                **{f"probe acc {n}": evals[n]["separability"][ln]["probe"] for n in names},
+            }
+        )
+    report.table(
+        sep_rows,
+        caption="feature-map quality per layer: Fisher ratio trace(Sw^-1 Sb) of globally "
+        "average-pooled features on the test set, and the test accuracy of a logistic-regression "
+        f"probe fitted on {probe_images} training images' features",
+    )
+    series_ep = {}
+    series_s = {}
+    for n in names:
+        rows_m = results[n].monitor.rows
+        series_ep[f"{n} kNN"] = ([r["epoch"] for r in rows_m], [r["knn_val_acc"] for r in rows_m])
+        secs = [sum(r["seconds"] for r in rows_m[: j + 1]) for j in range(len(rows_m))]
+        series_s[f"{n} kNN"] = (secs, [r["knn_val_acc"] for r in rows_m])
+        cls_rows = [r for rows in results[n].stages.values() for r in rows if r.get("stage") != "e2-triplet"]
+        offset = sum(len(rows) for st, rows in results[n].stages.items() if st == "e2-triplet")
+        series_ep[f"{n} classifier"] = (
+            [offset + j + 1 for j in range(len(cls_rows))],
+            [r["val_acc"] for r in cls_rows],
+        )
+    figures.line_plot(
+        series_ep,
+        run.figure_path("convergence"),
+        "epoch (all stages)",
+        "validation accuracy",
+        title="convergence: kNN on the embedding and the classifier head",
+    )
+    figures.line_plot(
+        series_s,
+        run.figure_path("convergence_seconds"),
+        "training seconds",
+        "kNN validation accuracy",
+        title="convergence against wall-clock training time",
+    )
+    report.figure(
+        "convergence.png",
+        "validation accuracy per epoch: kNN vote on the embedding (every regime, "
+        "every epoch) and the classifier head (E2's head only exists after its triplet stage)",
+    )
+    report.figure("convergence_seconds.png", "kNN validation accuracy against training seconds")
+    report.text(conclusion(evals, layers))
+
+
+def conclusion(evals: dict[str, dict[str, Any]], layers: list[str]) -> str:
+    """A paragraph that states which regime won on each axis, from `evals`."""
+    names = list(evals)
+    best = max(names, key=lambda n: evals[n]["test_acc"])
+    sep = max(names, key=lambda n: evals[n]["separability"]["embedding"]["fisher"])
+    knn = max(names, key=lambda n: evals[n]["knn_test_acc"])
+    reached = [n for n in names if evals[n]["epochs_to_target"] is not None]
+    parts = [
+        f"Test accuracy: {best} is best ({evals[best]['test_acc']:.4f}; "
+        + ", ".join(f"{n} {evals[n]['test_acc']:.4f}" for n in names if n != best)
+        + ").",
+        f"Embedding quality: {sep} has the most separable embedding (Fisher "
+        f"{evals[sep]['separability']['embedding']['fisher']:.2f}) and {knn} the best kNN test accuracy "
+        f"({evals[knn]['knn_test_acc']:.4f}).",
+    ]
+    if reached:
+        fast = min(reached, key=lambda n: evals[n]["epochs_to_target"])
+        parts.append(
+            f"Convergence: {fast} reached the target validation accuracy first "
+            f"({evals[fast]['epochs_to_target']} epochs, {evals[fast]['seconds_to_target']:.0f} s)"
+            + (f"; {', '.join(n for n in names if n not in reached)} never did." if len(reached) < len(names) else ".")
+        )
+    else:
+        parts.append("Convergence: no regime reached the target validation accuracy.")
+    deep = layers[-2] if len(layers) > 1 else layers[-1]
+    parts.append(
+        "Deepest conv block ("
+        + deep
+        + ") Fisher ratio: "
+        + ", ".join(f"{n} {evals[n]['separability'][deep]['fisher']:.2f}" for n in names)
+        + "."
+    )
+    collapsed = [n for n in names if evals[n]["collapse_warnings"]]
+    if collapsed:
+        parts.append(f"Collapse warnings: {', '.join(collapsed)} (see the warnings above).")
+    return " ".join(parts)
