@@ -3,6 +3,10 @@
 `fit` checkpoints every epoch (full state in `last.pt`, best weights in `best.pt`, both written
 atomically), resumes exactly from `last.pt`, stops early, and stops on a NaN/inf loss keeping the
 last good checkpoint. Callbacks observe each epoch (figures, feature maps); they never change the maths.
+
+Under torchrun (see `torchdojo.distributed`) `fit` trains through DistributedDataParallel, metrics are
+summed over ranks, and only rank 0 writes checkpoints. On CUDA `fit` uses bf16 autocast (`train.amp`) and,
+with `train.compile`, torch.compile; on CPU the maths is plain fp32 and bit-reproducible.
 """
 
 import copy
@@ -17,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchdojo import distributed
 from torchdojo.config import TrainConfig
 from torchdojo.errors import TrainingDiverged
 from torchdojo.optim import build_optimizer, build_scheduler
@@ -103,14 +108,27 @@ def train_one_epoch(
         if logits is not None:
             correct += (logits.detach().argmax(1) == y).sum()
         n += len(y)
-        if i % 25 == 0 and not torch.isfinite(loss_sum):  # check now and then: a sync per step is costly on GPU
+        # Check now and then (a sync per step is costly on GPU); under DDP every rank must stop together.
+        if i % 25 == 0 and distributed.any_rank(not bool(torch.isfinite(loss_sum)), device):
             break
         if bar is not None:
             bar.update(bar.task_ids[0], advance=1, info=f"loss {loss.item():.4f}" if i % 10 == 0 else None)
     if bar is not None:
         bar.stop()
+    if distributed.is_initialized():  # sums over ranks: the metrics of the whole global batch
+        count = torch.tensor(float(n), device=device, dtype=torch.float64)
+        sums = distributed.all_reduce_sum(torch.stack([loss_sum.double(), correct.double(), count]))
+        loss_sum, correct, n = sums[0], sums[1], int(sums[2].item())
     mean_loss = (loss_sum / max(n, 1)).item()
-    return {"loss": mean_loss, "acc": correct.item() / max(n, 1), "n": n, "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    return {"loss": mean_loss, "acc": correct.item() / max(n, 1), "n": n, "seconds": seconds}
+
+
+def _shard_positions(batches: Any) -> tuple[torch.Tensor, int] | None:
+    """Under DDP: where this rank's samples sit in the epoch (padding: >= total), if `batches` tells."""
+    if not distributed.is_initialized() or not hasattr(batches, "positions"):
+        return None
+    return batches.positions(), int(batches.num_global)
 
 
 @torch.no_grad()
@@ -129,10 +147,19 @@ def evaluate(
     model.eval()
     loss_fn = loss_fn or cross_entropy()
     loss_sum, correct, n = 0.0, 0, 0
-    probs, targets = [], []
+    probs, targets, where = [], [], []
+    shard, seen = _shard_positions(batches), 0
     for i, (x, y) in enumerate(batches):
         if max_batches and i >= max_batches:
             break
+        if shard is not None:  # DDP: drop the padding that evened out the shards, so each image counts once
+            pos = shard[0][seen : seen + len(y)]
+            seen += len(y)
+            keep = pos < shard[1]
+            if not keep.all():
+                x, y, pos = x[keep.to(x.device)], y[keep.to(y.device)], pos[keep]
+            if len(y) == 0:
+                continue
         x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss, logits = loss_fn(model, x, y)
@@ -143,11 +170,33 @@ def evaluate(
             if return_outputs:
                 probs.append(logits.float().softmax(1).cpu())
                 targets.append(y.cpu())
+                if shard is not None:
+                    where.append(pos)
+    if distributed.is_initialized():
+        totals = torch.tensor([loss_sum, correct, n], dtype=torch.float64, device=device)
+        sums = distributed.all_reduce_sum(totals)
+        loss_sum, correct, n = sums[0].item(), int(sums[1].item()), int(sums[2].item())
     out: dict[str, Any] = {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "n": n}
     if return_outputs:
         out["probs"] = torch.cat(probs) if probs else torch.empty(0)
         out["targets"] = torch.cat(targets) if targets else torch.empty(0, dtype=torch.long)
+        if distributed.is_initialized():  # every rank gets all outputs, in the epoch's order when known
+            out = _gather_outputs(out, where if shard is not None else None, device)
     return out
+
+
+def _gather_outputs(out: dict[str, Any], where: list[torch.Tensor] | None,
+                    device: torch.device) -> dict[str, Any]:
+    """All ranks' probabilities and targets; sorted back into the epoch's order when positions are known."""
+    k = out["probs"].shape[1] if out["probs"].ndim == 2 else 0
+    k = int(distributed.all_gather_cat(torch.tensor([k], device=device)).max().item())  # a rank may have none
+    probs = distributed.all_gather_cat(out["probs"].reshape(-1, k).to(device)).cpu()
+    targets = distributed.all_gather_cat(out["targets"].to(device)).cpu()
+    if where is not None:
+        pos = torch.cat(where) if where else torch.empty(0, dtype=torch.long)
+        order = distributed.all_gather_cat(pos.to(device)).cpu().argsort()
+        probs, targets = probs[order], targets[order]
+    return {**out, "probs": probs, "targets": targets}
 
 
 @dataclasses.dataclass
@@ -186,11 +235,18 @@ def fit(
 
     `params` restricts what the optimizer sees (e.g. only the head for a frozen backbone).
     With `run`, checkpoints go to run/checkpoints/<stage>/ and each epoch's row to metrics.jsonl.
+    `autocast_dtype` None means: bf16 on CUDA when `cfg.amp`, fp32 otherwise.
     """
+    custom_objective = loss_fn is not None or params is not None
     loss_fn = loss_fn or cross_entropy(cfg.label_smoothing)
     val_loss_fn = val_loss_fn or loss_fn
+    verbose = verbose and distributed.is_main()
+    if autocast_dtype is None and cfg.amp and device.type == "cuda":
+        autocast_dtype = torch.bfloat16
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # only 4-D weights change layout
+    train_loss_fn = _training_objective(model, loss_fn, cfg, device, find_unused=custom_objective)
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, cfg)
     steps = min(len(train), cfg.max_batches) if cfg.max_batches else len(train)
@@ -210,7 +266,8 @@ def fit(
             torch.cuda.set_rng_state_all(list(state["rng_cuda"]))
         start_epoch, history = state["epoch"], state["history"]
         best_value, best_epoch, bad_epochs = state["best_value"], state["best_epoch"], state["bad_epochs"]
-        run.metrics.truncate(stage, start_epoch)  # rows of the epoch that was interrupted are redone
+        if run.is_main:
+            run.metrics.truncate(stage, start_epoch)  # rows of the epoch that was interrupted are redone
         if verbose:
             print(f"[{stage}] resumed after epoch {start_epoch}", file=sys.stderr)
 
@@ -222,7 +279,7 @@ def fit(
         for b in (train, val):
             if b is not None and hasattr(b, "set_epoch"):
                 b.set_epoch(epoch)
-        tr = train_one_epoch(model, train, optimizer, loss_fn, device=device, scheduler=scheduler,
+        tr = train_one_epoch(model, train, optimizer, train_loss_fn, device=device, scheduler=scheduler,
                              grad_clip=cfg.grad_clip, max_batches=cfg.max_batches,
                              progress=f"[{stage}] epoch {epoch}/{cfg.epochs}" if verbose else "",
                              autocast_dtype=autocast_dtype, channels_last=cfg.channels_last)
@@ -230,21 +287,25 @@ def fit(
             raise TrainingDiverged(
                 f"[{stage}] the training loss became {tr['loss']} in epoch {epoch}; stopped. The last good "
                 f"checkpoint (epoch {epoch - 1}) is kept" + (f" in {ckpt_dir}" if ckpt_dir else ""),
-                "lower the learning rate (--set train.lr=...), add gradient clipping (--set train.grad_clip=1) "
-                "or check the inputs for NaN",
+                "lower the learning rate (--set train.lr=...), add gradient clipping "
+                "(--set train.grad_clip=1) or check the inputs for NaN",
             )
-        row: dict[str, Any] = {"stage": stage, "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"]}
+        distributed.broadcast_buffers(model)  # every rank evaluates and keeps the same model as rank 0
+        row: dict[str, Any] = {"stage": stage, "epoch": epoch, "train_loss": tr["loss"],
+                               "train_acc": tr["acc"]}
         if val is not None:
             va = evaluate(model, val, device=device, loss_fn=val_loss_fn, max_batches=cfg.max_batches,
                           autocast_dtype=autocast_dtype, channels_last=cfg.channels_last)
             row.update(val_loss=va["loss"], val_acc=va["acc"])
         row.update(lr=optimizer.param_groups[0]["lr"], seconds=tr["seconds"])
         history.append(row)
-        monitored = row.get(cfg.monitor, -row["train_loss"] if cfg.monitor.endswith("acc") else row["train_loss"])
+        fallback = -row["train_loss"] if cfg.monitor.endswith("acc") else row["train_loss"]
+        monitored = row.get(cfg.monitor, fallback)
         if _better(monitored, best_value, cfg.monitor):
             best_value, best_epoch, bad_epochs = monitored, epoch, 0
             if ckpt_dir is not None and run is not None and run.is_main:
-                atomic_torch_save({"model": model.state_dict(), "epoch": epoch, "metrics": row}, ckpt_dir / "best.pt")
+                atomic_torch_save({"model": model.state_dict(), "epoch": epoch, "metrics": row},
+                                  ckpt_dir / "best.pt")
             else:
                 best_state = copy.deepcopy(model.state_dict())
         else:
@@ -265,16 +326,40 @@ def fit(
             msg = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.endswith(("loss", "acc")))
             print(f"[{stage}] epoch {epoch}/{cfg.epochs} {msg} ({tr['seconds']:.1f}s)", file=sys.stderr)
 
-    # Restore the best weights for evaluation.
+    # Restore the best weights for evaluation (under DDP once rank 0 has written them).
+    distributed.barrier()
     if ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
         model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"])
     elif best_state is not None:
         model.load_state_dict(best_state)
     secs = [r["seconds"] for r in history]
-    return FitResult(history, best_epoch, float(best_value or 0.0), sum(secs) / max(len(secs), 1), stopped_early)
+    mean_secs = sum(secs) / max(len(secs), 1)
+    return FitResult(history, best_epoch, float(best_value or 0.0), mean_secs, stopped_early)
 
 
-def load_best(model: nn.Module, run_dir: Path, stage: str, device: torch.device | str = "cpu") -> dict[str, Any]:
+def _training_objective(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, device: torch.device,
+                        find_unused: bool) -> LossFn:
+    """`loss_fn` as the training step sees it: through DDP under torchrun, compiled with `cfg.compile`.
+
+    The wrappers hold `model` and never replace it, so checkpoints keep plain state-dict keys (no
+    `module.` or `_orig_mod.` prefix). Without either, `loss_fn` is returned as it is.
+    """
+    if not distributed.is_initialized() and not cfg.compile:
+        return loss_fn
+    # Custom objectives (or a restricted optimizer) may leave parameters out of the graph: DDP must look.
+    objective = distributed.Objective(model, loss_fn)
+    step: nn.Module = distributed.wrap(objective, device, find_unused_parameters=find_unused)
+    if cfg.compile:
+        step = torch.compile(step)  # type: ignore[assignment]
+
+    def through_wrappers(_model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Any:
+        return step(x, y)
+
+    return through_wrappers
+
+
+def load_best(model: nn.Module, run_dir: Path, stage: str,
+              device: torch.device | str = "cpu") -> dict[str, Any]:
     """Load `stage`'s best weights from a run folder into `model`; returns the checkpoint's metrics."""
     state = load_checkpoint(Path(run_dir) / "checkpoints" / stage / "best.pt", map_location=device)
     model.load_state_dict(state["model"])

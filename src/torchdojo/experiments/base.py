@@ -5,7 +5,9 @@ for smoke/small/full), optional `PRESETS`, and `run(cfg, ctx) -> dict` (the summ
 """
 
 import dataclasses
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +15,7 @@ from typing import Any
 
 import torch
 
+from torchdojo import distributed
 from torchdojo.config import SCALES, apply_overrides, from_dict, to_dict
 from torchdojo.data import Splits, load_dataset
 from torchdojo.errors import DojoError
@@ -25,10 +28,30 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DojoError("--device cuda was asked for but no CUDA device is available", "use --device cpu or auto")
+        raise DojoError("--device cuda was asked for but no CUDA device is available",
+                        "use --device cpu or auto")
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise DojoError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N")
     return torch.device(name)
+
+
+class RankRun(Run):
+    """The run folder as a rank other than 0 sees it under torchrun: checkpoints are read from the shared
+    folder (for resume and the best weights); figures and reports go to a private scratch folder."""
+
+    def __init__(self, shared: Path, rank: int):
+        super().__init__(Path(tempfile.mkdtemp(prefix=f"torchdojo-rank{rank}-")), is_main=False)
+        self.shared = Path(shared)
+
+    def checkpoint_dir(self, stage: str) -> Path:
+        return self.shared / "checkpoints" / stage
+
+    def read_json(self, name: str) -> Any:
+        return Run(self.shared, is_main=False).read_json(name)
+
+    def close(self) -> None:
+        super().close()
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 @dataclasses.dataclass
@@ -87,13 +110,30 @@ def run_experiment(
     verbose: bool = True,
     is_main: bool = True,
 ) -> Path:
-    """Run `module` end to end into a new (or, with `resume`, an existing) run folder; returns its path."""
+    """Run `module` end to end into a new (or, with `resume`, an existing) run folder; returns its path.
+
+    Launched by torchrun, every process calls this: it joins the process group (see
+    `torchdojo.distributed`), rank 0 picks and writes the run folder, the others follow it.
+    """
     name = module_name(module)
-    dev = resolve_device(device)
+    dev, owns_group = distributed.init_from_env(resolve_device(device))
+    try:
+        return _run(module, name, scale, preset, overrides, dev, data_dir, download, verify, runs_root,
+                    resume, verbose, is_main and distributed.is_main())
+    finally:
+        if owns_group:
+            distributed.shutdown()
+
+
+def _run(module: ModuleType, name: str, scale: str, preset: str | None,
+         overrides: list[str] | dict[str, Any] | None, dev: torch.device, data_dir: str | Path | None,
+         download: bool, verify: bool, runs_root: str | Path,
+         resume: str | Path | None, verbose: bool, is_main: bool) -> Path:
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.json").exists():
-            raise DojoError(f"{run_dir} is not a run folder (no config.json)", "pass the folder printed by `run`")
+            raise DojoError(f"{run_dir} is not a run folder (no config.json)",
+                            "pass the folder printed by `run`")
         saved = Run(run_dir, is_main=is_main).read_json("config.json")
         if saved.get("experiment") != name:
             raise DojoError(f"{run_dir} is a run of {saved.get('experiment')!r}, not {name!r}")
@@ -103,15 +143,18 @@ def run_experiment(
     else:
         cfg = build_config(module, scale, preset, overrides)
         run = Run.create(name, runs_root, is_main=is_main)
+        run = Run(distributed.broadcast_object(run.path), is_main=is_main)  # rank 0 names the folder
         if is_main:
             run.path.mkdir(parents=True, exist_ok=True)
     if is_main:
         atomic_write_json(run.path / "config.json", {"experiment": name, "scale": scale, "preset": preset,
                                                      "overrides": overrides or [], "config": to_dict(cfg)})
-        atomic_write_json(run.path / "env.json", environment(dev))
+        atomic_write_json(run.path / "env.json", {**environment(dev), "world_size": distributed.world_size()})
+    if not is_main and distributed.is_initialized():
+        run = RankRun(run.path, distributed.rank())
     report = Report(f"torchdojo {name}: {module.SUMMARY}")
-    ctx = Context(run, report, dev, Path(data_dir) if data_dir else None, download, verify, resume is not None,
-                  verbose)
+    ctx = Context(run, report, dev, Path(data_dir) if data_dir else None, download, verify,
+                  resume is not None, verbose)
     torch.manual_seed(getattr(cfg, "seed", 0))
     start = time.perf_counter()
     try:
@@ -123,4 +166,4 @@ def run_experiment(
     if is_main:
         atomic_write_json(run.path / "summary.json", summary)
         report.save(run.path)
-    return run.path
+    return run.shared if isinstance(run, RankRun) else run.path
