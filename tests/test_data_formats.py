@@ -131,6 +131,15 @@ def test_cifar10_fixture_loads_planes_in_rgb_order(tmp_path, data_env):
     assert s.classes == CIFAR_CLASSES
 
 
+def test_cifar10_truncated_batch_is_a_clear_error_without_verification(tmp_path, data_env):
+    folder = tmp_path / "data_dir" / "cifar-10-batches-py"
+    write_cifar(folder)
+    (folder / "data_batch_3").write_bytes((folder / "data_batch_3").read_bytes()[:100])
+    with pytest.raises(DojoError, match="data_batch_3 cannot be read") as e:
+        load_dataset("cifar10", data_dir=tmp_path / "data_dir", verify=False)
+    assert "--download" in e.value.fix
+
+
 def test_cifar10_checksum(tmp_path, data_env):
     write_cifar(tmp_path / "data_dir" / "cifar-10-batches-py")
     with pytest.raises(ChecksumError, match="data_batch_1") as e:

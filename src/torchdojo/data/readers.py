@@ -52,10 +52,13 @@ def read_cifar_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, to
     """Concatenate CIFAR-10 python batches: images (N, 3, 32, 32) uint8 and labels."""
     xs, ys = [], []
     for name in names:
-        with open(folder / name, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64))
+        try:
+            with open(folder / name, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64))
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:  # truncated or foreign
+            raise corrupt_file(folder / name, f"not a CIFAR python batch ({type(e).__name__}: {e})") from None
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
