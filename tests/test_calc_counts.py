@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from torchdojo.calc import analyze
@@ -16,11 +17,19 @@ from torchdojo.errors import DojoError
 from torchdojo.models import MODELS, build_model
 
 
-def reference_flops(model: nn.Module, shape: tuple[int, ...], batch: int = 1) -> int:
+def mystery(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """A function the tracer keeps as one opaque call (torch.fx.wrap below)."""
+    return torch.tanh(x @ w)
+
+
+torch.fx.wrap("mystery")
+
+
+def reference_flops(model: nn.Module, shape: tuple[int, ...], batch: int = 1, grad: bool = False) -> int:
     """FLOPs torch's own counter sees (conv, mm/addmm/bmm: 2 per multiply-accumulate, bias not counted)."""
     param = next(model.parameters())
     model.eval()
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
+    with FlopCounterMode(display=False) as fc, torch.set_grad_enabled(grad):
         model(torch.zeros((batch, *shape), device=param.device))
     return fc.get_total_flops()
 
@@ -32,7 +41,7 @@ def test_torchvision_params_and_flops_match_torch(name: str) -> None:
     a = analyze(model, (3, 224, 224))
     assert a.total_params == sum(p.numel() for p in model.parameters())
     assert sum(r.params for r in a.layers) == a.total_params
-    ours = a.flops_of("conv", "linear", "matmul")
+    ours = a.flops_of("conv", "linear", "matmul", "opaque")
     ref = reference_flops(model, (3, 224, 224))
     assert abs(ours - ref) <= 0.01 * ref
     assert ours == ref  # in fact exact: same convention
@@ -55,7 +64,7 @@ def test_registered_models_params_and_flops(name: str) -> None:
     a = analyze(model, (3, 32, 32), batch=2)
     assert a.total_params == sum(p.numel() for p in model.parameters()) == sum(r.params for r in a.layers)
     ref = reference_flops(model, (3, 32, 32), batch=2)
-    assert abs(a.flops_of("conv", "linear", "matmul") - ref) <= 0.01 * ref
+    assert abs(a.flops_of("conv", "linear", "matmul", "opaque") - ref) <= 0.01 * ref
     assert not a.uncounted
 
 
@@ -97,7 +106,7 @@ def test_functional_ops_shared_modules_and_frozen_split() -> None:
     assert a.layer("(unused in forward)").params == 6
     mm = next(r for r in a.layers if r.op == "matmul")
     assert mm.macs == 5 * 4  # (1,5) @ (5,4)
-    assert a.flops_of("conv", "linear", "matmul") == reference_flops(net, (3, 8, 8))
+    assert a.flops_of("conv", "linear", "matmul", "opaque") == reference_flops(net, (3, 8, 8))
     pool = next(r for r in a.layers if r.op == "pool")
     assert pool.flops == 4 * 4 * 4 * 4 and [d.size for d in pool.rf] == [4, 4]
 
@@ -148,10 +157,7 @@ def test_resolve_model_sources(tmp_path) -> None:
 
 
 def test_cli_formats(capsys: pytest.CaptureFixture[str]) -> None:
-    assert (
-        main(["calc", "textbook-cnn", "--input", "1x28x28", "--format", "json", "--freeze", "features.0"])
-        == 0
-    )
+    assert main(["calc", "textbook-cnn", "--input", "1x28x28", "--format", "json", "--freeze", "features.0"]) == 0
     doc = json.loads(capsys.readouterr().out)
     model = build_model("textbook-cnn", (1, 28, 28), 10)
     assert doc["totals"]["params"] == model.num_params()
@@ -167,3 +173,36 @@ def test_cli_formats(capsys: pytest.CaptureFixture[str]) -> None:
     assert "TOTAL" in out and "empirical receptive field of features.7" in out and "support 10x10" in out
     assert main(["calc", "nope-net"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_attention_counts_match_torch_math_path() -> None:
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    model = Attn()
+    a = analyze(model, (10, 16), batch=2)  # 2 sequences of 10 tokens of width 16
+    (row,) = [r for r in a.layers if r.op == "mha"]
+    # q/k/v projections 3*20*16*16, scores 2*4*10*10*4 (x2 for the weighted sum), out projection 20*16*16
+    assert row.macs == 3 * 20 * 16 * 16 + 2 * (2 * 4 * 10 * 10 * 4) + 20 * 16 * 16
+    with sdpa_kernel(SDPBackend.MATH):  # the math path is plain bmm, which torch's counter sees
+        assert 2 * row.macs == reference_flops(model, (10, 16), batch=2, grad=True)
+    assert all(d.whole for d in row.rf)  # attention mixes every position
+
+
+def test_ops_without_a_rule_are_counted_by_torch_inside() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(6, 5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return mystery(x, self.w)
+
+    a = analyze(Net(), (6,), batch=3)
+    (row,) = [r for r in a.layers if r.op == "opaque"]
+    assert a.opaque == ["mystery (mystery)"] and row.macs == 3 * 6 * 5 and row.params == 30

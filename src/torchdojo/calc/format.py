@@ -124,16 +124,15 @@ def summary_lines(a: Analysis) -> list[str]:
         f"activation memory (sum of layer outputs) {_bytes(t['act_bytes'])}",
         f"receptive field of {t['rf_layer']}: {t['rf']} px, jump {t['jump']}, start {t['start']}",
     ]
+    if a.opaque:
+        lines.append(f"counted by FlopCounterMode (convs/matmuls inside only): {', '.join(a.opaque)}")
     if t["not_counted"]:
         lines.append(f"no counting rule (0 MACs/FLOPs) for: {', '.join(t['not_counted'])}")
     return lines
 
 
 def _display(r: dict[str, Any]) -> dict[str, str]:
-    return {
-        k: (_bytes(v) if k == "act_bytes" else f"{v:,}" if isinstance(v, int) else str(v))
-        for k, v in r.items()
-    }
+    return {k: (_bytes(v) if k == "act_bytes" else f"{v:,}" if isinstance(v, int) else str(v)) for k, v in r.items()}
 
 
 def markdown(a: Analysis, checks: list[dict[str, Any]] | None = None) -> str:
@@ -145,8 +144,7 @@ def markdown(a: Analysis, checks: list[dict[str, Any]] | None = None) -> str:
     if checks:
         lines += ["", "| layer | quantity | closed form | measured | match |", "|---|---|---|---|---|"]
         lines += [
-            f"| {c['layer']} | {c['quantity']} | {c['formula']} | {c['measured']} | "
-            f"{'yes' if c['match'] else 'NO'} |"
+            f"| {c['layer']} | {c['quantity']} | {c['formula']} | {c['measured']} | {'yes' if c['match'] else 'NO'} |"
             for c in checks
         ]
     return "\n".join([*lines, "", f"Conventions: {CONVENTIONS}", ""])

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from torchdojo.calc import receptive
 from torchdojo.calc.ops import Op, classify_call, classify_module
@@ -69,6 +70,11 @@ class Analysis:
         return [f"{r.name} ({r.type})" for r in self.layers if not r.counted]
 
     @property
+    def opaque(self) -> list[str]:
+        """Layers without a rule, counted by torch's FlopCounterMode (the matmuls/convs inside them only)."""
+        return [f"{r.name} ({r.type})" for r in self.layers if r.op == "opaque"]
+
+    @property
     def rf(self) -> RF:
         """The receptive field of the last layer that has one."""
         for r in reversed(self.layers):
@@ -118,8 +124,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
         where = tracer.failed_in[-1] if tracer.failed_in else f"the forward of {type(model).__name__} itself"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DojoError(
-            f"cannot trace {type(model).__name__} into a graph: layer {where} failed: "
-            f"{type(e).__name__}: {msg}",
+            f"cannot trace {type(model).__name__} into a graph: layer {where} failed: {type(e).__name__}: {msg}",
             "calc reads the model's torch.fx graph: remove Python control flow on tensor values (if/while "
             "on a tensor, .item(), data-dependent shapes) from that layer's forward, or describe the network "
             "with --spec",
@@ -159,7 +164,21 @@ class _Recorder(fx.Interpreter):
         in_nodes = n.all_input_nodes
         ins = [t for a in in_nodes for t in _tensors(self.env[a])]
         in_shapes = [tuple(t.shape) for t in ins]  # before the op: in-place ops keep shapes, not values
-        out = super().run_node(n)
+        module = self.module.get_submodule(n.target) if n.op == "call_module" else None
+        op = None
+        if module is not None:
+            op = classify_module(module)
+        elif n.op in ("call_function", "call_method"):
+            op = classify_call(n.op, n.target, args, kwargs)
+        if op is not None and op.key == "unknown":
+            # no rule for it (attention, a wrapped custom function): let torch's own counter see inside
+            # grad on: with autograd off, attention takes fused fast paths the counter cannot see into
+            with FlopCounterMode(display=False) as counter, torch.enable_grad():
+                out = super().run_node(n)
+            out = out.detach() if isinstance(out, torch.Tensor) else out
+            op = Op("opaque", {**op.attrs, "flops": counter.get_total_flops()})
+        else:
+            out = super().run_node(n)
         if n.op == "placeholder":
             self.fields[n.name] = receptive.input_rf(tuple(out.shape[1:]))
             return out
@@ -173,12 +192,9 @@ class _Recorder(fx.Interpreter):
         if not outs:  # x.size(), x.shape, ...: not a layer
             self.fields[n.name] = None
             return out
-        module = self.module.get_submodule(n.target) if n.op == "call_module" else None
         if module is not None:
-            op, kind = classify_module(module), type(module).__name__
-            owned = list(module.parameters())
+            kind, owned = type(module).__name__, list(module.parameters())
         else:
-            op = classify_call(n.op, n.target, args, kwargs)
             kind = n.target if n.op == "call_method" else getattr(n.target, "__name__", str(n.target))
             owned = []
         owned += [p for a in in_nodes for p in self.pending.get(a.name, [])]
@@ -215,12 +231,12 @@ class _Recorder(fx.Interpreter):
     ) -> RF:
         merged = receptive.merge([self.fields.get(a.name) for a in in_nodes])
         geo = receptive.geometry(op, in_shapes[0] if in_shapes else None, out_shape)
+        if op.key == "opaque" and op.attrs["flops"] > 0:
+            geo = "global"  # an op we cannot see into that multiplies matrices may mix every position
         return receptive.apply(merged, geo)
 
 
-def analyze(
-    model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, name: str | None = None
-) -> Analysis:
+def analyze(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, name: str | None = None) -> Analysis:
     """Measure every layer of `model` on a (batch, *input_shape) input (eval mode, no grad)."""
     gm = trace(model)
     param = next(model.parameters(), None)
@@ -237,14 +253,11 @@ def analyze(
         raise
     except Exception as e:
         n = rec.current
-        where = (
-            f"{n.target} ({type(gm.get_submodule(n.target)).__name__})" if n.op == "call_module" else n.name
-        )
+        where = f"{n.target} ({type(gm.get_submodule(n.target)).__name__})" if n.op == "call_module" else n.name
         raise DojoError(
             f"{name or type(model).__name__} fails on input {'x'.join(map(str, input_shape))} at layer "
             f"{where}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
-            "check --input: (C, H, W) without the batch dim, large enough for every kernel and pooling "
-            "window",
+            "check --input: (C, H, W) without the batch dim, large enough for every kernel and pooling window",
         ) from None
     finally:
         for m, mode in modes.items():

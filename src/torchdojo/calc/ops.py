@@ -103,6 +103,7 @@ FREE_MODULES = (
     nn.ZeroPad2d,
     nn.ConstantPad2d,
 )
+FREE_NAMES = {"stochastic_depth", "chunk", "split", "roll", "pad"}  # identity at eval, or moves data only
 FREE_FUNCS = {
     torch.flatten,
     torch.reshape,
@@ -195,11 +196,11 @@ def classify_module(m: nn.Module) -> Op:
         )
     if isinstance(m, nn.Linear):
         return Op("linear")
+    if isinstance(m, nn.MultiheadAttention):
+        return Op("mha")
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         return Op("bn")
-    if isinstance(
-        m, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
-    ):
+    if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)):
         return Op("norm")
     if isinstance(m, SOFTMAX):
         return Op("softmax")
@@ -262,6 +263,8 @@ def classify_call(kind: str, target: Any, args: tuple, kwargs: dict) -> Op:
         )
     if target is F.linear:
         return Op("linear")
+    if target is F.scaled_dot_product_attention:
+        return Op("sdpa")
     if target in MATMUL_FUNCS:
         return Op("matmul")
     if target in POOL_FUNCS:
@@ -269,9 +272,7 @@ def classify_call(kind: str, target: Any, args: tuple, kwargs: dict) -> Op:
         mode = POOL_FUNCS[target]
         k = _arg(args, kwargs, 1, "kernel_size", 1)
         dil = _arg(args, kwargs, 4, "dilation", 1) if mode == "max" else 1
-        return _pool_op(
-            mode, n, k, _arg(args, kwargs, 2, "stride", None), _arg(args, kwargs, 3, "padding", 0), dil
-        )
+        return _pool_op(mode, n, k, _arg(args, kwargs, 2, "stride", None), _arg(args, kwargs, 3, "padding", 0), dil)
     if target in ADAPTIVE_FUNCS:
         return Op("adaptive_pool")
     if target is F.interpolate:
@@ -288,6 +289,7 @@ def classify_call(kind: str, target: Any, args: tuple, kwargs: dict) -> Op:
         return Op("eltwise")
     if target in (torch.mean, torch.sum, torch.amax):
         return Op("reduce")
-    if target in FREE_FUNCS:
+    name = getattr(target, "__name__", str(target))
+    if target in FREE_FUNCS or name in FREE_NAMES:
         return Op("free")
-    return Op("unknown", {"what": getattr(target, "__name__", str(target))})
+    return Op("unknown", {"what": name})

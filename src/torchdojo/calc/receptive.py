@@ -85,11 +85,7 @@ def apply(field: RF, geo: list[Geo] | str) -> RF:
         if d.whole or g.whole:
             out.append(DimRF(d.extent, 0, (d.extent - 1) / 2, d.extent, True))
         else:
-            out.append(
-                DimRF(
-                    d.size + (g.span - 1) * d.jump, d.jump * g.stride, d.start + g.center * d.jump, d.extent
-                )
-            )
+            out.append(DimRF(d.size + (g.span - 1) * d.jump, d.jump * g.stride, d.start + g.center * d.jump, d.extent))
     return tuple(out)
 
 
@@ -146,6 +142,8 @@ def geometry(op: Op, in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...
             Geo(1, n / o, 0) if nearest else Geo(2, n / o, 0.5 * n / o - 0.5)
             for n, o in zip(spatial_in, spatial_out, strict=True)
         ]
+    if op.key in ("mha", "sdpa"):
+        return "global"
     if op.key in ("linear", "matmul", "rnn", "rnncell"):
         return "global" if len(in_shape) > 2 or len(out_shape) > 2 else "pointwise"
     if len(out_shape) == len(in_shape) and spatial_in == spatial_out:

@@ -43,9 +43,7 @@ def _from_path(ref: str) -> nn.Module:
             ) from None
         if isinstance(built, nn.Module):
             return built
-    raise DojoError(
-        f"{ref} is not an nn.Module (nor builds one)", "point at a module instance, class or factory"
-    )
+    raise DojoError(f"{ref} is not an nn.Module (nor builds one)", "point at a module instance, class or factory")
 
 
 def resolve_model(name: str, in_shape: tuple[int, ...], num_classes: int | None = None) -> nn.Module:

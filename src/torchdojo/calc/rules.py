@@ -20,12 +20,17 @@ CONVENTIONS = (
     "and torchvision's GFLOPS, which are MACs). "
     "BatchNorm (inference, folded to scale and shift): 1 MAC and 2 FLOPs per element. "
     "LayerNorm/GroupNorm/InstanceNorm: 1 MAC and 5 FLOPs per element (statistics, normalise, affine). "
-    "Activations: 1 FLOP per element, 0 MACs; softmax: 3 FLOPs per element (exp, sum, divide). "
+    "Activations: 1 FLOP per element, 0 MACs; softmax: 3 FLOPs per element (exp, sum, divide). Attention: "
+    "MACs = q/k/v and output projections + 2 x queries x keys x width (scores and weighted sum), FLOPs = "
+    "2 x MACs + 3 per score (softmax). "
     "Max/avg pooling: 1 FLOP (compare or add) per window element per output element, 0 MACs; adaptive and "
     "global pooling and mean/sum: 1 FLOP per input element. Tensor add/sub/mul/div (residual add, "
     "squeeze-excitation scale): 1 FLOP per output element. Upsampling: 0 (nearest) or 2^d FLOPs per output "
     "element. RNN cells: MACs = batch x gates x hidden x (input + hidden), FLOPs = 2 x MACs + 4 x batch x "
-    "gates x hidden (two bias adds, the sum, the activation). Flatten, reshape, dropout (eval), concat: 0. "
+    "gates x hidden (two bias adds, the sum, the activation). Flatten, reshape, dropout and stochastic depth "
+    "(eval), concat: 0. Ops without a rule (attention, wrapped custom functions) run under "
+    "torch.utils.flop_counter.FlopCounterMode, which counts the convs and matmuls inside them (MACs = FLOPs/2) "
+    "and nothing else; they are listed under the table. "
     "Activation memory = bytes of each layer's output tensor (0 when it is a view or in-place on its input). "
     "Receptive field per spatial dim: size in input pixels (not clipped at the borders), jump = input pixels "
     "between adjacent output units, start = centre of the first output unit's field in input pixel "
@@ -76,6 +81,8 @@ def cost(
     if key in ("linear", "matmul"):
         macs = n_out * (x.shape[-1] if x.dim() else 1)
         return Cost(macs, 2 * macs)
+    if key in ("mha", "sdpa"):
+        return _attention_cost(module, ins)
     if key == "bn":
         return Cost(x.numel(), 2 * x.numel())
     if key == "norm":
@@ -97,6 +104,8 @@ def cost(
         return _rnn_cost(module, x, op.attrs["gates"])
     if key == "free":
         return Cost()
+    if key == "opaque":  # measured by FlopCounterMode while the op ran: its conv/matmul FLOPs only
+        return Cost(op.attrs["flops"] // 2, op.attrs["flops"])
     return Cost(counted=False)
 
 
@@ -115,3 +124,19 @@ def _rnn_cost(m: nn.Module, x: torch.Tensor, gates: int) -> Cost:
         i = m.input_size if layer == 0 else hout * dirs
         macs += dirs * steps * gates * h * (i + hout)
     return Cost(macs, 2 * macs + 4 * steps * gates * h * m.num_layers * dirs)
+
+
+def _attention_cost(m: nn.MultiheadAttention | None, ins: list[torch.Tensor]) -> Cost:
+    """Scaled dot-product attention: scores q k^T and the weighted sum of v; nn.MultiheadAttention adds
+    the q/k/v input projections and the output projection."""
+    q, k, v = (ins + ins[-1:] * 3)[:3]
+    if m is None:  # F.scaled_dot_product_attention(q, k, v): (..., L, D), (..., S, D), (..., S, Dv)
+        rows, s = q.shape[:-1].numel(), k.shape[-2]
+        macs = rows * s * (q.shape[-1] + v.shape[-1])
+        return Cost(macs, 2 * macs + 3 * rows * s)
+    e = m.embed_dim
+    tokens_q, tokens_k, tokens_v = q.shape[:-1].numel(), k.shape[:-1].numel(), v.shape[:-1].numel()
+    seq_k = k.shape[1] if (m.batch_first and k.dim() == 3) else k.shape[0]
+    proj = tokens_q * e * e + tokens_k * m.kdim * e + tokens_v * m.vdim * e + tokens_q * e * e
+    attn = 2 * tokens_q * seq_k * e  # every head: L x S scores of width E/heads, then the weighted sum
+    return Cost(proj + attn, 2 * (proj + attn) + 3 * tokens_q * seq_k * m.num_heads)

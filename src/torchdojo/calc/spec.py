@@ -78,9 +78,7 @@ class Spec:
 
 def _shape(text: str) -> tuple[int, ...]:
     if not re.fullmatch(r"\d+(x\d+){0,3}", text.strip()):
-        raise DojoError(
-            f"spec input {text.strip()!r} is not a shape", "start the spec with e.g. 3x128x128 or 64"
-        )
+        raise DojoError(f"spec input {text.strip()!r} is not a shape", "start the spec with e.g. 3x128x128 or 64")
     return tuple(int(v) for v in text.strip().split("x"))
 
 
@@ -132,9 +130,7 @@ def _conv_args(words: list[str], err: "callable") -> dict:
     if opts["padding"] == "same":
         if opts["stride"] != (1, 1):
             raise err("'same' padding needs stride 1", "give the padding as pP")
-        opts["padding"] = tuple(
-            d * (k - 1) // 2 for k, d in zip(opts["kernel"], opts["dilation"], strict=True)
-        )
+        opts["padding"] = tuple(d * (k - 1) // 2 for k, d in zip(opts["kernel"], opts["dilation"], strict=True))
     return opts
 
 
@@ -250,9 +246,7 @@ def _layer(b: _Builder, i: int, text: str) -> tuple[str, list[nn.Module], dict[s
             closed["macs"] = Formula(f"Ho*Wo*{kk}*{mm}*N", Ho=ho, Wo=wo, **vals)
         elif word == "convt":
             if d != (1, 1) or g != 1:
-                raise err(
-                    "convT in a spec takes no dilation or groups", "use a Python module with calc MODULE:ATTR"
-                )
+                raise err("convT in a spec takes no dilation or groups", "use a Python module with calc MODULE:ATTR")
             mods = [nn.ConvTranspose2d(m, n, k, s, p, bias=o["bias"])]
             closed["params"] = Formula(f"{kk}*M*N{bias}", **vals)
             closed["macs"] = Formula(f"H*W*{kk}*M*N", H=b.shape[1], W=b.shape[2], **vals)

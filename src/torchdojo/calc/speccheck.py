@@ -63,9 +63,7 @@ def check_spec(spec: Spec | str, batch: int = 1) -> tuple[Spec, Analysis, list[d
                 src = got["rf"] if key.startswith("rf") else got["jump"]
                 add(which + (" (W)" if dim else ""), f.text(), f.value, src[dim] if src else None)
             else:  # output sizes, detection depth: the formula and its value against the measured shape
-                size = {"Ho": got["out"][1:2], "Ho=Wo": got["out"][1:2], "Wo": got["out"][2:3]}.get(
-                    key, got["out"][:1]
-                )
+                size = {"Ho": got["out"][1:2], "Ho=Wo": got["out"][1:2], "Wo": got["out"][2:3]}.get(key, got["out"][:1])
                 add(key, f.text(), f.value, size[0] if size else None)
         for key in ("params", "macs", "flops"):  # every quantity is checked, zero ones included
             if key not in layer.closed:
