@@ -123,7 +123,7 @@ class Conv2dFunction(torch.autograd.Function):
         cols = im2col(xp, weight.shape[2:], stride, dilation, groups)  # kept: dL/dK needs the same windows
         y = correlate(xp, weight, stride, dilation, groups, cols)
         if bias is not None:
-            y = y + bias.view(1, -1, 1, 1)
+            y.add_(bias.view(1, -1, 1, 1))  # y is a fresh matmul result: add in place, no extra copy
         ctx.save_for_backward(cols, weight)
         ctx.conf = (x.shape, stride, padding, dilation, groups, bias is not None)
         return y
