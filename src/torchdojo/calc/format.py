@@ -9,6 +9,7 @@ from torchdojo.calc.graph import Analysis
 from torchdojo.calc.receptive import RF
 from torchdojo.calc.rules import CONVENTIONS
 
+WEIGHT_OPS = ("conv", "linear", "matmul", "mha", "sdpa", "opaque")  # the MACs torchvision and fvcore report
 COLUMNS = [
     "name",
     "type",
@@ -87,7 +88,7 @@ def totals(a: Analysis) -> dict[str, Any]:
         "frozen": a.total_params - a.trainable_params,
         "MACs": a.macs,
         "FLOPs": a.flops,
-        "conv_linear_MACs": sum(r.macs for r in a.layers if r.op in ("conv", "linear")),
+        "weight_MACs": sum(r.macs for r in a.layers if r.op in WEIGHT_OPS),
         "act_bytes": a.act_bytes,
         "rf_layer": spatial[-1].name if spatial else "-",
         "rf": size,
@@ -119,8 +120,9 @@ def summary_lines(a: Analysis) -> list[str]:
     lines = [
         f"{t['model']} on input {t['input']}: {t['params']:,} parameters ({t['trainable']:,} trainable, "
         f"{t['frozen']:,} frozen)",
-        f"MACs {t['MACs']:,} ({human(t['MACs'])}; conv+linear {t['conv_linear_MACs']:,} = "
-        f"{t['conv_linear_MACs'] / 1e9:.3f} G), FLOPs {t['FLOPs']:,} ({human(t['FLOPs'])})",
+        f"MACs {t['MACs']:,} ({human(t['MACs'])}), of which conv/linear/matmul/attention {t['weight_MACs']:,} "
+        f"= {t['weight_MACs'] / 1e9:.3f} G (what torchvision's docs call GFLOPS); FLOPs {t['FLOPs']:,} "
+        f"({human(t['FLOPs'])})",
         f"activation memory (sum of layer outputs) {_bytes(t['act_bytes'])}",
         f"receptive field of {t['rf_layer']}: {t['rf']} px, jump {t['jump']}, start {t['start']}",
     ]

@@ -28,7 +28,7 @@ CONVENTIONS = (
     "squeeze-excitation scale): 1 FLOP per output element. Upsampling: 0 (nearest) or 2^d FLOPs per output "
     "element. RNN cells: MACs = batch x gates x hidden x (input + hidden), FLOPs = 2 x MACs + 4 x batch x "
     "gates x hidden (two bias adds, the sum, the activation). Flatten, reshape, dropout and stochastic depth "
-    "(eval), concat: 0. Ops without a rule (attention, wrapped custom functions) run under "
+    "(eval), concat: 0. Ops without a rule (e.g. wrapped custom functions) run under "
     "torch.utils.flop_counter.FlopCounterMode, which counts the convs and matmuls inside them (MACs = FLOPs/2) "
     "and nothing else; they are listed under the table. "
     "Activation memory = bytes of each layer's output tensor (0 when it is a view or in-place on its input). "
