@@ -253,7 +253,11 @@ def run_suite(
     tallies = {p: Tally(p) for p in target.properties()}
 
     def record(case: Case) -> None:
-        for p, o in evaluate(cls, target, case, path).items():
+        try:
+            outcomes = evaluate(cls, target, case, path)
+        except (Exception, SystemExit) as e:  # whatever the submission did, report it and go on
+            outcomes = {p: Outcome(False, None, f"checking raised {describe_exception(e, path)}") for p in tallies}
+        for p, o in outcomes.items():
             tallies[p].add(o, case)
 
     if only is not None:
