@@ -6,6 +6,10 @@ from torchdojo.calc.graph import Analysis, Layer, analyze
 from torchdojo.calc.spec import Spec, SpecLayer, parse_spec
 
 
+def _int(v: float) -> float:
+    return int(v) if float(v).is_integer() else v
+
+
 def _rows_of(analysis: Analysis, layer: SpecLayer) -> list[Layer]:
     return [r for r in analysis.layers if r.name.split(".")[0].split(":")[0] == layer.name]
 
@@ -48,7 +52,8 @@ def check_spec(spec: Spec | str, batch: int = 1) -> tuple[Spec, Analysis, list[d
                 }
             )
 
-        add("output shape", "x".join(map(str, layer.out_shape)), layer.out_shape, got["out"])
+        shape = "x".join(map(str, layer.out_shape))
+        add("output shape", f"{shape} (per example)", shape, "x".join(map(str, got["out"])))
         for key, f in layer.closed.items():
             if key in ("params", "macs", "flops"):
                 add(
@@ -61,7 +66,7 @@ def check_spec(spec: Spec | str, batch: int = 1) -> tuple[Spec, Analysis, list[d
                 dim = 1 if key.endswith("_w") else 0
                 which = "receptive field" if key.startswith("rf") else "jump"
                 src = got["rf"] if key.startswith("rf") else got["jump"]
-                add(which + (" (W)" if dim else ""), f.text(), f.value, src[dim] if src else None)
+                add(which + (" (W)" if dim else ""), f.text(), f.value, _int(src[dim]) if src else None)
             else:  # output sizes, detection depth: the formula and its value against the measured shape
                 size = {"Ho": got["out"][1:2], "Ho=Wo": got["out"][1:2], "Wo": got["out"][2:3]}.get(key, got["out"][:1])
                 add(key, f.text(), f.value, size[0] if size else None)
