@@ -81,11 +81,16 @@ CASES = {
     ),
     "truncated checkpoint": ([*RUN, "--resume", "{broken}"], "truncated or corrupt", "without --resume"),
     "resume a non-run": ([*RUN, "--resume", "{data_dir}"], "is not a run folder", "run"),
+    "resume another experiment's run": (
+        ["run", "transfer", "--resume", "{earlier}", "--quiet"],
+        "is a run of 'ladder', not 'transfer'",
+        "torchdojo run ladder --resume",
+    ),
 }
 
 
 def _args(args: list[str], env: dict) -> list[str]:
-    subs = {"{data_dir}": str(env["data_dir"])}
+    subs = {"{data_dir}": str(env["data_dir"]), "{earlier}": str(env["earlier"])}
     if "{broken}" in args:
         subs["{broken}"] = str(_truncated_copy(env))
     out = [subs.get(a, a) for a in args]

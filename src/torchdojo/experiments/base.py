@@ -136,7 +136,8 @@ def _run(module: ModuleType, name: str, scale: str, preset: str | None,
                             "pass the folder printed by `run`")
         saved = Run(run_dir, is_main=is_main).read_json("config.json")
         if saved.get("experiment") != name:
-            raise DojoError(f"{run_dir} is a run of {saved.get('experiment')!r}, not {name!r}")
+            raise DojoError(f"{run_dir} is a run of {saved.get('experiment')!r}, not {name!r}",
+                            f"resume it with: torchdojo run {saved.get('experiment')} --resume {run_dir}")
         cfg = from_dict(module.Config, saved["config"])
         scale, preset = saved.get("scale", scale), saved.get("preset")
         run = Run(run_dir, is_main=is_main)
