@@ -189,7 +189,7 @@ def gradient_map(
     layer with spatial dims), summed over channels; the map has the input's spatial shape.
     """
     sub = subgraph(gm, node_name) if node_name else gm
-    was = sub.training
+    modes = {m: m.training for m in sub.modules()}
     sub.eval()
     g = torch.Generator().manual_seed(seed)
     param = next(gm.parameters(), None)
@@ -206,7 +206,8 @@ def gradient_map(
         unit = y[(0, slice(None), *pos)].sum()
         (grad,) = torch.autograd.grad(unit, x)
         total += grad[0].abs().sum(0).double()
-    sub.train(was)
+    for m, mode in modes.items():
+        m.training = mode
     return total / samples
 
 
