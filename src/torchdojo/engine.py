@@ -146,7 +146,10 @@ def evaluate(
     """Mean loss and accuracy over `batches`; with `return_outputs`, also probabilities and targets."""
     model.eval()
     loss_fn = loss_fn or cross_entropy()
-    loss_sum, correct, n = 0.0, 0, 0
+    # Sums stay on the device (one sync at the end, not one per batch); float64 is Python's float maths.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    n = 0
     probs, targets, where = [], [], []
     shard, seen = _shard_positions(batches), 0
     for i, (x, y) in enumerate(batches):
@@ -163,20 +166,20 @@ def evaluate(
         x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss, logits = loss_fn(model, x, y)
-        loss_sum += loss.float().item() * len(y)
+        loss_sum += loss.detach().float().double() * len(y)
         n += len(y)
         if logits is not None:
-            correct += (logits.argmax(1) == y).sum().item()
+            correct += (logits.argmax(1) == y).sum()
             if return_outputs:
                 probs.append(logits.float().softmax(1).cpu())
                 targets.append(y.cpu())
                 if shard is not None:
                     where.append(pos)
     if distributed.is_initialized():
-        totals = torch.tensor([loss_sum, correct, n], dtype=torch.float64, device=device)
-        sums = distributed.all_reduce_sum(totals)
-        loss_sum, correct, n = sums[0].item(), int(sums[1].item()), int(sums[2].item())
-    out: dict[str, Any] = {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "n": n}
+        count = torch.tensor(float(n), dtype=torch.float64, device=device)
+        sums = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double(), count]))
+        loss_sum, correct, n = sums[0], sums[1].long(), int(sums[2].item())
+    out: dict[str, Any] = {"loss": loss_sum.item() / max(n, 1), "acc": int(correct.item()) / max(n, 1), "n": n}
     if return_outputs:
         out["probs"] = torch.cat(probs) if probs else torch.empty(0)
         out["targets"] = torch.cat(targets) if targets else torch.empty(0, dtype=torch.long)
