@@ -3,7 +3,7 @@
 Tolerances of 2 processes vs 1 with the same global batch (digits, 2 epochs, batch 32 = 2 x 16):
 - logreg (no batch norm, dropout or augmentation): the same maths, summed in another order: 1e-4.
 - mlp (batch norm, dropout): batch norm sees 16 images per rank instead of 32 and dropout masks are drawn
-  per rank, so the runs differ like two seeds do: 0.03 in accuracy.
+  for 16 images, not 32, so the runs differ like two seeds do: 0.03 in accuracy.
 - cnn (also crop+flip, 2 epochs of one-cycle): far from converged, seed-to-seed spread is large (~0.1);
   it must learn (test accuracy > 0.3, chance 0.1) and stay within 0.2.
 """
