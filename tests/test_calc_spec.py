@@ -90,3 +90,10 @@ def test_cli_spec(capsys: pytest.CaptureFixture[str]) -> None:
     assert "K*K*M*N + N = 5*5*3*8 + 8 = 608" in out and "| NO |" not in out
     assert main(["calc", "--spec", "3x4x4 | conv 7 8"]) == 2
     assert "spec layer 1 'conv 7 8': kernel 7 is larger" in capsys.readouterr().err
+
+
+def test_cli_help_lists_every_spec_layer() -> None:
+    from torchdojo.calc.spec import LAYER_WORDS
+    from torchdojo.commands import calc_cmd
+
+    assert all(word in calc_cmd.DESCRIPTION for word in LAYER_WORDS)

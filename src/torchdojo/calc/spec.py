@@ -49,7 +49,6 @@ LAYER_WORDS = (
     "yolo",
     *ACTS,
 )
-SPEC_HELP = (__doc__ or "").split("\n\n")[1]
 
 
 @dataclasses.dataclass

@@ -14,16 +14,20 @@ DESCRIPTION = """Architecture calculator. Measures every layer of a model from i
 MODEL is a registered torchdojo model, a torchvision classification model (random weights, nothing is
 downloaded) or MODULE:ATTR (a module instance, or a class/function that builds one without arguments;
 MODULE may be a .py file). --spec builds a textbook network and prints each closed-form formula beside
-the measured value.
+the measured value. Spec: the input shape without the batch (CxHxW, or F for a vector), then layers
+separated by '|':
+  conv K[xK2] [sS] [pP|same] [dD] [gG] [nobias] N [act]     convt K [sS] [pP] N [act]
+  dsconv K [sS] [pP] N [act]  (depthwise KxK, then pointwise 1x1 to N channels)
+  pool max|avg K [sS] [pP]   maxpool K   avgpool K   gap (global average pool + flatten)
+  bn   dropout [P]   flatten   fc N [act]   rnncell IN HIDDEN   yolo v1|v2|v3 classes=C [boxes=B] [grid=S]
+  activations: relu relu6 sigmoid tanh gelu silu leakyrelu elu softmax
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from torchdojo.calc.spec import SPEC_HELP
-
     p.add_argument("model", nargs="?", help="registered model, torchvision model name, or module:attr")
     p.add_argument("--input", default=None, help="input shape without the batch, CxHxW (default 3x224x224)")
-    p.add_argument("--spec", default=None, help="a textbook network instead of MODEL:\n" + SPEC_HELP)
+    p.add_argument("--spec", default=None, help="a textbook network instead of MODEL (grammar above)")
     p.add_argument("--batch", type=int, default=1, help="batch size the counts are for (default 1)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default 10 / 1000)")
     p.add_argument(
@@ -105,19 +109,14 @@ def _erf(a, layer: str | None, png: str | None) -> None:
     spatial = [
         r
         for r in a.layers
-        if r.rf is not None
-        and not any(d.whole for d in r.rf)
-        and r.out_shape is not None
-        and len(r.out_shape) >= 3
+        if r.rf is not None and not any(d.whole for d in r.rf) and r.out_shape is not None and len(r.out_shape) >= 3
     ]
     if layer:
         spatial = [r for r in a.layers if layer in (r.name, r.node)]
         if not spatial:
             raise DojoError(f"--erf: no layer {layer!r}", "use a name from the table's first column")
     if not spatial:
-        raise DojoError(
-            "--erf: the model has no layer with spatial output", "it needs a CxHxW input and convs"
-        )
+        raise DojoError("--erf: the model has no layer with spatial output", "it needs a CxHxW input and convs")
     row = spatial[-1]
     grad = gradient_map(a.gm, a.input_shape, row.node)
     size = support(grad)
