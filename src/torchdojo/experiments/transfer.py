@@ -88,9 +88,9 @@ def parse_run(run: str) -> tuple[str, str | None]:
 
 
 SCALES = {
-    "smoke": {"train_subset": 96, "test_subset": 64, "image_size": 32, "mistakes": 4,
+    "smoke": {"train_subset": 64, "test_subset": 32, "image_size": 32, "mistakes": 4,
               "head_train": {"epochs": 2, "batch_size": 32},
-              "train": {"epochs": 1, "batch_size": 32, "max_batches": 2}},
+              "train": {"epochs": 1, "batch_size": 16, "eval_batch_size": 64, "max_batches": 1}},
     "small": {"train_subset": 2000, "test_subset": 1000, "train": {"epochs": 2}},
     "full": {"image_size": 224, "head_train": {"epochs": 30}, "train": {"epochs": 15}},
 }
