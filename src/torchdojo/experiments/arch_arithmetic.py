@@ -125,14 +125,18 @@ def b1(cfg: Config, ctx: Context, checks: Checks) -> None:
 
 
 def b2_b3(cfg: Config, ctx: Context, checks: Checks) -> dict[str, Any]:
-    ctx.report.heading("B2. Three 5x5 stride-2 convs (64, 128, 256 filters) on a 128x128x3 image")
+    ctx.report.heading(f"B2. Three 5x5 stride-2 convs (64, 128, 256 filters) on a {cfg.input} image")
     spec2, a2, rows2 = checks.spec(f"{cfg.input} | {B2_CONVS}", "B2")
     per2 = _layer_totals(spec2, a2)
+    sides = " -> ".join([str(spec2.input_shape[1])] + [str(layer.out_shape[1]) for layer in spec2.layers])
+    fields = [layer.rf for layer in spec2.layers]
+    rf = "x".join(str(int(v)) for v in fields[-1])
     ctx.report.text(
-        "Output size (H + 2P - K)//S + 1: 128 -> 64 -> 32 -> 16. Params K*K*M*N + N, multiplies "
-        "Ho*Wo*K*K*M*N. Receptive field: r_l = r_(l-1) + (K - 1)*j_(l-1), j_l = j_(l-1)*S, from "
-        "r_0 = j_0 = 1: 5, 13, 29, so "
-        "one unit of the last layer sees a 29x29 window of the input (through the padding at the borders)."
+        f"Output size (H + 2P - K)//S + 1: {sides}. Params K*K*M*N + N, multiplies Ho*Wo*K*K*M*N. Receptive "
+        "field: r_l = r_(l-1) + (K - 1)*j_(l-1), j_l = j_(l-1)*S, from r_0 = j_0 = 1: "
+        f"{', '.join(str(int(f[0])) for f in fields)}, so one unit of the last layer sees a {rf} window of the "
+        f"input (through the zero padding at the borders). Totals: {a2.total_params:,} params, {a2.macs:,} "
+        "multiplies."
     )
     ctx.report.table(per2, caption="B2 per layer (measured)")
     ctx.report.table(_table(rows2), caption="B2: every closed form against the measured value")
@@ -143,7 +147,7 @@ def b2_b3(cfg: Config, ctx: Context, checks: Checks) -> dict[str, Any]:
         "B2",
         "empirical field (gradient support)",
         "nonzero extent of d unit / d input",
-        (29, 29),
+        tuple(int(v) for v in fields[-1]),
         measured_rf,
     )
     img = (grad / grad.max()).unsqueeze(0)
@@ -156,8 +160,8 @@ def b2_b3(cfg: Config, ctx: Context, checks: Checks) -> dict[str, Any]:
     )
     ctx.report.figure(
         "b2_erf.png",
-        "B2: |gradient| of the centre unit of layer 3 w.r.t. the 128x128 input "
-        "(mean over random inputs): non-zero on exactly the 29x29 receptive field",
+        f"B2: |gradient| of the centre unit of layer 3 w.r.t. the {cfg.input} input (mean over random "
+        f"inputs); the analytic receptive field is {rf}",
     )
     ctx.report.table(_table(checks.rows[-1:]), caption="B2: the receptive field measured by gradients")
 
@@ -216,15 +220,17 @@ def b4(cfg: Config, ctx: Context, checks: Checks) -> list[dict[str, Any]]:
                 }
             )
     ctx.report.table(rows, caption="total params and the FC layer's share (measured)")
+    flat, gap = rows[0], rows[2]
     ctx.report.text(
-        "After Flatten the FC layer sees 16*16*256 = 65,536 features, so it holds 65,536*200 + 200 = "
-        "13,107,400 "
-        "parameters: almost all of the network (more so in B3, whose convs are cheaper). Ways to reduce it: "
-        "global average pooling (one feature per channel: 256*200 + 200 = 51,400 FC params, and the head "
-        "becomes independent of the input size), a 1x1 conv that reduces the channels before flattening, or "
-        "more downsampling (stride/pooling) before the head. Average pooling discards where in the image a "
-        "feature fired; with 29x29 fields on a 128x128 image the last layer is still local, so in practice "
-        "one adds depth (or dilation) to grow the field before pooling."
+        f"After Flatten the FC layer sees {flat['features into FC']:,} features, so it holds "
+        f"{flat['features into FC']:,}*{cfg.classes} + {cfg.classes} = {flat['FC params']:,} parameters: "
+        f"{flat['FC share']:.1%} of B2's network and {rows[3]['FC share']:.1%} of B3's (whose convs are "
+        "cheaper). Ways to reduce it: global average pooling (one feature per channel: "
+        f"{gap['features into FC']}*{cfg.classes} + {cfg.classes} = {gap['FC params']:,} FC params, and the "
+        "head becomes independent of the input size), a 1x1 conv that reduces the channels before "
+        "flattening, or more downsampling (stride/pooling) before the head. Average pooling discards where "
+        "in the image a feature fired, and the last layer's field is still small next to the image, so in "
+        "practice one adds depth (or dilation) to grow the field before pooling."
     )
     return rows
 
