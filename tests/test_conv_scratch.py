@@ -22,6 +22,9 @@ def test_binary_mlp_outputs_are_binary_inside_and_gradients_flow() -> None:
     assert set(hidden.unique().tolist()) <= {-1.0, 1.0}
     model(x).sum().backward()
     assert model[1].weight.grad.abs().sum() > 0  # the STE lets the first layer learn
+    no_ste = conv_scratch.binary_mlp(64, 16, 10, "sign-no-ste")
+    no_ste(x).sum().backward()
+    assert no_ste[1].weight.grad is None and no_ste[-1].weight.grad is not None  # sign's true gradient is 0
 
 
 def test_speed_measurement_shape() -> None:

@@ -48,7 +48,8 @@ class Config:
     bench_size: int = 64
     bench_repeats: int = 3
     train: TrainConfig = dataclasses.field(
-        default_factory=lambda: TrainConfig(epochs=30, batch_size=64, lr=3e-3, schedule="cosine")
+        # val_loss picks the best epoch: ~140 validation digits saturate val_acc at 1.0 within a few epochs
+        default_factory=lambda: TrainConfig(epochs=20, batch_size=64, lr=3e-3, schedule="cosine", monitor="val_loss")
     )
 
 
@@ -124,11 +125,19 @@ def conv_speed(batch: int = 32, cin: int = 32, cout: int = 64, size: int = 64, r
     return out
 
 
+class TrueSign(nn.Module):
+    """sign (±1) with its true gradient, zero: what backprop does without a straight-through estimator."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(...) -> (...) in {-1, +1}; no gradient flows back through it."""
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
 def binary_mlp(in_features: int, hidden: int, classes: int, activation: str) -> nn.Module:
-    """Flatten -> [Linear -> BN -> act] x 2 -> Linear; act = hardtanh (float) or sign with an STE."""
+    """Flatten -> [Linear -> BN -> act] x 2 -> Linear; act = hardtanh (float) or sign (with or without STE)."""
     def act() -> nn.Module:
         return {"hardtanh": nn.Hardtanh(), "sign-ste": Binarize(clip=False),
-                "sign-ste-clipped": Binarize(clip=True)}[activation]
+                "sign-ste-clipped": Binarize(clip=True), "sign-no-ste": TrueSign()}[activation]
 
     return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), act(),
                          nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), act(), nn.Linear(hidden, classes))
@@ -138,6 +147,7 @@ STE_MODELS = {
     "float (hardtanh)": ("hardtanh", "the float baseline: the same network with hardtanh, which sign approximates"),
     "binary, STE identity": ("sign-ste", "activations are ±1; backward passes the gradient through unchanged"),
     "binary, STE clipped": ("sign-ste-clipped", "activations are ±1; backward passes the gradient where |x| <= 1"),
+    "binary, no STE": ("sign-no-ste", "sign's true gradient (0): only the last layer learns, on random ±1 features"),
 }
 
 
@@ -215,7 +225,8 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     ctx.report.text(f"An MLP ({cfg.ste_hidden}-{cfg.ste_hidden} hidden, batch norm before each activation) on "
                     f"{cfg.ste_dataset}. sign has zero derivative almost everywhere, so plain backprop would not "
                     "move the first layers; the straight-through estimator uses sign forward and a surrogate "
-                    "gradient backward. Same split, seed and schedule for all three.")
+                    "gradient backward. Same split, seed and schedule for all; the last row keeps sign's true (zero) "
+                    "gradient, so the layers before the last never change.")
     ctx.report.table(rows, caption="binarised vs float: accuracy of the best-validation-epoch weights",
                      columns=["model", "train_acc", "val_acc", "test_acc", "test_loss", "best_epoch", "why"])
     ctx.report.figure("a4_curves.png", "train (solid) and validation (dashed) loss and accuracy per epoch")
