@@ -2,13 +2,21 @@
 
 from types import ModuleType
 
-from torchdojo.experiments import arch_arithmetic, conv_scratch, ladder, metric_learning, transfer
+from torchdojo.experiments import (
+    arch_arithmetic,
+    autoencoder,
+    conv_scratch,
+    ladder,
+    metric_learning,
+    text_autoencoder,
+    transfer,
+)
 from torchdojo.experiments.base import module_name
 from torchdojo.registry import Registry
 
 EXPERIMENTS: Registry[ModuleType] = Registry("experiment")
 
-for _module in (arch_arithmetic, conv_scratch, ladder, metric_learning, transfer):
+for _module in (arch_arithmetic, autoencoder, conv_scratch, ladder, metric_learning, text_autoencoder, transfer):
     EXPERIMENTS.register(module_name(_module), _module)
 
 __all__ = ["EXPERIMENTS"]
