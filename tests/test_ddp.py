@@ -163,3 +163,46 @@ def test_killed_ddp_run_resumes_and_finishes(two_process_run: Path, tmp_path: Pa
     assert not (tmp_path / "unused").exists()  # a resumed run writes into its own folder only
     assert (run / "summary.json").exists() and (run / "report.html").exists(), err
     assert _rows(run) == _rows(two_process_run)  # deterministic on CPU: as if never interrupted
+
+
+def _loader_worker(rank: int, port: int, out: str) -> None:
+    """One of 2 spawned ranks: logreg on digits through LoaderBatches (the DataLoader path) under DDP."""
+    torch.set_num_threads(1)  # 2 processes on 2 cores
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        result = _loader_fit()
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _loader_fit() -> dict:
+    from torchdojo.config import TrainConfig
+    from torchdojo.data import load_dataset
+    from torchdojo.engine import evaluate, fit
+    from torchdojo.models import build_model
+
+    digits = load_dataset("digits")
+    train, test = ((d.x.float() / 16 - 0.5, d.y) for d in (digits.train, digits.test))
+    torch.manual_seed(0)
+    model = build_model("logreg", digits.train.shape, 10)
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.01, channels_last=False)
+    batches = LoaderBatches(torch.utils.data.TensorDataset(*train), 64, shuffle=True, seed=3)
+    test_batches = LoaderBatches(torch.utils.data.TensorDataset(*test), 100)  # 359: one padded sample
+    history = fit(model, batches, test_batches, cfg, device=torch.device("cpu"), verbose=False).history
+    ev = evaluate(model, test_batches, device=torch.device("cpu"), return_outputs=True)
+    return {"history": history, "eval": ev}
+
+
+@pytest.mark.slow
+def test_dataloader_path_under_ddp_matches_one_process(tmp_path: Path) -> None:
+    out = tmp_path / "rank0.pt"
+    torch.multiprocessing.spawn(_loader_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    ddp, one = torch.load(out, weights_only=False), _loader_fit()
+    for a, b in zip(ddp["history"], one["history"], strict=True):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4), key
+    assert ddp["eval"]["n"] == one["eval"]["n"] == 359
+    assert torch.equal(ddp["eval"]["targets"], one["eval"]["targets"])  # gathered back in the dataset's order
+    torch.testing.assert_close(ddp["eval"]["probs"], one["eval"]["probs"], atol=1e-4, rtol=1e-4)

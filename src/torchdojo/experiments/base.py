@@ -68,7 +68,14 @@ class Context:
     verbose: bool = True
 
     def load_data(self, name: str, classes: list[str] | tuple[str, ...] | None = None) -> Splits:
-        return load_dataset(name, self.data_dir, download=self.download, verify=self.verify, classes=classes)
+        # Under torchrun with --download, rank 0 fetches first; the others then find the files.
+        wait_for_rank0 = self.download and distributed.is_initialized() and not distributed.is_main()
+        if wait_for_rank0:
+            distributed.barrier()
+        splits = load_dataset(name, self.data_dir, download=self.download, verify=self.verify, classes=classes)
+        if self.download and distributed.is_main():
+            distributed.barrier()
+        return splits
 
     def log(self, msg: str) -> None:
         if self.verbose and self.run.is_main:
@@ -118,11 +125,15 @@ def run_experiment(
     name = module_name(module)
     dev, owns_group = distributed.init_from_env(resolve_device(device))
     try:
-        return _run(module, name, scale, preset, overrides, dev, data_dir, download, verify, runs_root,
+        path = _run(module, name, scale, preset, overrides, dev, data_dir, download, verify, runs_root,
                     resume, verbose, is_main and distributed.is_main())
-    finally:
-        if owns_group:
-            distributed.shutdown()
+    except BaseException:
+        if owns_group:  # no barrier: the other ranks may wait in a collective; torchrun stops them
+            torch.distributed.destroy_process_group()
+        raise
+    if owns_group:
+        distributed.shutdown()
+    return path
 
 
 def _run(module: ModuleType, name: str, scale: str, preset: str | None,
