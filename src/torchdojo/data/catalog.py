@@ -32,7 +32,7 @@ FASHION_MD5 = {
     "t10k-labels-idx1-ubyte": ("bb300cfdad3c16e7a12a480ee83cd310", "0d30e22e447f3c33dab9ed536400ac01",
                                "15d484375f8d13e6eb1aabb0c3f46965"),
 }
-MNIST_MD5 = {  # the published gzip files
+MNIST_MD5 = {  # the published gzip files (no published md5 of the raw files: raw MNIST is not verified)
     "train-images-idx3-ubyte": ("f68b3c2dcbeaaa9fbdd348bbdeb94873",),
     "train-labels-idx1-ubyte": ("d53e105ee54ea40749a09fcbcd1e9432",),
     "t10k-images-idx3-ubyte": ("9fb629c4189551a2d022fa330f9573f3",),
@@ -51,7 +51,8 @@ STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monk
 def _load_idx(name: str, classes: list[str], md5s: dict[str, tuple[str, ...]], folder: Path, verify: bool) -> Splits:
     def read(stem: str) -> torch.Tensor:
         path = first_existing(folder, stem)
-        if verify and path.suffix == ".gz":
+        # Raw (unzipped) files are verified too where their md5 is known (Fashion-MNIST's table holds it).
+        if verify and (path.suffix == ".gz" or name == "fashion-mnist"):
             verify_md5(path, md5s[stem], f"{name} {stem}")
         return read_idx(path)
 
