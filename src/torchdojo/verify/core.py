@@ -310,6 +310,7 @@ def format_report(
         "",
     ]
     width = max(len(t.name) for t in tallies)
+    shown = None  # the last case printed in full: a property failing on it again only names its problem
     for t in tallies:
         worst = ", ".join(f"{k} {v:.2g}" for k, v in sorted(t.worst.items()))
         lines.append(
@@ -319,6 +320,10 @@ def format_report(
         if t.first_failure is not None:
             case, msg = t.first_failure
             repro = json.dumps(case, separators=(", ", ": "))
+            if repro == shown:
+                lines += [f"      first failing: the configuration above; problem: {msg}"]
+                continue
+            shown = repro
             lines += [
                 f"      first failing: {describe_case(cls_name, target, case)}",
                 f"      problem: {msg}",
