@@ -141,7 +141,7 @@ class CachedBatches:
     def __init__(self, views: Sequence[np.ndarray], labels: np.ndarray, batch_size: int, *, shuffle: bool = False,
                  seed: int = 0, device: torch.device | str = "cpu", in_memory: bool = True):
         # Head epochs re-read every row; a RAM copy is faster than page-faulting the memmap each epoch.
-        self.views = [np.ascontiguousarray(v) if in_memory else v for v in views]
+        self.views = [np.array(v, dtype=np.float32) if in_memory else v for v in views]  # np.array copies
         self.labels = torch.from_numpy(np.asarray(labels))
         self.batch_size, self.shuffle, self.seed, self.device = batch_size, shuffle, seed, torch.device(device)
         self._epoch = 1
