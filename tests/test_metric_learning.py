@@ -147,3 +147,21 @@ def test_cifar10_preset_on_a_format_faithful_fixture_and_resume(tmp_path: Path) 
     assert resumed["regimes"]["e2"]["test_acc"] == summary["regimes"]["e2"]["test_acc"]
     after = torch.load(path / "checkpoints" / "monitor-e2" / "state.pt", weights_only=True)["rows"]
     assert [r["epoch"] for r in after] == [r["epoch"] for r in monitor_rows] == [0, 1, 2]
+
+
+def test_zoo_backbone_option_runs_with_its_preprocessing(tmp_path: Path) -> None:
+    pytest.importorskip("torchdojo.backbones")
+    path = _run(
+        tmp_path,
+        dataset="digits",
+        classes="3,8",
+        regimes="e2",
+        backbone="resnet18",
+        pretrained="false",
+        image_size=32,
+        feature_map_channels=2,
+    )
+    summary = json.loads((path / "summary.json").read_text())
+    sep = summary["regimes"]["e2"]["separability"]
+    assert "embedding" in sep and len(sep) >= 3  # generic main layers: evenly spaced convs of the trunk
+    assert any(p.name.startswith("fmap_e2_conv") for p in (path / "figures").iterdir())

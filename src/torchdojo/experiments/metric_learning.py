@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torchdojo.config import TrainConfig, apply_overrides
 from torchdojo.data import ImageData, stratified_split
 from torchdojo.data.augment import build_augment
-from torchdojo.data.loader import TensorBatches
 from torchdojo.engine import evaluate
 from torchdojo.errors import DojoError
 from torchdojo.experiments.base import Context
@@ -64,6 +63,9 @@ class Config:
     test_subset: int = 0  # this many test images (0 = all)
     val_subset: int = 0  # this many validation images (0 = all)
     model: str = "metric-cnn"  # or any registered classifier (torchdojo list models)
+    backbone: str = ""  # a zoo backbone (e.g. resnet18, efficientnet_lite0) instead of `model`; "" = none
+    pretrained: bool = True  # backbone only: ImageNet weights (offline first), else random init
+    image_size: int = 0  # resize inputs to this; 0 = native (a backbone: its own input size)
     channels: tuple[int, ...] = (32, 64, 128)  # metric-cnn only
     embedding_dim: int = 64  # metric-cnn only
     margin: float = 0.2  # triplet margin on L2-normalised embeddings (distances in [0, 2])
@@ -142,7 +144,12 @@ PRESETS = {
 }
 
 
-def _build_model(cfg: Config, in_shape: tuple[int, int, int], k: int) -> torch.nn.Module:
+def _build_model(cfg: Config, in_shape: tuple[int, int, int], k: int, download: bool) -> torch.nn.Module:
+    if cfg.backbone:  # the transfer issue's zoo; the whole network trains in every regime
+        from torchdojo.backbones import build_classifier
+
+        regime = "finetune" if cfg.pretrained else "scratch"
+        return build_classifier(cfg.backbone, k, regime=regime, download=download)
     if cfg.model == "metric-cnn":
         return MetricCNN(in_shape, k, channels=cfg.channels, embedding_dim=cfg.embedding_dim)
     return build_model(cfg.model, in_shape, k)
@@ -183,6 +190,13 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     data = ctx.load_data(cfg.dataset, list(cfg.classes) or None)
     dev, k, classes = ctx.device, len(data.classes), data.classes
     mean, std = data.mean_std()
+    size, channels = cfg.image_size or None, None
+    if cfg.backbone:  # the backbone's own preprocessing: its input size, ImageNet mean/std, RGB
+        from torchdojo.backbones import BACKBONES
+
+        prep = BACKBONES.get(cfg.backbone).preprocessing
+        mean, std, channels = prep.mean, prep.std, 3
+        size = cfg.image_size or prep.input_size
     tr_idx, va_idx = stratified_split(data.train.y, cfg.val_fraction, cfg.seed)
     train = data.train.take(tr_idx)
     train = _subset(train, cfg.train_subset, cfg.seed)
@@ -193,20 +207,20 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     ref = _subset(train, cfg.probe_images, cfg.seed + 2)
     train, val, test, ref = train.to(dev), val.to(dev), test.to(dev), ref.to(dev)
     aug = build_augment(cfg.augment, cfg.crop_padding)
-    setup = Setup(train, val, mean, std, dev, cfg.seed, aug, ctx.run, ctx.resume, ctx.verbose)
+    setup = Setup(train, val, mean, std, dev, cfg.seed, aug, ctx.run, ctx.resume, ctx.verbose, size, channels)
 
     # Fixed inputs for the feature maps: the first `feature_map_inputs` training images of each class.
     fm_idx = torch.cat([torch.nonzero(train.y == c).flatten()[: cfg.feature_map_inputs] for c in range(k)])
     fm_raw = train.x[fm_idx].cpu()
     fm_names = [classes[int(c)] for c in train.y[fm_idx]]
-    fm_x = next(iter(TensorBatches(train.take(fm_idx), len(fm_idx), mean, std)))[0]
+    fm_x = next(iter(setup.batches(train.take(fm_idx), len(fm_idx), False)))[0]
 
     ctx.report.heading("Setup")
     ctx.report.text(
         f"{data.name}: {len(train):,} training, {len(val):,} validation (stratified, seed {cfg.seed}) and "
         f"{len(test):,} test images of shape {'x'.join(map(str, data.train.shape))}, classes "
-        f"{' vs '.join(classes)}. Every regime starts from the same initial weights of `{cfg.model}` and "
-        "sees "
+        f"{' vs '.join(classes)}. Every regime starts from the same initial weights of "
+        f"`{cfg.backbone or cfg.model}` and sees "
         f"about {len(train):,} images per epoch in steps of {cfg.train.batch_size} (triplet regimes: "
         f"{cfg.train.batch_size // 3} triplets per step, drawn by `TripletDataset`"
         + (f", then re-mined in the batch ({cfg.miner}, {cfg.miner_impl})" if cfg.miner != "none" else "")
@@ -228,11 +242,12 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     layer_names: list[str] = []
     for i, name in enumerate(cfg.regimes):
         torch.manual_seed(cfg.seed)  # the same initial weights for every regime
-        model = _build_model(cfg, data.train.shape, k).to(dev)
+        in_shape = (channels or data.train.shape[0], size or data.train.shape[1], size or data.train.shape[2])
+        model = _build_model(cfg, in_shape, k, ctx.download).to(dev)
         layers = main_layers(model)
         layer_names = list(layers)
         monitor = RepresentationMonitor(
-            Probe(ref, val, mean, std, dev, cfg.knn_k),
+            Probe(ref, val, mean, std, dev, cfg.knn_k, size, channels),
             layers,
             fm_x.to(dev),
             _fm_epochs(cfg),
@@ -276,8 +291,9 @@ def _evaluate_regime(
         s: evaluate(model, setup.batches(d, bs, False), device=dev)
         for s, d in (("train", setup.train), ("val", setup.val), ("test", test))
     }
-    e_ref = embed(model, ref, setup.mean, setup.std, device=dev, layers=layers)
-    e_test = embed(model, test, setup.mean, setup.std, device=dev, layers=layers)
+    prep = {"size": setup.size, "channels": setup.channels}
+    e_ref = embed(model, ref, setup.mean, setup.std, device=dev, layers=layers, **prep)
+    e_test = embed(model, test, setup.mean, setup.std, device=dev, layers=layers, **prep)
     ref_y, test_y = ref.y.cpu(), test.y.cpu()
     knn = knn_accuracy(e_ref["embedding"], ref_y, e_test["embedding"], test_y, cfg.knn_k)
     sep = {

@@ -58,4 +58,4 @@ def main_layers(model: nn.Module, max_layers: int = 4) -> dict[str, nn.Module]:
     if len(convs) > max_layers:
         pick = torch.linspace(0, len(convs) - 1, max_layers).round().long().tolist()
         convs = [convs[i] for i in pick]
-    return {f"conv:{n}": m for n, m in convs}
+    return {"conv_" + n.replace(".", "_"): m for n, m in convs}

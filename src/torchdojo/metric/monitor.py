@@ -30,6 +30,8 @@ class Probe:
     std: Sequence[float]
     device: torch.device
     knn_k: int = 5
+    size: int | None = None  # input resize (pretrained backbones)
+    channels: int | None = None
 
 
 class RepresentationMonitor:
@@ -56,8 +58,8 @@ class RepresentationMonitor:
         """Measure the model now and record it as `epoch` (0 = before training)."""
         p = self.probe
         was = model.training
-        ref = embed(model, p.ref, p.mean, p.std, device=p.device)
-        val = embed(model, p.val, p.mean, p.std, device=p.device, layers=self.layers)
+        ref = embed(model, p.ref, p.mean, p.std, device=p.device, size=p.size, channels=p.channels)
+        val = embed(model, p.val, p.mean, p.std, device=p.device, layers=self.layers, size=p.size, channels=p.channels)
         spread = mean_pairwise_distance(val["embedding"])
         stats = self.objective.pop_stats() if self.objective is not None and epoch > 0 else {}
         row: dict[str, Any] = {

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchdojo.data.base import ImageData
+from torchdojo.metric.triplets import to_input
 
 
 @torch.no_grad()
@@ -22,6 +23,8 @@ def embed(
     device: torch.device,
     layers: dict[str, nn.Module] | None = None,
     batch_size: int = 512,
+    size: int | None = None,
+    channels: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """'embedding' (N, D) = model.features(x) in eval mode, and for each of `layers` its output
     globally average-pooled (N, C); all on the CPU."""
@@ -36,7 +39,7 @@ def embed(
     s = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
     try:
         for i in range(0, len(data), batch_size):
-            x = (data.x[i : i + batch_size].to(device).float() - m) / s
+            x = to_input(data.x[i : i + batch_size].to(device), m, s, size, channels)
             out["embedding"].append(model.features(x).float().cpu())
             for name in layers or {}:
                 act = current[name]

@@ -41,6 +41,8 @@ class Setup:
     run: Run | None = None
     resume: bool = False
     verbose: bool = True
+    size: int | None = None  # input resize (pretrained backbones); None = native
+    channels: int | None = None  # grayscale expanded to this many channels; None = as stored
 
     def batches(self, data: ImageData, batch_size: int, train: bool) -> TensorBatches:
         return TensorBatches(
@@ -51,6 +53,8 @@ class Setup:
             shuffle=train,
             seed=self.seed,
             augment=self.augment if train else None,
+            size=self.size,
+            channels=self.channels,
         )
 
     def triplet_batches(self, data: ImageData, batch_size: int, train: bool) -> TripletBatches:
@@ -64,6 +68,8 @@ class Setup:
             seed=seed,
             augment=self.augment if train else None,
             fixed_epoch=None if train else 0,
+            size=self.size,
+            channels=self.channels,
         )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from torchdojo.data.augment import Aug
+from torchdojo.data.augment import Aug, center_crop_resize
 from torchdojo.data.base import ImageData
 from torchdojo.errors import DojoError
 
@@ -96,11 +96,14 @@ class TripletBatches:
         augment: Aug | None = None,
         seed: int = 0,
         fixed_epoch: int | None = None,  # e.g. validation: the same triplets every epoch
+        size: int | None = None,  # resize to size x size (e.g. a pretrained backbone's input)
+        channels: int | None = None,  # expand grayscale to this many channels
     ):
         if batch_size < 3:
             raise DojoError(f"a triplet batch needs batch_size >= 3 images, got {batch_size}")
         self.triplets, self.per_batch = triplets, batch_size // 3
         self.augment, self.seed, self.fixed_epoch = augment, seed, fixed_epoch
+        self.size, self.channels = size, channels
         dev = triplets.data.x.device
         self.mean = torch.tensor(mean, device=dev).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=dev).view(1, -1, 1, 1) * 255
@@ -124,7 +127,19 @@ class TripletBatches:
             x, y = data.x[idx], data.y[idx]
             if self.augment is not None:
                 x = self.augment(x, g)
-            yield (x.float() - self.mean) / self.std, y
+            yield to_input(x, self.mean, self.std, self.size, self.channels), y
+
+
+def to_input(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, size: int | None = None, channels: int | None = None
+) -> torch.Tensor:
+    """uint8 images (B, C, H, W) -> resized (optional), normalised float, channels expanded (optional);
+    `mean` and `std` are (1, C, 1, 1) in 0..255 units."""
+    x = center_crop_resize(x, None, size)
+    x = (x.float() - mean) / std
+    if channels is not None and x.shape[1] != channels:
+        x = x.expand(-1, channels, -1, -1)
+    return x
 
 
 def split_triplets(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
