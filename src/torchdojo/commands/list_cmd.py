@@ -20,7 +20,9 @@ def main(args: argparse.Namespace) -> int:
     from torchdojo.experiments import EXPERIMENTS
     from torchdojo.models import MODELS
 
-    con = Console()
+    import sys
+
+    con = Console(width=None if sys.stdout.isatty() else 140)  # pipes: wide enough for one line a row
     if args.what in ("experiments", "all"):
         t = Table(title="experiments (torchdojo run NAME)")
         for col in ("name", "MISSION", "presets", "what it does"):
