@@ -10,7 +10,7 @@ from torchdojo.data.base import ImageData
 from torchdojo.errors import DojoError
 from torchdojo.metric.collapse import CollapseDetector
 from torchdojo.metric.featuremaps import capture, montage
-from torchdojo.metric.losses import TripletObjective, head_only_cross_entropy, triplet_margin_loss
+from torchdojo.metric.losses import TripletObjective, centroid_logits, head_only_cross_entropy, triplet_margin_loss
 from torchdojo.metric.miners import batch_hard, build_miner, pairwise_distances, semi_hard
 from torchdojo.metric.model import MetricCNN, main_layers
 from torchdojo.metric.probes import fisher_ratio, knn_accuracy, linear_probe_accuracy, mean_pairwise_distance
@@ -161,13 +161,29 @@ def test_triplet_objective_parts_and_logits() -> None:
     y[4:8] = y[:4]  # positives share the anchors' labels
     y[8:] = 1 - y[:4]
     loss, logits = TripletObjective(0.2)(model, x, y)
-    assert logits is None and loss.ndim == 0
+    assert loss.ndim == 0 and logits.shape == (12, 2) and not logits.requires_grad  # centroid vote only
     obj = TripletObjective(0.2, build_miner("batch-hard", 0.2), ce_weight=0.5)
     loss, logits = obj(model, x, y)
     assert logits.shape == (12, 2)
     stats = obj.pop_stats()
     assert loss.item() == pytest.approx(stats["triplet"] + 0.5 * stats["ce"], rel=1e-5)
     assert stats["triplets"] == 12 and obj.pop_stats() == {}
+
+
+def test_centroid_logits_leave_one_out_by_hand() -> None:
+    # class 0 at 0 and 90 degrees, class 1 at 180 degrees and at 10 degrees (an outlier near class 0)
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [math.cos(0.1745), math.sin(0.1745)]])
+    y = torch.tensor([0, 0, 1, 1])
+    logits = centroid_logits(emb * 5, y)
+    # sample 0: own centroid (without itself) is sample 1 (cos 0); class 1's centroid is the mean of
+    # 180 and 10 degrees, which points at 95 degrees (cos 95 = -0.087)
+    assert logits[0, 0].item() == pytest.approx(0.0, abs=1e-5)
+    assert logits[0, 1].item() == pytest.approx(math.cos(math.radians(95)), abs=1e-3)
+    # sample 1 (90 deg) is nearer class 1's centroid (95 deg) than its own (0 deg); 2 and 3 see each other
+    # as their own class (170 deg apart) and class 0's centroid (45 deg) closer
+    assert logits.argmax(1).tolist() == [0, 1, 0, 0]
+    alone = centroid_logits(emb[:3], torch.tensor([0, 0, 1]))
+    assert alone[2, 1].item() == -2.0  # no other member of its class in the batch
 
 
 def test_head_only_cross_entropy_leaves_features_untouched() -> None:

@@ -179,13 +179,6 @@ def _train_regime(
     return train_e4(model, setup, cfg.train, cfg.margin, miner, cfg.ce_weight, monitor)
 
 
-def _plot_rows(rows: list[dict[str, Any]], stage: str) -> list[dict[str, Any]]:
-    """A stage's history for the curves; the triplet stage has no classifier, so no accuracy."""
-    if stage != "e2-triplet":
-        return rows
-    return [{k: v for k, v in r.items() if not k.endswith("_acc")} for r in rows]
-
-
 def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     data = ctx.load_data(cfg.dataset, list(cfg.classes) or None)
     dev, k, classes = ctx.device, len(data.classes), data.classes
@@ -322,14 +315,14 @@ def _evaluate_regime(
     }
 
     ctx.report.heading(REGIMES[name])
-    hist = {stage: _plot_rows(rows, stage) for stage, rows in res.stages.items()}
-    figures.curves(hist, ctx.run.figure_path(f"curves_{name}"), title=REGIMES[name].split(":")[0])
+    figures.curves(res.stages, ctx.run.figure_path(f"curves_{name}"), title=REGIMES[name].split(":")[0])
     ctx.report.figure(
         f"curves_{name}.png",
         "loss and accuracy per epoch, train (solid) and validation (dashed)"
         + (
-            "; the triplet stage's loss is the triplet loss (no classifier yet, so no accuracy), the "
-            "head stage's is cross-entropy"
+            "; the triplet stage's loss is the triplet loss and, having no head yet, its accuracy is a "
+            "leave-one-out nearest-class-centroid vote on the embedding within each batch (its best epoch by that "
+            "validation accuracy is kept); the head stage's loss is cross-entropy"
             if name == "e2"
             else ""
         )

@@ -29,8 +29,9 @@ def triplet_margin_loss(a: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margi
 
 class TripletObjective:
     """Triplet loss on `model.features(x)` (+ `ce_weight` * cross-entropy of `model.head`), with the
-    triplets as drawn by `TripletBatches` (miner None) or mined in the batch. Keeps per-epoch means of
-    its parts for the report (read with `pop_stats`)."""
+    triplets as drawn by `TripletBatches` (miner None) or mined in the batch. Without the CE term the
+    logits it returns are `centroid_logits` of the embedding (they never enter the loss), so a triplet
+    stage still reports an accuracy. Keeps per-epoch means of its parts for the report (`pop_stats`)."""
 
     def __init__(self, margin: float = 0.2, miner: Miner | None = None, ce_weight: float = 0.0):
         self.margin, self.miner, self.ce_weight = margin, miner, ce_weight
@@ -46,7 +47,7 @@ class TripletObjective:
             ia, ip, ineg = self.miner(emb.detach(), y)
             a, p, n, mined = emb[ia], emb[ip], emb[ineg], len(ia)
         l_trip = triplet_margin_loss(a, p, n, self.margin)
-        loss, logits = l_trip, None
+        loss, logits = l_trip, centroid_logits(emb.detach(), y)
         parts = {"triplet": l_trip.detach(), "triplets": torch.tensor(float(mined))}
         if self.ce_weight > 0:
             logits = model.head(emb)
@@ -63,6 +64,24 @@ class TripletObjective:
         out = {k: float(v) / max(self._n, 1) for k, v in self._sums.items()}
         self._sums, self._n = {}, 0
         return out
+
+
+def centroid_logits(emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B, K) cosine similarity of each unit embedding to the unit centroid of each class in the batch,
+    leaving the sample itself out of its own class; -2 where a class has no other member. The argmax is
+    a leave-one-out nearest-centroid vote: an accuracy of the embedding alone, without any head."""
+    z = F.normalize(emb.float(), dim=1)  # (B, D)
+    k = int(y.max()) + 1
+    onehot = F.one_hot(y, k).float()  # (B, K)
+    sums = onehot.T @ z  # (K, D)
+    counts = onehot.sum(0)  # (K,)
+    own = sums[y] - z  # (B, D): own class without the sample
+    cents = sums.unsqueeze(0).expand(len(z), -1, -1).clone()  # (B, K, D)
+    cents[torch.arange(len(z)), y] = own
+    n = counts.unsqueeze(0).expand(len(z), -1).clone()
+    n[torch.arange(len(z)), y] -= 1
+    sim = torch.einsum("bd,bkd->bk", z, F.normalize(cents, dim=2))
+    return sim.masked_fill(n <= 0, -2.0)
 
 
 def head_only_cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchdojo.config import TrainConfig, apply_overrides
+from torchdojo.config import TrainConfig
 from torchdojo.data.augment import Aug
 from torchdojo.data.base import ImageData
 from torchdojo.data.loader import TensorBatches
@@ -161,12 +161,12 @@ def train_e2(
     """E2: triplet loss on the extractor (best epoch by validation triplet loss), then the head alone."""
     objective = TripletObjective(margin, miner)
     monitor.objective = objective
-    trip_cfg = apply_overrides(tcfg, {"monitor": "val_loss"})  # no logits in this stage: no accuracy
+    # best epoch by the validation nearest-centroid accuracy of the embedding (the stage has no head)
     hist1 = _fit(
         model,
         setup.triplet_batches(setup.train, tcfg.batch_size, True),
         setup.triplet_batches(setup.val, tcfg.batch_size, False),
-        trip_cfg,
+        tcfg,
         setup,
         "e2-triplet",
         monitor,
