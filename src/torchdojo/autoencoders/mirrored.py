@@ -192,12 +192,14 @@ class MirroredAutoencoder(nn.Module):
         return self.decode(self.encode(x))
 
     def inverse_errors(self, hs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per layer ||D_i(E_i(h_{i-1})) - h_{i-1}||^2 / ||h_{i-1}||^2 over the batch (E_i(h_{i-1}) = h_i)."""
+        """Per layer ||D_i(E_i(h_{i-1})) - h_{i-1}||^2 / ||h_{i-1}||^2 over the batch (E_i(h_{i-1}) = h_i): the
+        training term. The metric in `inverse.layer_report` is the same ratio without the safety margin."""
         out = []
         for i in range(self.depth):
             target = hs[i]
             err = (self.invert(i, hs[i + 1]) - target).pow(2).sum()
-            out.append(err / target.detach().pow(2).sum().clamp_min(1e-12))
+            # + 1e-3 per element: a layer whose units all died (ReLU) would otherwise divide by ~0 and blow up
+            out.append(err / (target.detach().pow(2).sum() + 1e-3 * target.numel()))
         return out
 
     def num_params(self) -> int:
