@@ -57,3 +57,28 @@ def test_unknown_rung_is_rejected() -> None:
 
     with pytest.raises(DojoError, match="unknown rung"):
         build_config(ladder, "smoke", None, ["rungs=logreg,nope"])
+
+
+def test_resume_refuses_changed_settings_and_keeps_the_record(smoke_runs: list[Path], tmp_path: Path) -> None:
+    import shutil
+
+    from torchdojo.errors import DojoError
+
+    run = tmp_path / "copy"
+    shutil.copytree(smoke_runs[1], run)
+    before = (run / "config.json").read_bytes()
+    with pytest.raises(DojoError, match="cannot change it"):
+        run_experiment(ladder, resume=run, overrides=["train.lr=0.5"], device="cpu", verbose=False)
+    with pytest.raises(DojoError, match="cannot change it"):
+        run_experiment(ladder, resume=run, scale="full", device="cpu", verbose=False)
+    run_experiment(ladder, resume=run, device="cpu", verbose=False)  # same settings: fine
+    assert (run / "config.json").read_bytes() == before
+
+
+def test_a_run_that_fails_before_producing_anything_leaves_no_folder(tmp_path: Path, data_env: dict) -> None:
+    from torchdojo.errors import DataMissingError
+
+    with pytest.raises(DataMissingError):
+        run_experiment(ladder, scale="smoke", overrides=["dataset=cifar10"], data_dir=data_env["data_dir"],
+                       device="cpu", runs_root=tmp_path / "runs", verbose=False)
+    assert not list((tmp_path / "runs").rglob("config.json"))

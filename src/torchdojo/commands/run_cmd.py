@@ -17,7 +17,8 @@ Examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", help="experiment name (torchdojo list experiments)")
-    p.add_argument("--scale", default="small", choices=["smoke", "small", "full"], help="size of the run")
+    p.add_argument("--scale", default=None, choices=["smoke", "small", "full"],
+                   help="size of the run (default: small)")
     p.add_argument("--preset", default=None, help="a named preset of the experiment (e.g. ladder's cifar10)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field; repeatable")
@@ -42,15 +43,19 @@ def main(args: argparse.Namespace) -> int:
 
     module = EXPERIMENTS.get(args.experiment)
     overrides = list(args.overrides)
+
     if args.rungs:
         overrides.append(f"rungs={args.rungs}")
     if args.config:
-        cfg = build_config(module, args.scale, args.preset, overrides)
+        cfg = build_config(module, args.scale or "small", args.preset, overrides)
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
     path = run_experiment(module, scale=args.scale, preset=args.preset, overrides=overrides, device=args.device,
                           data_dir=args.data_dir, download=args.download, verify=args.verify,
                           runs_root=args.runs_dir, resume=args.resume, verbose=not args.quiet)
-    print(f"run folder: {path}", file=sys.stderr)
-    print(f"report:     {path / 'report.html'}")
+    import os
+
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the job, not one per process
+        print(f"run folder: {path}", file=sys.stderr)
+        print(f"report:     {path / 'report.html'}")
     return 0

@@ -105,7 +105,7 @@ def module_name(module: ModuleType) -> str:
 def run_experiment(
     module: ModuleType,
     *,
-    scale: str = "small",
+    scale: str | None = None,
     preset: str | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
     device: str = "auto",
@@ -149,19 +149,28 @@ def _run(module: ModuleType, name: str, scale: str, preset: str | None,
         if saved.get("experiment") != name:
             raise DojoError(f"{run_dir} is a run of {saved.get('experiment')!r}, not {name!r}",
                             f"resume it with: torchdojo run {saved.get('experiment')} --resume {run_dir}")
+        asked = {"--scale": (scale, saved.get("scale")), "--preset": (preset, saved.get("preset")),
+                 "--set/--rungs": (list(overrides) if overrides else None, saved.get("overrides") or None)}
+        for flag, (given, was) in asked.items():
+            if given is not None and given != was:  # a resumed run cannot silently ignore new settings
+                raise DojoError(f"{run_dir} was started with {flag} {was}; --resume cannot change it to {given}",
+                                "resume with the same options (or none), or start a new run without --resume")
         cfg = from_dict(module.Config, saved["config"])
         scale, preset = saved.get("scale", scale), saved.get("preset")
         run = Run(run_dir, is_main=is_main)
     else:
+        scale = scale or "small"
         cfg = build_config(module, scale, preset, overrides)
         run = Run.create(name, runs_root, is_main=is_main)
         run = Run(distributed.broadcast_object(run.path), is_main=is_main)  # rank 0 names the folder
         if is_main:
             run.path.mkdir(parents=True, exist_ok=True)
-    if is_main:
+    if is_main and resume is None:  # a resumed run keeps its folder's record of how it was started
         atomic_write_json(run.path / "config.json", {"experiment": name, "scale": scale, "preset": preset,
                                                      "overrides": overrides or [], "config": to_dict(cfg)})
         atomic_write_json(run.path / "env.json", {**environment(dev), "world_size": distributed.world_size()})
+    elif is_main:
+        atomic_write_json(run.path / "env.resumed.json", {**environment(dev), "world_size": distributed.world_size()})
     if not is_main and distributed.is_initialized():
         run = RankRun(run.path, distributed.rank())
     report = Report(f"torchdojo {name}: {module.SUMMARY}")
@@ -171,11 +180,25 @@ def _run(module: ModuleType, name: str, scale: str, preset: str | None,
     start = time.perf_counter()
     try:
         summary = module.run(cfg, ctx)
-    finally:
+    except BaseException:
         run.close()
+        if is_main and resume is None:
+            _discard_if_empty(run.path)
+        raise
+    run.close()
     summary = dict(summary or {})
     summary["seconds"] = round(time.perf_counter() - start, 2)
     if is_main:
         atomic_write_json(run.path / "summary.json", summary)
         report.save(run.path)
     return run.shared if isinstance(run, RankRun) else run.path
+
+
+def _discard_if_empty(path: Path) -> None:
+    """Remove a new run folder that failed before producing anything (no metrics, checkpoint or figure):
+    a bad dataset name or a missing dataset should not leave half-made folders behind."""
+    import shutil
+
+    produced = [p for p in path.rglob("*") if p.is_file() and p.name not in ("config.json", "env.json")]
+    if not produced:
+        shutil.rmtree(path, ignore_errors=True)
