@@ -55,7 +55,8 @@ def _import_file(path: Path) -> object:
         sys.modules.pop(mod_name, None)
         raise LoadFailure(f"importing {path} failed: {describe_exception(e, path)}") from None
     finally:
-        sys.path.remove(str(path.parent.resolve()))
+        if str(path.parent.resolve()) in sys.path:  # the submission may have edited sys.path itself
+            sys.path.remove(str(path.parent.resolve()))
     return module
 
 
