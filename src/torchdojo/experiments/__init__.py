@@ -8,6 +8,7 @@ from torchdojo.experiments import (
     conv_scratch,
     ladder,
     metric_learning,
+    rnn,
     text_autoencoder,
     transfer,
 )
@@ -16,7 +17,8 @@ from torchdojo.registry import Registry
 
 EXPERIMENTS: Registry[ModuleType] = Registry("experiment")
 
-for _module in (arch_arithmetic, autoencoder, conv_scratch, ladder, metric_learning, text_autoencoder, transfer):
+for _module in (arch_arithmetic, autoencoder, conv_scratch, ladder, metric_learning, rnn, text_autoencoder,
+                transfer):
     EXPERIMENTS.register(module_name(_module), _module)
 
 __all__ = ["EXPERIMENTS"]

@@ -65,7 +65,8 @@ class RNNClassifier(nn.Module):
         """Final state (B, H) of each sentence; ids (B, T) right-padded, lengths (B,) >= 1."""
         x = self.embed(ids)  # (B, T, E)
         if trace is not None:
-            x.retain_grad()
+            if x.requires_grad:  # not under torch.no_grad()
+                x.retain_grad()
             trace.x = x
         if self.cell_name == "torch":
             return self._encode_fused(x, lengths, tbptt_steps)
@@ -79,7 +80,8 @@ class RNNClassifier(nn.Module):
             h_new = self.rnn(x[:, k], h)  # (B, H)
             h = torch.where((k < lengths).unsqueeze(1), h_new, h)  # padding keeps the last real state
             if trace is not None:
-                h.retain_grad()
+                if h.requires_grad:
+                    h.retain_grad()
                 trace.states.append(h)
         return h
 
