@@ -72,7 +72,7 @@ SCALES = {
               "overfit_steps": 5, "labeled": 128, "test_subset": 128, "clf_epochs": 1, "max_batches": 2,
               "classifiers": "dae-frozen,scratch", "max_vocab": 500},
     # 2 CPU cores: the 4k-way output softmax dominates, so the small scale trims vocabulary and DAE data.
-    "small": {"max_vocab": 4000, "dae_subset": 8000, "dae_epochs": 4, "overfit_steps": 100, "test_subset": 2000},
+    "small": {"max_vocab": 4000, "dae_subset": 8000, "dae_epochs": 8, "overfit_steps": 100, "test_subset": 2000},
     "full": {"emb": 128, "dim": 256, "dae_epochs": 15, "labeled": 0, "clf_epochs": 10, "max_vocab": 20000},
 }
 
@@ -185,12 +185,19 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     ctx.report.table([{"clean": _text(vocab, te[i]), "noisy": _text(vocab, noisy_te[i]),
                        "reconstructed (greedy)": _text(vocab, gen[i])} for i in range(k)],
                      caption="unseen test sentences: clean, corrupted, and the DAE's greedy reconstruction")
+    verdict = (
+        "It beats copying, so it does more than pass tokens through: it restores dropped, masked and swapped tokens "
+        "from context." if held["token_acc"] > copy_acc else
+        f"It does not yet beat copying: with {len(tr):,} sentences and {cfg.dae_epochs} epochs (the small scale, "
+        "sized for a 2-core CPU) the model has learned the sentence frame and the frequent tokens (<user>, "
+        "punctuation, hashtags, <unk>; see the greedy outputs, which also repeat them) but few content words, "
+        "since every content word has to pass through the single sentence vector. The full scale trains on all "
+        "tweets for longer with a larger model and vocabulary.")
     ctx.report.text(
-        f"On unseen sentences the model restores {held['token_acc']:.1%} of the tokens (copying the corrupted "
-        f"input would give {copy_acc:.1%} at the right positions). Errors concentrate on rare words, which the "
-        "sentence vector cannot spell out, and on dropped words that the context does not determine; frequent "
-        "function words and the sentence frame are restored. Reconstruction of a clean input is easier still "
-        f"({clean_ev['token_acc']:.1%}).")
+        f"On {len(te):,} unseen sentences the model restores {held['token_acc']:.1%} of the clean tokens "
+        f"(teacher-forced, <eos> included); copying the corrupted input would put the right token at "
+        f"{copy_acc:.1%} of the positions, and the clean input itself is restored at {clean_ev['token_acc']:.1%}. "
+        + verdict)
     ctx.report.save(ctx.run.path)
 
     # 3. Sentiment transfer.
@@ -240,12 +247,18 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         "is the control, and MiniLM, a sentence encoder pretrained on a billion sentence pairs, is an outside "
         "reference for what a strong pretrained encoder reaches here.")
     ctx.report.table(rows, caption="test accuracy of each sentiment classifier")
-    gain = summary.get("dae-finetune", summary.get("dae-frozen", float("nan"))) - summary.get("scratch", float("nan"))
+    transferred = [summary[n] for n in ("dae-frozen", "dae-finetune") if n in summary]
+    gain = (max(transferred) if transferred else float("nan")) - summary.get("scratch", float("nan"))
     if "scratch" in summary and gain <= 0:
         ctx.report.warning(
             f"The transferred encoder did not beat the from-scratch one here (difference {gain:+.3f}). The DAE "
-            "objective rewards remembering which words were in the sentence, not how they feel; with a small "
-            "vocabulary and many labels, a from-scratch encoder learns the few sentiment words it needs directly.")
+            "objective rewards keeping which words were in the sentence, not how they feel, and at this scale the "
+            f"DAE itself is weak (held-out token accuracy {held['token_acc']:.1%} against {copy_acc:.1%} for "
+            f"copying): its sentence vector carries the frame of a tweet more than its content words, while the "
+            f"from-scratch encoder spends all of its {len(lab):,}-example budget on the few sentiment words it needs.")
+    elif "scratch" in summary:
+        ctx.report.text(f"The transferred encoder beats the from-scratch one by {gain:+.3f} accuracy at the same "
+                        f"training budget: unlabelled pretraining helps when only {len(lab):,} labels are available.")
     return {"dataset": data.name, "vocab": len(vocab), "overfit_final_acc": of[-1]["token_acc"],
             "overfit_final_loss": of[-1]["loss"], "heldout_token_acc": held["token_acc"],
             "heldout_clean_token_acc": clean_ev["token_acc"], "copy_baseline_acc": copy_acc,
