@@ -39,7 +39,7 @@ def test_frozen_backbone_is_bit_identical_after_training():
 
 def test_unfrozen_bn_would_move():
     """The control for the test above: the same training with the trunk trainable changes BN statistics."""
-    model = build_classifier("efficientnet_lite0", 3, regime="finetune", head="linear")
+    model = build_classifier("efficientnet_lite0", 3, regime="finetune", head="linear", bn_eval=False)
     before = trunk_state(model)
     fit(model, _batches(), None, TrainConfig(epochs=1, batch_size=16, lr=1e-3), device=torch.device("cpu"),
         verbose=False)
@@ -47,8 +47,19 @@ def test_unfrozen_bn_would_move():
     assert any(not torch.equal(after[k], v) for k, v in before.items() if "running_mean" in k)
 
 
+def test_finetune_bn_eval_keeps_statistics_but_trains_weights():
+    model = build_classifier("efficientnet_lite0", 3, regime="finetune", head="linear")  # bn_eval=True default
+    before = trunk_state(model)
+    fit(model, _batches(), None, TrainConfig(epochs=1, batch_size=16, lr=1e-3), device=torch.device("cpu"),
+        verbose=False)
+    after = model.features.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if "running_" in k)
+    assert not torch.equal(after["stem.1.weight"], before["stem.1.weight"])  # BN scale still learns
+    assert not torch.equal(after["stem.0.weight"], before["stem.0.weight"])
+
+
 def test_finetune_groups_and_gradual_unfreezing():
-    model = build_classifier("efficientnet_lite0", 5, regime="finetune", head="linear")
+    model = build_classifier("efficientnet_lite0", 5, regime="finetune", head="linear", bn_eval=False)
     groups = trainable_params(model, backbone_lr_mult=0.1, lr=1e-3)
     assert isinstance(groups, list) and groups[0]["lr"] == 1e-4 and "lr" not in groups[1]
     assert len(groups[0]["params"]) == len(list(model.features.parameters()))

@@ -7,7 +7,10 @@ Regimes (MISSION C3, D1, D5-D7):
 - frozen: every trunk parameter has requires_grad=False, the trunk stays in eval mode (BN statistics
   and dropout fixed) even under `model.train()`, and `trainable_params` gives the optimizer the head only;
 - finetune: pretrained trunk trained too, optionally at `backbone_lr_mult` x the head's LR and unfrozen
-  gradually from the top (`unfreeze_top(model, fraction)`); still-frozen BN layers stay in eval mode;
+  gradually from the top (`unfreeze_top(model, fraction)`); still-frozen BN layers stay in eval mode, and
+  with `bn_eval=True` (the default) every trunk BN layer keeps its ImageNet statistics (its scale and shift
+  still learn): with few steps and small batches, batch statistics differ from the slowly moving running
+  ones (EfficientNet's BN momentum is 0.01) and evaluation would see a different network than training;
 - scratch: the same architecture from random init, everything trained.
 """
 
@@ -38,6 +41,7 @@ class BackboneClassifier(Classifier):
         self.num_features = spec.num_features
         self.pretrained = pretrained
         self.regime: str = "finetune"
+        self.bn_eval = False  # keep every trunk BN layer in eval mode (fixed statistics) under .train()
 
     @property
     def trunk_frozen(self) -> bool:
@@ -50,7 +54,7 @@ class BackboneClassifier(Classifier):
             self.features.eval()
         elif mode:
             for m in self.features.modules():
-                if isinstance(m, _BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                if isinstance(m, _BatchNorm) and (self.bn_eval or not any(p.requires_grad for p in m.parameters())):
                     m.eval()
         return self
 
@@ -97,22 +101,25 @@ def load_backbone(name: str, *, pretrained: bool = True, weights_path: str | Pat
 def build_classifier(name: str, num_classes: int, *, regime: str = "frozen", head: str = "linear",
                      hidden: tuple[int, ...] = (512, 256), dropout: float = 0.3,
                      weights_path: str | Path | None = None, download: bool = False,
-                     verify: bool = True) -> BackboneClassifier:
+                     verify: bool = True, bn_eval: bool = True) -> BackboneClassifier:
     """Backbone `name` with a fresh head for `num_classes`, set up for `regime` (scratch = random init)."""
     if regime not in REGIMES:
         raise DojoError(f"unknown regime {regime!r}", f"use one of {', '.join(REGIMES)}")
     model = load_backbone(name, pretrained=regime != "scratch", weights_path=weights_path, download=download,
                           verify=verify)
     model.head = make_head(model.num_features, num_classes, head, hidden, dropout)
-    set_regime(model, regime)
+    set_regime(model, regime, bn_eval)
     return model.train()
 
 
-def set_regime(model: BackboneClassifier, regime: str) -> None:
-    """frozen: no gradient for the trunk (and eval mode under .train()); finetune/scratch: all trainable."""
+def set_regime(model: BackboneClassifier, regime: str, bn_eval: bool = True) -> None:
+    """frozen: no gradient for the trunk (and eval mode under .train()); finetune/scratch: all trainable.
+
+    `bn_eval` (finetune only): trunk BN layers keep their pretrained statistics while the weights train."""
     model.features.requires_grad_(regime != "frozen")
     model.head.requires_grad_(True)
     model.regime = regime
+    model.bn_eval = regime == "finetune" and bn_eval
 
 
 def trunk_blocks(model: BackboneClassifier) -> list[nn.Module]:

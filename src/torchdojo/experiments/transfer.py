@@ -52,6 +52,7 @@ class Config:
     backbone_lr_mult: float = 0.1  # fine-tune: trunk LR = this x head LR
     unfreeze_phases: int = 1  # fine-tune: > 1 unfreezes the trunk from the top in this many equal phases
     finetune_from_frozen: bool = True  # fine-tune starts from the frozen run's trained head (LP-FT) if one ran
+    finetune_bn_eval: bool = True  # fine-tune keeps the trunk's BN statistics (scale/shift still train)
     mistakes: int = 10
     weights_dir: str = ""  # extra folder with weight files (looked at first)
     channels_last: bool = True  # faster depthwise convs on CPU
@@ -269,9 +270,11 @@ def run_images(name: str, model_name: str, regime: str | None, cfg: Config, ctx:
         how = f"trained from random init ({tcfg.optimizer}, lr {tcfg.lr}, {tcfg.epochs} epochs)"
     else:
         model = build_classifier(model_name, k, regime=regime, head=cfg.head, hidden=cfg.head_hidden,
-                                 weights_path=_weights_file(cfg, model_name), download=ctx.download)
+                                 weights_path=_weights_file(cfg, model_name), download=ctx.download,
+                                 bn_eval=cfg.finetune_bn_eval)
         mean, std = model.spec.preprocessing.mean, model.spec.preprocessing.std
         how = ("pretrained trunk and head trained together, trunk LR x" + f"{cfg.backbone_lr_mult}"
+               + (", trunk BN statistics kept (BN scale/shift trained)" if cfg.finetune_bn_eval else "")
                if regime == "finetune" else "same architecture from random init, everything trained")
         how += f" ({tcfg.optimizer}, lr {tcfg.lr}, {tcfg.epochs} epochs)"
     probe = (frozen or {}).get(model_name) if regime == "finetune" and cfg.finetune_from_frozen else None
