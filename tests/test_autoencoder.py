@@ -91,7 +91,7 @@ def test_inverse_metric_is_zero_on_an_exact_inverse_fc() -> None:
         assert r["rel_err"] < 1e-10 and r["pinv_rel_err"] < 1e-6  # pinv carries a 1e-7 ridge
         assert r["cos_to_pinv"] == pytest.approx(1.0, abs=1e-9)
     assert relative_error(model(x), x) < 1e-10
-    assert relative_error(pinv_reconstruct(model, x), x) < 1e-10
+    assert relative_error(pinv_reconstruct(model, x), x) < 1e-6
     # An untrained decoder is far from the inverse: the metric can fail.
     assert layer_report(build_fc((1, 4, 4), (16, 20)).double(), x)[0]["rel_err"] > 0.1
 
