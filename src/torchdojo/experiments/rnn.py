@@ -18,6 +18,7 @@ from torchdojo.rnn.model import RNNClassifier, Trace
 from torchdojo.rnn.plots import gate_map
 from torchdojo.rnn.reset_demo import RESET, accuracy, make_reset_task, overfit, read_gate
 from torchdojo.rnn.train import evaluate, position_gradients, train_classifier
+from torchdojo.runs import atomic_torch_save
 from torchdojo.text import TextBatches, Vocab, bucket_batches, load_text_dataset, padding_fraction
 from torchdojo.text.batching import pad_batch, random_batches
 
@@ -52,7 +53,7 @@ class Config:
     grad_length: int = 30  # T of the test sentences used for per-position gradients and state norms
     reset_per_class: int = 4  # the handful of sentences for the reset-gate overfit
     reset_steps: int = 400
-    clip_radius: float = 1.25  # spectral radius of the recurrent matrix in the clipping study
+    clip_radius: float = 1.8  # spectral radius of the recurrent matrix in the clipping study
     clip_lr: float = 0.05  # plain SGD
     clip_steps: int = 150
     clip_norm: float = 1.0
@@ -148,6 +149,9 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         res = train_classifier(model, train_b, test_b, tcfg, tbptt_steps=cfg.tbptt_steps, log=ctx.log)
         ev = evaluate(model, test_b)
         histories[cell], models[cell] = res.history, model
+        if ctx.run.is_main:  # the trained weights and what is needed to rebuild the model
+            atomic_torch_save({"state_dict": model.state_dict(), "vocab": vocab.itos, "cell": cell,
+                               "epoch": tcfg.epochs}, ctx.run.checkpoint_dir(f"cell-{cell}") / "last.pt")
         rows.append({"cell": cell, "test_acc": ev["acc"], "test_loss": ev["loss"],
                      "train_acc": res.history[-1]["train_acc"], "params": sum(p.numel() for p in model.parameters()),
                      "s_per_epoch": res.seconds_per_epoch, "what": CELL_WHY.get(cell, "")})
