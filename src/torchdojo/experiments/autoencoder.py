@@ -258,7 +258,10 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
 def _discussion(summary: dict[str, Any], layer_rows: list[dict[str, Any]], probe: list[dict[str, Any]]) -> str:
     """The side-by-side explanation, with this run's numbers."""
     def get(name: str, key: str) -> str:
-        return f"{summary[name][key]:.4g}" if name in summary else "n/a"
+        if name not in summary:
+            return "n/a"
+        v = summary[name][key]
+        return f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
 
     ratio = (f"{summary['fc']['params'] / summary['conv']['params']:.0f}x" if "fc" in summary and "conv" in summary
              else "much")
@@ -268,9 +271,12 @@ def _discussion(summary: dict[str, Any], layer_rows: list[dict[str, Any]], probe
         f"positions, so it is {ratio} smaller for the same code size; the FC model can spend parameters on "
         "global, position-specific templates, the conv model only on local ones.",
         f"- Per-layer inverse error: mean fc {get('fc', 'mean_inverse_err')} vs conv {get('conv', 'mean_inverse_err')}."
-        " An FC layer that narrows (dim_ratio < 1) can at best project onto its row space (pinv_rel_err > 0); the "
-        "first conv layer is overcomplete (16 x 14 x 14 outputs for 28 x 28 inputs), so its exact inverse exists "
-        "(pinv_rel_err ~ 0), while the later stride-2 layers narrow and behave like the FC ones.",
+        " An FC layer that narrows (dim_ratio < 1) can at best project onto its row space (pinv_rel_err > 0); a "
+        "conv layer with dim_ratio >= 1 (here " + (", ".join(f"{r['layer']} {r['in']} -> {r['out']}" for r in
+                                                   layer_rows if r["variant"] == "conv" and r["dim_ratio"] >= 1)
+                                                   or "none") +
+        ") can have an exact inverse (then pinv_rel_err ~ 0), while the narrowing stride-2 layers behave like the "
+        "FC ones.",
         f"- ReLU: mean inverse error conv-relu {get('conv-relu', 'mean_inverse_err')} vs conv "
         f"{get('conv', 'mean_inverse_err')}; ReLU zeroes the share of units in the 'zeroed' column and no decoder "
         "can tell how negative they were.",
@@ -278,6 +284,14 @@ def _discussion(summary: dict[str, Any], layer_rows: list[dict[str, Any]], probe
         "2x2 max-pool keeps one value of four and forgets where it was, so the nearest-neighbour upsampling in the "
         f"mirror can only smear it back (test MSE {get('conv-pool', 'test_mse')}).",
     ]
+    for arch in ("fc", "conv"):
+        cos = [r["cos_to_pinv"] for r in layer_rows if r["variant"] == f"{arch}-tied" and "cos_to_pinv" in r]
+        if cos and arch in summary:
+            lines.append(
+                f"- Tied weights ({arch}): B_i = A_i^T equals pinv(A_i) when A_i has orthonormal rows; trained with "
+                f"the inverse loss, A_i^T reaches cosine {min(cos):.2f}-{max(cos):.2f} to pinv(A_i), and with half the "
+                f"parameters the reconstruction is {get(f'{arch}-tied', 'test_mse')} against "
+                f"{get(arch, 'test_mse')} untied and {get(f'{arch}-lam0', 'test_mse')} with lambda = 0.")
     bad = [p for p in probe if p["pixels_seen"] < 1]
     if bad:
         p = bad[0]
