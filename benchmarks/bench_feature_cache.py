@@ -10,6 +10,10 @@ a bigger head or a cheaper trunk (small inputs) raises it, e.g. the MLP head at 
   naive total  = E epochs of (frozen trunk forward + head step) over train + test evaluation through the trunk
 Prints a table and one JSON line.
 
+Evidence (2026-11-23, 2 shared CPU cores under heavy load, --train 500 --test 250 --size 64 --threads 1):
+  linear head: cached 1.01x one pass (15.0 s vs 14.8 s), naive 6.34x (93.6 s); same test accuracy (0.752)
+  mlp head:    cached 1.24x one pass (14.3 s vs 11.5 s), naive 7.97x (91.4 s)
+
 usage: python benchmarks/bench_feature_cache.py [--train 1000] [--test 500] [--size 64] [--epochs 10]
                                                 [--head linear|mlp] [--dataset fashion-mnist] [--threads N]
 """
