@@ -62,6 +62,7 @@ class FeatureCache:
         self.root = Path(root) if root else default_cache_dir()
         self.hits = 0
         self.misses = 0
+        self.extract_seconds = 0.0  # what the features served so far cost to extract (recorded on a hit)
 
     def key(self, *, trunk: nn.Module, backbone: str, data: ImageData, split: str,
             preprocessing: dict[str, Any], view: str = "center") -> str:
@@ -130,9 +131,13 @@ class FeatureCache:
         hit = self.load(key)
         if hit is not None:
             self.hits += 1
+            self.extract_seconds += json.loads(self._paths(key)[2].read_text()).get("seconds", 0.0)
             return hit
         self.misses += 1
-        return self.extract(key, trunk, batches, n, device)
+        start = time.perf_counter()
+        out = self.extract(key, trunk, batches, n, device)
+        self.extract_seconds += time.perf_counter() - start
+        return out
 
 
 class CachedBatches:
