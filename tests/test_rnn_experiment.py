@@ -23,3 +23,13 @@ def test_rnn_experiment_smoke(tmp_path):
     for section in ("F1. Accuracy of each cell", "F1. Truncated backpropagation", "F2. The reset-gate cell",
                     "F3. Lipschitz RNN", "F4. Gradient clipping", "Why sigmoid"):
         assert section in html, section
+
+
+def test_rnn_experiment_wordpiece_three_classes(tmp_path):
+    path = run_experiment(EXPERIMENTS.get("rnn"), scale="smoke", runs_root=tmp_path, device="cpu", verbose=False,
+                          overrides=["cells=torch", "tbptt_compare=0", "classes=negative,neutral,positive",
+                                     "tokenizer=wordpiece", "clip_steps=2", "reset_steps=5"])
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["vocab"] == 30522 and set(summary["cells"]) == {"torch"}
+    assert 0.3 < summary["majority_acc"] < 0.6  # three classes
+    assert "WordPiece" in (path / "report.html").read_text()

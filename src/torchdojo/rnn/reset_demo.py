@@ -53,7 +53,8 @@ def overfit(task: ResetTask, cell: str = "reset", hidden: int = 32, steps: int =
             seed: int = 0) -> tuple[RNNClassifier, list[dict[str, float]]]:
     """Full-batch Adam on all examples until 100% accuracy and loss < 0.01 (or `steps`); history per step."""
     torch.manual_seed(seed)
-    model = RNNClassifier(len(task.vocab), 2, cell, embed_dim=16, hidden_size=hidden, dropout=0.0)
+    num_classes = 1 + max(y for _, y in task.examples)
+    model = RNNClassifier(len(task.vocab), num_classes, cell, embed_dim=16, hidden_size=hidden, dropout=0.0)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     ids, lengths, y = _tensors(task)
     history: list[dict[str, float]] = []
