@@ -16,7 +16,7 @@ from torchdojo.report import figures
 from torchdojo.rnn.clipping import clipping_study
 from torchdojo.rnn.model import RNNClassifier, Trace
 from torchdojo.rnn.plots import gate_map
-from torchdojo.rnn.reset_demo import RESET, accuracy, make_reset_task, overfit, read_gate
+from torchdojo.rnn.reset_demo import RESET, accuracy, make_reset_task, overfit, read_gate, state_spread
 from torchdojo.rnn.train import evaluate, position_gradients, train_classifier
 from torchdojo.runs import atomic_torch_save
 from torchdojo.text import TextBatches, Vocab, WordPiece, bucket_batches, load_text_dataset, padding_fraction
@@ -260,6 +260,8 @@ def _study(cfg: Config, ctx: Context) -> dict[str, Any]:
     task = make_reset_task(train_pairs, cfg.reset_per_class, cfg.seed)
     reset_model, hist = overfit(task, "reset", steps=cfg.reset_steps, seed=cfg.seed)
     acc_all, acc_orig = accuracy(reset_model, task), accuracy(reset_model, task, only_originals=True)
+    elman_model, elman_hist = overfit(task, "elman", steps=cfg.reset_steps, seed=cfg.seed)  # control, no gate
+    spreads = {"reset": state_spread(reset_model, task), "elman": state_spread(elman_model, task)}
     example = next(t for t, _ in task.examples if RESET in t)
     g = read_gate(reset_model, example, task.vocab)
     r_at = example.index(RESET)
@@ -285,6 +287,12 @@ def _study(cfg: Config, ctx: Context) -> dict[str, Any]:
              f"{statistics.mean(others):.3f} on the other tokens; ||h|| goes from {norm_before:.3f} before it to "
              f"{norm_at:.3f} at it. (When the gate stays open, the cell solved the task without wiping the state: "
              "with this few sentences, memorising them is as easy as forgetting.)")
+    rep.text("Does the state still depend on what came before the reset? Over all compositions, the spread of "
+             "the state (mean distance to the mean state) just before and at the reset token; a ratio near 0 "
+             "means the prefix is forgotten. The Elman cell, overfitted on the same examples "
+             f"({accuracy(elman_model, task):.0%} in {len(elman_hist)} steps), is the control without a gate.")
+    rep.table([{"cell": c, "spread_before": v["before"], "spread_at_reset": v["at_reset"], "ratio": v["ratio"]}
+               for c, v in spreads.items()], caption="prefix dependence of the state at the reset token")
     rep.figure("reset_gate.png", "R_t per hidden unit and token (top); mean R_t and ||h_t|| per token (bottom)")
     rep.figure("reset_overfit.png", "training loss while overfitting the handful of sentences")
 
@@ -320,7 +328,8 @@ def _study(cfg: Config, ctx: Context) -> dict[str, Any]:
                "cells": {r["cell"]: {"test_acc": r["test_acc"], "test_loss": r["test_loss"]} for r in rows},
                "tbptt": {str(r["tbptt_steps"]): r["test_acc"] for r in tb_rows},
                "reset": {"train_acc": acc_all, "originals_acc": acc_orig, "steps": len(hist),
-                         "gate_at_reset": g["gate_mean"][r_at], "gate_elsewhere": statistics.mean(others)},
+                         "gate_at_reset": g["gate_mean"][r_at], "gate_elsewhere": statistics.mean(others),
+                         "spread_ratio": spreads["reset"]["ratio"], "elman_spread_ratio": spreads["elman"]["ratio"]},
                "clipping": {r["run"]: {k2: v for k2, v in r.items() if isinstance(v, (int, float))}
                             for r in clip_rows}}
     return summary

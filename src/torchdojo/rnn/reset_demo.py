@@ -94,3 +94,28 @@ def read_gate(model: RNNClassifier, tokens: list[str], vocab: Vocab) -> dict[str
         out["gate_mean"] = gate.mean(1).tolist()
         out["gate"] = gate.T.tolist()  # (H, T) for a heat map
     return out
+
+
+@torch.no_grad()
+def state_spread(model: RNNClassifier, task: ResetTask) -> dict[str, float]:
+    """How much the state depends on the prefix: spread of h over all compositions just before and at `<reset>`.
+
+    Spread = mean distance of the states to their mean. If the state at `<reset>` no longer depends on what came
+    before it (the cell forgot, by closing its gate or by saturating its candidate), the spread there is ~0.
+    """
+    model.eval()
+    before, at = [], []
+    for tokens, _ in task.examples:
+        if RESET not in tokens:
+            continue
+        r = tokens.index(RESET)
+        trace = Trace()
+        model.encode(torch.tensor([task.vocab.encode(tokens[: r + 1])]), torch.tensor([r + 1]), trace=trace)
+        before.append(trace.states[r - 1][0])
+        at.append(trace.states[r][0])
+
+    def spread(hs: list[torch.Tensor]) -> float:
+        h = torch.stack(hs)
+        return (h - h.mean(0)).norm(dim=1).mean().item()
+
+    return {"before": spread(before), "at_reset": spread(at), "ratio": spread(at) / max(spread(before), 1e-12)}
