@@ -117,8 +117,8 @@ def conclusion(evals: dict[str, dict[str, Any]], layers: list[str]) -> str:
     knn = max(names, key=lambda n: evals[n]["knn_test_acc"])
     reached = [n for n in names if evals[n]["epochs_to_target"] is not None]
     parts = [
-        f"Test accuracy: {best} is best ({evals[best]['test_acc']:.4f}; "
-        + ", ".join(f"{n} {evals[n]['test_acc']:.4f}" for n in names if n != best)
+        f"Test accuracy: {best} is best ({evals[best]['test_acc']:.4f}"
+        + "".join(f"; {n} {evals[n]['test_acc']:.4f}" for n in names if n != best)
         + ").",
         f"Embedding quality: {sep} has the most separable embedding (Fisher "
         f"{evals[sep]['separability']['embedding']['fisher']:.2f}) and {knn} the best kNN test accuracy "
