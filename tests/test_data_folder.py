@@ -37,10 +37,17 @@ def test_folder_batches_shapes_labels_and_reproducible_epochs(tmp_path: Path) ->
 
 def test_folder_batches_with_workers(tmp_path: Path) -> None:
     root = _make_folder(tmp_path / "imgs", per_class=3)
-    ys = torch.cat([y for _, y in FolderBatches(root, 2, train=True, size=16, workers=2)])
+    ys = torch.cat([y for _, y in FolderBatches(root, 2, train=True, size=16, workers=2, seed=3)])
     assert sorted(ys.tolist()) == [0, 0, 0, 1, 1, 1]
 
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DojoError, match="does not exist"):
         FolderBatches(tmp_path / "nope", 4, train=True)
+
+
+def test_folder_batches_with_workers_are_reproducible_per_epoch(tmp_path: Path) -> None:
+    root = _make_folder(tmp_path / "imgs", per_class=2)
+    b = FolderBatches(root, 4, train=True, size=16, workers=2, seed=5)
+    first = torch.cat([x for x, _ in b.set_epoch(3)])
+    assert torch.equal(first, torch.cat([x for x, _ in b.set_epoch(3)]))

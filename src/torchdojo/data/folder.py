@@ -5,8 +5,9 @@ batches come out in the same (x, y) form as `TensorBatches`, so the engine does 
 fed it. `set_epoch(e)` reseeds shuffling and augmentation, so epoch e is reproducible and resumable.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,7 +26,8 @@ def folder_transforms(train: bool, size: int, mean: Sequence[float], std: Sequen
 
 
 class FolderBatches:
-    """Batches from `root/<class>/<image>` through a DataLoader with workers and pinned memory."""
+    """Batches from `root/<class>/<image>`: torchvision's ImageFolder fed through `LoaderBatches`
+    (DataLoader workers, DDP sharding, pinned memory on CUDA)."""
 
     def __init__(
         self,
@@ -38,11 +40,13 @@ class FolderBatches:
         std: Sequence[float] = (0.229, 0.224, 0.225),
         workers: int = 2,
         seed: int = 0,
-        pin_memory: bool | None = None,
-        rank: int = 0,
-        world_size: int = 1,
+        device: torch.device | str | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ):
         from torchvision.datasets import ImageFolder
+
+        from torchdojo.data.loader import LoaderBatches
 
         root = Path(root)
         if not root.is_dir():
@@ -52,44 +56,33 @@ class FolderBatches:
         except (FileNotFoundError, RuntimeError) as e:
             raise DojoError(f"{root} is not an image folder: {e}", "lay it out as root/<class>/<image>.jpg") from None
         self.classes: list[str] = list(self.dataset.classes)
-        self.batch_size, self.train, self.workers, self.seed = batch_size, train, workers, seed
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.rank, self.world_size = rank, world_size
+        self.seed = seed
+        self.batches = LoaderBatches(self.dataset, batch_size, shuffle=train, seed=seed, num_workers=workers,
+                                     device=device, rank=rank, world_size=world_size)
         self._epoch = 0
 
     def set_epoch(self, epoch: int) -> "FolderBatches":
         self._epoch = epoch
+        self.batches.set_epoch(epoch)
         return self
 
-    def _loader(self) -> torch.utils.data.DataLoader:
-        from torch.utils.data import DataLoader, DistributedSampler
-
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self._epoch)
-        sampler = None
-        if self.world_size > 1:  # each rank its own shard
-            sampler = DistributedSampler(self.dataset, self.world_size, self.rank, shuffle=self.train, seed=self.seed)
-            sampler.set_epoch(self._epoch)
-        return DataLoader(self.dataset, self.batch_size, shuffle=self.train and sampler is None, sampler=sampler,
-                          num_workers=self.workers, pin_memory=self.pin_memory, generator=g,
-                          drop_last=False, persistent_workers=False)
-
     def __len__(self) -> int:
-        n = -(-len(self.dataset) // self.world_size)
-        return -(-n // self.batch_size)
+        return len(self.batches)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.workers > 0:  # each worker's RNG is seeded from the loader's per-epoch generator
-            yield from self._loader()
-            return
-        # In-process transforms draw from the global RNG: give them their own per-epoch stream instead,
-        # so the epoch is reproducible and the training RNG (dropout) is left untouched.
+        # Random transforms draw from the global RNG (in this process, or through the workers' base seed,
+        # drawn when the iterator starts). Give them their own per-epoch stream: the epoch is reproducible
+        # and resumable, and the training RNG (dropout) is left untouched.
         state = torch.Generator().manual_seed(self.seed * 100_003 + self._epoch + 7919).get_state()
-        it = iter(self._loader())
-        while True:
+
+        def isolated(fn: Callable[[], Any]) -> Any:
+            nonlocal state
             with torch.random.fork_rng(devices=[]):
                 torch.set_rng_state(state)
-                batch = next(it, None)
+                out = fn()
                 state = torch.get_rng_state()
-            if batch is None:
-                return
+            return out
+
+        it = isolated(lambda: iter(self.batches))
+        while (batch := isolated(lambda: next(it, None))) is not None:
             yield batch

@@ -148,7 +148,9 @@ class LoaderBatches:
         pin = device is not None and torch.device(device).type == "cuda"
         self.loader = DataLoader(dataset, batch_size=self.local_batch_size, sampler=self.sampler,
                                  num_workers=num_workers, pin_memory=pin, drop_last=drop_last,
-                                 persistent_workers=num_workers > 0, collate_fn=collate_fn)
+                                 persistent_workers=False, collate_fn=collate_fn)
+        # Fresh workers each epoch: their seeds come from the RNG when the epoch starts, so a resumed run
+        # draws the same augmentations as an uninterrupted one (persistent workers would carry state over).
 
     @property
     def num_global(self) -> int:
