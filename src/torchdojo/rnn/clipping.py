@@ -46,7 +46,7 @@ class ClipRun:
                 "max_raw_grad_norm": max((r["raw_norm"] for r in s), default=float("nan")),
                 "median_scale": med("scale"), "median_cos": med("cos"), "min_cos": min((r["cos"] for r in s),
                                                                                         default=float("nan")),
-                "sum_cos": self.sum_cos, "test_acc": self.test_acc}
+                "sum_cos": self.sum_cos, "test_acc": self.test_acc if math.isfinite(self.test_acc) else None}
 
 
 def exploding_model(vocab_size: int, num_classes: int, radius: float, embed_dim: int = 32, hidden_size: int = 64,
