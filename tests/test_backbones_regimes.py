@@ -83,3 +83,5 @@ def test_scratch_is_random_init():
     b = scratch.features.state_dict()
     assert not scratch.pretrained and all(p.requires_grad for p in scratch.parameters())
     assert not torch.equal(a["stem.0.weight"], b["stem.0.weight"])
+    bns = [m for m in scratch.features.modules() if isinstance(m, _BatchNorm)]
+    assert bns and all(m.momentum == 0.1 for m in bns)  # running stats that keep up with a short run

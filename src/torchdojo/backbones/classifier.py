@@ -120,6 +120,10 @@ def set_regime(model: BackboneClassifier, regime: str, bn_eval: bool = True) -> 
     model.head.requires_grad_(True)
     model.regime = regime
     model.bn_eval = regime == "finetune" and bn_eval
+    if regime == "scratch":  # TF-ported BN momentum (0.01) assumes ~1e5 steps; short runs need running stats that
+        for m in model.features.modules():  # follow the batches, or evaluation sees untrained statistics
+            if isinstance(m, _BatchNorm):
+                m.momentum = 0.1
 
 
 def trunk_blocks(model: BackboneClassifier) -> list[nn.Module]:
