@@ -169,11 +169,12 @@ def _study(cfg: Config, ctx: Context) -> dict[str, Any]:
         histories[cell], models[cell] = res.history, model
         if ctx.run.is_main:  # the trained weights and what is needed to rebuild the model
             atomic_torch_save({"state_dict": model.state_dict(), "vocab": vocab.itos, "cell": cell,
-                               "epoch": tcfg.epochs}, ctx.run.checkpoint_dir(f"cell-{cell}") / "last.pt")
+                               "epoch": tcfg.epochs}, ctx.run.checkpoint_dir(f"cell-{cell}") / "final.pt")
         rows.append({"cell": cell, "test_acc": ev["acc"], "test_loss": ev["loss"],
                      "train_acc": res.history[-1]["train_acc"], "params": sum(p.numel() for p in model.parameters()),
                      "s_per_epoch": res.seconds_per_epoch, "what": CELL_WHY.get(cell, "")})
-        ctx.run.metrics.log({"stage": f"cell-{cell}", **{k2: v for k2, v in rows[-1].items() if k2 != "what"}})
+        for row in res.history:  # metrics.jsonl: one row per (stage, epoch), like every engine-trained run
+            ctx.run.metrics.log({"stage": f"cell-{cell}", **row})
     figures.curves(histories, ctx.run.figure_path("cells_curves"), title="cells: train (solid) and test (dashed)")
     rep.heading("F1. Accuracy of each cell")
     rep.text(f"Embedding {cfg.embed_dim} -> cell with {cfg.hidden_size} hidden units -> final state -> dropout "
