@@ -11,14 +11,13 @@ The checksum is the published SHA-256 prefix torch hub puts in the file name (`-
 """
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from torchdojo.data.base import user_cache
+from torchdojo.data.base import file_hash, user_cache
 from torchdojo.errors import ChecksumError, DojoError
 
 
@@ -55,12 +54,8 @@ def hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256(path: Path) -> str:
+    return file_hash(path, "sha256")
 
 
 def verify_sha256_prefix(path: Path, prefix: str) -> None:

@@ -12,6 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
@@ -19,8 +21,6 @@ def main(args: argparse.Namespace) -> int:
     from torchdojo.data.augment import AUGMENTATIONS
     from torchdojo.experiments import EXPERIMENTS
     from torchdojo.models import MODELS
-
-    import sys
 
     con = Console(width=None if sys.stdout.isatty() else 140)  # pipes: wide enough for one line a row
     if args.what in ("experiments", "all"):

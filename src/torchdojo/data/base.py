@@ -124,12 +124,17 @@ def find_dataset(spec: DatasetSpec, data_dir: str | Path | None = None, download
     )
 
 
-def md5(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
+def file_hash(path: Path, algorithm: str = "md5", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file, read in chunks (datasets and weights are too big to read at once)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def md5(path: Path) -> str:
+    return file_hash(path, "md5")
 
 
 def verify_md5(path: Path, expected: str | Sequence[str], what: str = "") -> None:

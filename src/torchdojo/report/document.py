@@ -72,7 +72,8 @@ h1{border-bottom:2px solid #3b6ea5;padding-bottom:.3em}h2{margin-top:1.8em;color
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.92em}
 th,td{border:1px solid #c9d2de;padding:.3em .6em;text-align:right}th{background:#eef3f9}
 td:first-child,th:first-child{text-align:left}caption{caption-side:top;text-align:left;font-weight:600;padding:.3em 0}
-figure{display:inline-block;vertical-align:top;margin:1em 1em 1em 0;max-width:100%}figure img{max-width:100%;border:1px solid #e3e8ef}figcaption{color:#4a5568;font-size:.9em}
+figure{display:inline-block;vertical-align:top;margin:1em 1em 1em 0;max-width:100%}
+figure img{max-width:100%;border:1px solid #e3e8ef}figcaption{color:#4a5568;font-size:.9em}
 pre{background:#f5f7fa;padding:.8em;overflow-x:auto;border:1px solid #e3e8ef}
 .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em .8em}.meta{color:#4a5568;font-size:.9em}
 """
