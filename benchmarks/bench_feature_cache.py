@@ -10,9 +10,11 @@ a bigger head or a cheaper trunk (small inputs) raises it, e.g. the MLP head at 
   naive total  = E epochs of (frozen trunk forward + head step) over train + test evaluation through the trunk
 Prints a table and one JSON line.
 
-Evidence (2026-11-23, 2 shared CPU cores under heavy load, --train 500 --test 250 --size 64 --threads 1):
-  linear head: cached 1.01x one pass (15.0 s vs 14.8 s), naive 6.34x (93.6 s); same test accuracy (0.752)
-  mlp head:    cached 1.24x one pass (14.3 s vs 11.5 s), naive 7.97x (91.4 s)
+Evidence (2026-11-23, 2 CPU cores shared with other jobs, so absolute seconds vary; the ratios are the point):
+  defaults (linear head, 1000 + 500 images, 2 threads): cached 1.17x one pass (14.9 s / 12.7 s), naive 7.01x
+  --head mlp --threads 1:                                cached 1.16x (5.5 s / 4.8 s), naive 7.31x
+  --head mlp --train 500 --test 250 --threads 1, machine at load ~18: cached 1.24x, naive 7.97x (a busy machine
+  slows the many small head ops more than the trunk's large convolutions)
 
 usage: python benchmarks/bench_feature_cache.py [--train 1000] [--test 500] [--size 64] [--epochs 10]
                                                 [--head linear|mlp] [--dataset fashion-mnist] [--threads N]
