@@ -87,6 +87,11 @@ def file_snapshot(folder: Path) -> dict[str, bytes]:
 def pytest_configure(config: pytest.Config) -> None:
     # Small shared test machines: one intra-op thread avoids oversubscription; tiny models gain nothing.
     torch.set_num_threads(1)
+    # Cached backbone features of test runs go to a throwaway folder, not the user's cache.
+    import os
+    import tempfile
+
+    os.environ.setdefault("TORCHDOJO_FEATURE_CACHE", tempfile.mkdtemp(prefix="torchdojo-test-features-"))
 
 
 @pytest.fixture(scope="session")
