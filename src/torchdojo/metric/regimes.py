@@ -158,7 +158,7 @@ def train_e2(
     miner: Miner | None,
     monitor: RepresentationMonitor,
 ) -> RegimeResult:
-    """E2: triplet loss on the extractor (best epoch by validation triplet loss), then the head alone."""
+    """E2: triplet loss on the extractor (best epoch by validation nearest-centroid accuracy), then the head."""
     objective = TripletObjective(margin, miner)
     monitor.objective = objective
     # best epoch by the validation nearest-centroid accuracy of the embedding (the stage has no head)

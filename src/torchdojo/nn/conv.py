@@ -18,6 +18,16 @@ from torch import nn
 Pair = tuple[int, int]
 
 
+def check_channels(in_channels: int, out_channels: int, groups: int) -> None:
+    """Positive int channel counts and groups, both counts divisible by groups (as nn.Conv2d requires)."""
+    for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
+                         f"divisible by groups ({groups})")
+
+
 def pair(value: int | tuple[int, int] | list[int], name: str, minimum: int = 1) -> Pair:
     """An int or a pair of ints -> (h, w), each >= minimum; anything else is a ValueError naming `name`."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -158,12 +168,7 @@ class Conv2d(nn.Module):
                  stride: int | Pair = 1, padding: int | Pair = 0, dilation: int | Pair = 1, groups: int = 1,
                  bias: bool = True):
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
-                             f"divisible by groups ({groups})")
+        check_channels(in_channels, out_channels, groups)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")

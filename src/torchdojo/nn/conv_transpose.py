@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from torchdojo.nn.conv import Pair, pair
+from torchdojo.nn.conv import Pair, check_channels, pair
 
 
 def output_size(size: Pair, kernel: Pair, stride: Pair, padding: Pair, output_padding: Pair,
@@ -66,12 +66,7 @@ class ConvTranspose2d(nn.Module):
                  stride: int | Pair = 1, padding: int | Pair = 0, output_padding: int | Pair = 0,
                  groups: int = 1, bias: bool = True, dilation: int | Pair = 1):
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
-                             f"divisible by groups ({groups})")
+        check_channels(in_channels, out_channels, groups)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
