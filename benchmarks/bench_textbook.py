@@ -60,10 +60,10 @@ def run_torchdojo(epochs: int, seed: int) -> dict:
     data = load_dataset("fashion-mnist")
     torch.manual_seed(seed)
     model = build_model("textbook-cnn", (1, 28, 28), 10)
-    cfg = TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", lr=1e-3, eval_batch_size=1024)
+    cfg = TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", lr=1e-3, eval_batch_size=256)
     augment = build_augment(["crop", "flip"], 2)  # the textbook's RandomCrop(28, padding=2) + RandomHorizontalFlip
     train = TensorBatches(data.train, 128, MEAN, STD, shuffle=True, seed=seed, augment=augment)
-    test = TensorBatches(data.test, 1024, MEAN, STD)
+    test = TensorBatches(data.test, cfg.eval_batch_size, MEAN, STD)
     dev = torch.device("cpu")
     start = time.perf_counter()
     result = fit(model, train, None, cfg, device=dev, verbose=True)  # no val split: the textbook has none

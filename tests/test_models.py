@@ -3,11 +3,13 @@ and `reset_head`. Generated from the MODELS registry, so new models are tested w
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from torchdojo.errors import DojoError
 from torchdojo.models import MODELS, Classifier, build_model
-from torchdojo.models.ladder import BaselineModel
+from torchdojo.models.ladder import BaselineModel, pool_relu
 
 IN_SHAPE = (3, 32, 32)
 
@@ -113,3 +115,51 @@ def test_improved_cnn_limits():
     assert nn.BatchNorm2d in kinds and nn.Dropout in kinds
     assert sum(isinstance(layer, nn.Conv2d) for layer in m.features) <= 4
     assert sum(isinstance(layer, nn.Linear) for layer in m.modules()) <= 3
+
+
+def _textbook_order() -> nn.Sequential:
+    """shared/bench/textbook_fashion_mnist.py's model as written there: ReLU, then max-pool."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 10),
+    )
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_textbook_cnn_equals_the_textbook_model_in_outputs_and_gradients(channels_last):
+    ours = _build("textbook-cnn", (1, 28, 28), 10)
+    ref = _textbook_order()
+    ref.load_state_dict(dict(zip(ref.state_dict(), ours.state_dict().values(), strict=True)))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    ours, ref = ours.to(memory_format=fmt), ref.to(memory_format=fmt)
+    x = torch.randn(16, 1, 28, 28, requires_grad=True)
+    y = torch.randint(0, 10, (16,))
+    outs = []
+    for net in (ours, ref):
+        x.grad = None
+        torch.manual_seed(3)  # the same dropout mask
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        outs.append((loss.detach(), x.grad.clone(), [p.grad.clone() for p in net.parameters()]))
+    (la, xa, ga), (lb, xb, gb) = outs
+    assert torch.equal(la, lb) and torch.equal(xa, xb)
+    assert all(torch.equal(a, b) for a, b in zip(ga, gb, strict=True))
+    for a, b in zip(ours.state_dict().values(), ref.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # BN running statistics too
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(2, 9), st.integers(2, 9), st.integers(0, 2**31 - 1))
+def test_pool_then_relu_is_relu_then_pool_with_ties(n, c, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, (n, c, h, w), generator=g).float()  # small integers: many ties and zeros
+    grad = torch.randn(n, c, h // 2, w // 2, generator=g)
+    results = []
+    for layers in (pool_relu(), [nn.ReLU(), nn.MaxPool2d(2)]):
+        xi = x.clone().requires_grad_(True)
+        out = nn.Sequential(*layers)(xi * 1)  # `* 1`: the in-place ReLU must not touch a leaf
+        out.backward(grad)
+        results.append((out.detach(), xi.grad))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])

@@ -18,7 +18,7 @@ class TrainConfig:
 
     epochs: int = 5
     batch_size: int = 128
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 256
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = 1e-3
     momentum: float = 0.9  # SGD only

@@ -43,12 +43,21 @@ class MLP(Classifier):
 
 
 def conv_block(cin: int, cout: int, batch_norm: bool, kernel: int = 3, pool: bool = True) -> list[nn.Module]:
-    """Conv(k, same padding) [-> BN] -> ReLU [-> MaxPool 2]."""
+    """Conv(k, same padding) [-> BN] -> ReLU [-> MaxPool 2], computed as [MaxPool ->] ReLU: see `pool_relu`."""
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=not batch_norm)]
     layers += [nn.BatchNorm2d(cout)] if batch_norm else []
-    layers += [nn.ReLU(inplace=True)]
-    layers += [nn.MaxPool2d(2)] if pool else []
+    layers += pool_relu() if pool else [nn.ReLU(inplace=True)]
     return layers
+
+
+def pool_relu() -> list[nn.Module]:
+    """ReLU then 2x2 max-pool, in the cheaper order: max-pool, then ReLU.
+
+    ReLU is monotone, so max(relu(a), relu(b), ...) == relu(max(a, b, ...)): the same output, and the same
+    gradient (both send it to the window's first maximum, or nowhere when that maximum is <= 0), while the
+    ReLU and its backward touch a quarter of the elements. On a 2-core CPU this is ~10% of a training step of
+    the ladder CNN (tests/test_models.py checks outputs and gradients against the textbook order)."""
+    return [nn.MaxPool2d(2), nn.ReLU(inplace=True)]
 
 
 class CNN(Classifier):
@@ -125,14 +134,14 @@ class ImprovedCNN(Classifier):
 
 
 class TextbookCNN(Classifier):
-    """The benchmark CNN of shared/bench/textbook_fashion_mnist.py, layer for layer."""
+    """The benchmark CNN of shared/bench/textbook_fashion_mnist.py, layer for layer (ReLU + max-pool as `pool_relu`)."""
 
     def __init__(self, in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10):
         super().__init__()
         c, h, w = in_shape
         self.features = nn.Sequential(
-            nn.Conv2d(c, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 32, 3, padding=1), nn.BatchNorm2d(32), *pool_relu(),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), *pool_relu(),
             nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 128), nn.ReLU(), nn.Dropout(0.3),
         )
         self.num_features = 128
