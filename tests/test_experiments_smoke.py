@@ -72,3 +72,16 @@ def test_experiment_smoke_run(name, tmp_path):
     assert "missing figure" not in page
     render_html(path)  # reports are rendered from the folder alone
     assert (path / "report.html").read_text() == page
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", EXPERIMENTS.names())
+def test_experiment_smoke_run_on_cuda(name, tmp_path):
+    """The same on the GPU (bf16 autocast, device-resident data): every tensor an experiment makes must follow
+    its device, and its maths must survive autocast."""
+    try:
+        path = run_experiment(EXPERIMENTS.get(name), scale="smoke", device="cuda", runs_root=tmp_path, verbose=False)
+    except _missing_resource_errors() as e:
+        pytest.skip(f"{name} needs something absent here: {e.problem}")
+    assert json.loads((path / "env.json").read_text())["device"] == "cuda"
+    assert (path / "report.html").is_file()

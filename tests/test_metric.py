@@ -260,3 +260,15 @@ def test_feature_maps_capture_and_montage() -> None:
     assert img.min() >= 0 and img.max() <= 1
     cell = img[2:10, 12:20, 0]  # first row, channel 0: normalised on its own
     assert cell.max().item() == pytest.approx(1.0) or cell.max().item() == 0.0
+
+
+def test_centroid_logits_are_fp32_under_bf16_autocast():
+    from torchdojo.metric.losses import centroid_logits
+
+    torch.manual_seed(0)
+    emb, y = torch.randn(12, 8), torch.tensor([0, 1, 2] * 4)
+    plain = centroid_logits(emb, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the engine runs under on CUDA
+        auto = centroid_logits(emb, y)
+    assert auto.dtype == torch.float32
+    torch.testing.assert_close(auto, plain)

@@ -302,7 +302,7 @@ def _study(cfg: Config, ctx: Context) -> dict[str, Any]:
     ctx.log("== clipping study")
     runs = clipping_study(train_b, test_b, len(vocab), k, radius=cfg.clip_radius, lr=cfg.clip_lr,
                           max_steps=cfg.clip_steps, norm_threshold=cfg.clip_norm, value_threshold=cfg.clip_value,
-                          seed=cfg.seed)
+                          seed=cfg.seed, device=dev)
     for key, label, logy in (("loss", "training loss", True), ("raw_norm", "||g|| before clipping", True),
                              ("cos", "cos(raw g, applied g)", False), ("scale", "||applied|| / ||raw||", True)):
         figures.line_plot({r.name: ([s["step"] for s in r.steps], [s[key] for s in r.steps]) for r in runs},

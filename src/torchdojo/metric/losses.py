@@ -70,7 +70,11 @@ def centroid_logits(emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(B, K) cosine similarity of each unit embedding to the unit centroid of each class in the batch,
     leaving the sample itself out of its own class; -2 where a class has no other member. The argmax is
     a leave-one-out nearest-centroid vote: an accuracy of the embedding alone, without any head."""
-    z = F.normalize(emb.float(), dim=1)  # (B, D)
+    with torch.autocast(emb.device.type, enabled=False):  # fp32 throughout, also under bf16 autocast
+        return _centroid_logits(F.normalize(emb.float(), dim=1), y)
+
+
+def _centroid_logits(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     k = int(y.max()) + 1
     onehot = F.one_hot(y, k).float()  # (B, K)
     sums = onehot.T @ z  # (K, D)

@@ -71,7 +71,8 @@ def train_with_clipping(model: RNNClassifier, train: TextBatches, test: TextBatc
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr)
     run = ClipRun(name or mode, mode, threshold)
-    sum_raw = sum_applied = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64)
+    sum_raw = sum_applied = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64,
+                                        device=params[0].device)
     step, epoch = 0, 0
     while step < max_steps and run.diverged_at is None:
         epoch += 1
@@ -107,11 +108,11 @@ def train_with_clipping(model: RNNClassifier, train: TextBatches, test: TextBatc
 
 def clipping_study(train: TextBatches, test: TextBatches, vocab_size: int, num_classes: int, *, radius: float,
                    lr: float, max_steps: int, norm_threshold: float, value_threshold: float,
-                   hidden_size: int = 64, seed: int = 0) -> list[ClipRun]:
-    """The three runs (none, norm, value) from the same initial weights."""
+                   hidden_size: int = 64, seed: int = 0, device: torch.device | str = "cpu") -> list[ClipRun]:
+    """The three runs (none, norm, value) from the same initial weights, trained on `device` (the batches')."""
     runs = []
     for mode, thr in (("none", 0.0), ("norm", norm_threshold), ("value", value_threshold)):
-        model = exploding_model(vocab_size, num_classes, radius, hidden_size=hidden_size, seed=seed)
+        model = exploding_model(vocab_size, num_classes, radius, hidden_size=hidden_size, seed=seed).to(device)
         label = "no clipping" if mode == "none" else f"clip by {mode} ({thr:g})"
         runs.append(train_with_clipping(model, train, test, mode, thr, lr, max_steps, label))  # type: ignore[arg-type]
     return runs
