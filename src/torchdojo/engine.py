@@ -12,6 +12,7 @@ with `train.compile`, torch.compile; on CPU the maths is plain fp32 and bit-repr
 import copy
 import ctypes
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -57,9 +58,7 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
     return x
 
 
-_HEAP_TUNED = False
-
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Let glibc reuse freed activation buffers instead of returning them to the OS (once per process).
 
@@ -67,16 +66,14 @@ def keep_freed_memory() -> bool:
     CPU training step that allocates ~10 MB activations pays a page fault per 4 KiB page, every step (the
     `sys` time of a run). Raising the mmap and trim thresholds keeps those blocks in the heap for reuse:
     ~5-10% of a small CNN's step on 2 cores. No effect (False) off glibc or with TORCHDOJO_MALLOPT=0."""
-    global _HEAP_TUNED
-    if _HEAP_TUNED or os.environ.get("TORCHDOJO_MALLOPT", "1") == "0" or not sys.platform.startswith("linux"):
-        return _HEAP_TUNED
+    if os.environ.get("TORCHDOJO_MALLOPT", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
-        _HEAP_TUNED = bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
-        _HEAP_TUNED = False
-    return _HEAP_TUNED
+    except OSError:  # not glibc (musl, ...): nothing to tune
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
