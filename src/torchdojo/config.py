@@ -34,6 +34,8 @@ class TrainConfig:
     channels_last: bool = True
     amp: bool = True  # bf16 autocast on CUDA; CPU always trains in fp32 (bit-reproducible)
     compile: bool = False  # torch.compile the training step (pays off on long GPU runs)
+    # BN -> ReLU -> 2x2 max-pool as one op on CPU (same maths, ~2x fewer memory passes; torchdojo.fusion)
+    cpu_fusion: bool = True
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "eval_batch_size")

@@ -27,6 +27,7 @@ from torch import nn
 from torchdojo import distributed
 from torchdojo.config import TrainConfig
 from torchdojo.errors import TrainingDiverged
+from torchdojo.fusion import fused_bn_relu_pool
 from torchdojo.optim import build_optimizer, build_scheduler
 from torchdojo.runs import Run, atomic_torch_save, load_checkpoint
 
@@ -101,8 +102,20 @@ def train_one_epoch(
     progress: str = "",
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    fuse: bool = True,
 ) -> dict[str, float]:
-    """One pass over `batches`; returns mean loss, accuracy (if the loss gives logits) and seconds."""
+    """One pass over `batches`; returns mean loss, accuracy (if the loss gives logits) and seconds.
+
+    On CPU, `fuse` runs BN -> ReLU -> max-pool blocks as one op (`torchdojo.fusion`; same maths)."""
+    with fused_bn_relu_pool(model, enabled=fuse and device.type == "cpu"):
+        return _train_one_epoch(model, batches, optimizer, loss_fn, device, scheduler, grad_clip, max_batches,
+                                progress, autocast_dtype, channels_last)
+
+
+def _train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     optimizer: torch.optim.Optimizer, loss_fn: LossFn, device: torch.device,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler | None, grad_clip: float, max_batches: int,
+                     progress: str, autocast_dtype: torch.dtype | None, channels_last: bool) -> dict[str, float]:
     model.train()
     total = len(batches) if hasattr(batches, "__len__") else 0  # type: ignore[arg-type]
     if max_batches:
@@ -163,8 +176,19 @@ def evaluate(
     return_outputs: bool = False,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    fuse: bool = True,
 ) -> dict[str, Any]:
-    """Mean loss and accuracy over `batches`; with `return_outputs`, also probabilities and targets."""
+    """Mean loss and accuracy over `batches`; with `return_outputs`, also probabilities and targets.
+
+    On CPU, `fuse` runs BN -> ReLU -> max-pool blocks as one op (`torchdojo.fusion`; same maths)."""
+    with fused_bn_relu_pool(model, enabled=fuse and device.type == "cpu"):
+        return _evaluate(model, batches, device, loss_fn, max_batches, return_outputs, autocast_dtype,
+                         channels_last)
+
+
+def _evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+              loss_fn: LossFn | None, max_batches: int, return_outputs: bool, autocast_dtype: torch.dtype | None,
+              channels_last: bool) -> dict[str, Any]:
     model.eval()
     loss_fn = loss_fn or cross_entropy()
     # Sums stay on the device (one sync at the end, not one per batch); float64 is Python's float maths.
@@ -272,6 +296,7 @@ def fit(
         model.to(memory_format=torch.channels_last)  # only 4-D weights change layout
     if device.type == "cpu":
         keep_freed_memory()
+    fuse = cfg.cpu_fusion and not cfg.compile  # a compiled step would recompile for the swapped modules
     train_loss_fn = _training_objective(model, loss_fn, cfg, device, find_unused=custom_objective)
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, cfg)
@@ -308,7 +333,7 @@ def fit(
         tr = train_one_epoch(model, train, optimizer, train_loss_fn, device=device, scheduler=scheduler,
                              grad_clip=cfg.grad_clip, max_batches=cfg.max_batches,
                              progress=f"[{stage}] epoch {epoch}/{cfg.epochs}" if verbose else "",
-                             autocast_dtype=autocast_dtype, channels_last=cfg.channels_last)
+                             autocast_dtype=autocast_dtype, channels_last=cfg.channels_last, fuse=fuse)
         if not (torch.isfinite(torch.tensor(tr["loss"]))):
             raise TrainingDiverged(
                 f"[{stage}] the training loss became {tr['loss']} in epoch {epoch}; stopped. The last good "
@@ -321,7 +346,7 @@ def fit(
                                "train_acc": tr["acc"]}
         if val is not None:
             va = evaluate(model, val, device=device, loss_fn=val_loss_fn, max_batches=cfg.max_batches,
-                          autocast_dtype=autocast_dtype, channels_last=cfg.channels_last)
+                          autocast_dtype=autocast_dtype, channels_last=cfg.channels_last, fuse=fuse)
             row.update(val_loss=va["loss"], val_acc=va["acc"])
         row.update(lr=optimizer.param_groups[0]["lr"], seconds=tr["seconds"])
         history.append(row)

@@ -1,0 +1,186 @@
+"""The CPU fusion of BatchNorm2d -> ReLU -> MaxPool2d(2): the same function and gradients as the modules."""
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from torchdojo import fusion, kernels
+from torchdojo.config import TrainConfig
+from torchdojo.engine import cross_entropy, evaluate, train_one_epoch
+from torchdojo.fusion import BatchNormReLUPool2d, fused_bn_relu_pool
+from torchdojo.metric.model import MetricCNN
+from torchdojo.models import build_model
+from torchdojo.optim import build_optimizer
+
+
+def _block(c: int, relu_first: bool, **bn_kwargs) -> nn.Sequential:
+    bn = nn.BatchNorm2d(c, **bn_kwargs)
+    if bn.weight is not None:
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.uniform_(-1, 1)
+    tail = [nn.ReLU(), nn.MaxPool2d(2)] if relu_first else [nn.MaxPool2d(2), nn.ReLU()]
+    return nn.Sequential(bn, *tail)
+
+
+def _run(block: nn.Sequential, x: torch.Tensor, grad: torch.Tensor, fuse: bool):
+    xi = x.clone().requires_grad_(True)
+    with fused_bn_relu_pool(block, enabled=fuse) as n:
+        assert n == (1 if fuse else 0)
+        out = block(xi)
+    out.backward(grad)
+    bn = block[0]
+    grads = [p.grad.clone() for p in bn.parameters()]
+    return out.detach(), xi.grad, grads, [b.clone() for b in bn.buffers()]
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
+    return torch.allclose(a, b, rtol=rtol, atol=rtol * max(a.abs().max().item(), 1e-6))
+
+
+@pytest.fixture(params=["c-kernel", "torch-ops"])
+def impl(request, monkeypatch):
+    """Both implementations of the fused op: the compiled C kernels and the PyTorch-ops fallback."""
+    if request.param == "torch-ops":
+        monkeypatch.setattr(fusion.kernels, "load", lambda: None)
+    elif kernels.load() is None:
+        pytest.skip("no C compiler: the kernels cannot be built here")
+    return request.param
+
+
+@pytest.mark.parametrize("relu_first", [True, False])
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("size", [(8, 10), (7, 9)])  # odd sizes: the last row/column is pooled away
+@pytest.mark.parametrize("bn_kwargs", [{}, {"affine": False}, {"momentum": None}])
+def test_fused_training_step_matches_the_modules(impl, relu_first, channels_last, size, bn_kwargs):
+    torch.manual_seed(0)
+    ref = _block(5, relu_first, **bn_kwargs)
+    fused = copy.deepcopy(ref)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = (torch.randn(6, 5, *size) * 3 + 1).contiguous(memory_format=fmt)
+    grad = torch.randn(6, 5, size[0] // 2, size[1] // 2)
+    for _ in range(2):  # twice: running statistics and num_batches_tracked accumulate the same way
+        out_r, dx_r, g_r, buf_r = _run(ref, x, grad, fuse=False)
+        out_f, dx_f, g_f, buf_f = _run(fused, x, grad, fuse=True)
+    assert _close(out_f, out_r, 1e-5)
+    assert _close(dx_f, dx_r)
+    assert len(g_f) == len(g_r) and all(_close(a, b) for a, b in zip(g_f, g_r, strict=True))
+    assert all(_close(a.float(), b.float(), 1e-5) for a, b in zip(buf_f, buf_r, strict=True))
+    assert isinstance(fused[1], nn.ReLU | nn.MaxPool2d) and type(fused[0]) is nn.BatchNorm2d  # restored
+
+
+@pytest.mark.parametrize("relu_first", [True, False])
+def test_fused_eval_output_is_exactly_the_modules(relu_first):
+    torch.manual_seed(1)
+    ref = _block(4, relu_first)
+    ref[0].running_mean.uniform_(-1, 1)
+    ref[0].running_var.uniform_(0.5, 2)
+    ref.eval()
+    x = torch.randn(3, 4, 12, 12).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = ref(x)
+        with fused_bn_relu_pool(ref) as n:
+            got = ref(x)
+    assert n == 1 and torch.equal(got, expected)  # a positive affine map commutes with max exactly
+    assert not ref.training and not ref[0].training
+
+
+def test_a_negative_scale_runs_the_modules_unfused():
+    torch.manual_seed(2)
+    ref = _block(4, relu_first=True)
+    with torch.no_grad():
+        ref[0].weight[1] = -0.5  # max-pool no longer commutes with this channel's scale
+    fused = copy.deepcopy(ref)
+    x = torch.randn(4, 4, 8, 8)
+    grad = torch.randn(4, 4, 4, 4)
+    out_r, dx_r, g_r, _ = _run(ref, x, grad, fuse=False)
+    out_f, dx_f, g_f, _ = _run(fused, x, grad, fuse=True)
+    assert torch.equal(out_r, out_f) and torch.equal(dx_r, dx_f)
+    assert all(torch.equal(a, b) for a, b in zip(g_r, g_f, strict=True))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 4), st.integers(1, 3), st.integers(2, 7), st.integers(2, 7), st.integers(0, 2**31 - 1))
+def test_fused_gradients_match_with_ties(n, c, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, (n, c, h, w), generator=g).float()  # small integers: many ties within windows
+    x = x.contiguous(memory_format=torch.channels_last)  # the C kernels' layout
+    grad = torch.randn(n, c, h // 2, w // 2, generator=g)
+    ref = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2))
+    with torch.no_grad():
+        ref[0].weight.copy_(torch.rand(c, generator=g) + 0.1)
+        ref[0].bias.copy_(torch.randn(c, generator=g))
+    fused = copy.deepcopy(ref)
+    out_r, dx_r, g_r, _ = _run(ref, x, grad, fuse=False)
+    out_f, dx_f, g_f, _ = _run(fused, x, grad, fuse=True)
+    assert _close(out_f, out_r, 1e-5) and _close(dx_f, dx_r, 1e-3)
+    assert all(_close(a, b, 1e-3) for a, b in zip(g_f, g_r, strict=True))
+
+
+def test_fusion_finds_the_ladder_blocks_and_keeps_state_dict_keys():
+    model = build_model("textbook-cnn", (1, 28, 28), 10)
+    keys = list(model.state_dict())
+    modules = list(model.modules())
+    with fused_bn_relu_pool(model) as n:
+        assert n == 2
+        assert sum(isinstance(m, BatchNormReLUPool2d) for m in model.modules()) == 2
+        assert list(model.state_dict()) == keys
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert list(model.modules()) == modules  # the very same module objects are back
+    with fused_bn_relu_pool(MetricCNN((1, 28, 28), 10)) as n:
+        assert n == 3  # Conv -> BN -> ReLU -> MaxPool blocks
+
+
+def test_modules_with_hooks_are_not_fused():
+    block = _block(3, relu_first=True)
+    handle = block[1].register_forward_hook(lambda *_: None)  # e.g. a feature-map probe on the ReLU
+    with fused_bn_relu_pool(block) as n:
+        assert n == 0
+    handle.remove()
+    with fused_bn_relu_pool(block) as n:
+        assert n == 1
+
+
+def test_engine_trains_the_same_with_and_without_fusion():
+    torch.manual_seed(0)
+    base = build_model("textbook-cnn", (1, 16, 16), 4)
+    # SGD: Adam would turn the conv biases' zero gradients (BN cancels them) into +-lr steps by rounding noise
+    cfg = TrainConfig(optimizer="sgd", lr=0.05)
+    x, y = torch.randn(96, 1, 16, 16), torch.randint(0, 4, (96,))
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 96, 32)]
+    results = []
+    for fuse in (False, True):
+        model = copy.deepcopy(base).to(memory_format=torch.channels_last)
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0  # no random masks: the two runs see identical maths
+        opt = build_optimizer(list(model.parameters()), cfg)
+        tr = train_one_epoch(model, batches, opt, cross_entropy(), device=torch.device("cpu"), channels_last=True,
+                             fuse=fuse)
+        ev = evaluate(model, batches, device=torch.device("cpu"), channels_last=True, fuse=fuse)
+        results.append((tr["loss"], ev["loss"], [p.detach().clone() for p in model.parameters()]))
+    (tl_a, el_a, p_a), (tl_b, el_b, p_b) = results
+    assert tl_a == pytest.approx(tl_b, rel=1e-5) and el_a == pytest.approx(el_b, rel=1e-4)
+    assert all(_close(a, b, 1e-3) for a, b in zip(p_a, p_b, strict=True))
+
+
+def test_kernels_build_into_the_cache(tmp_path, monkeypatch):
+    if kernels._compiler() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    lib = kernels.load.__wrapped__()
+    assert lib is not None and hasattr(lib, "brp_dx")
+    assert [p.name.startswith("bn_relu_pool-") for p in (tmp_path / "torchdojo" / "kernels").iterdir()] == [True]
+
+
+def test_a_missing_compiler_falls_back_to_torch_ops_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.warns(UserWarning, match="using PyTorch ops"):
+        assert kernels.load.__wrapped__() is None
+    monkeypatch.setenv("TORCHDOJO_KERNELS", "0")
+    assert kernels.load.__wrapped__() is None  # switched off: no warning
