@@ -8,11 +8,12 @@ of this machine's measured fp32 matmul peak.
 
 Where the speed comes from (all fp32, the same function and gradients): uint8 data held in memory and
 augmented per batch (no worker processes), channels_last convolutions (oneDNN's fast kernels), max-pool
-before ReLU (`torchdojo.models.ladder.pool_relu`), a fused Adam step, and glibc keeping freed activation
-buffers (`torchdojo.engine.keep_freed_memory`). The machine is shared and noisy: use --repeats to
-alternate the two and read the median ratio.
+before ReLU (`torchdojo.models.ladder.pool_relu`), BN -> ReLU -> max-pool fused into one op
+(`torchdojo.fusion`, C kernels; `--no-fusion` runs the modules as they are), a fused Adam step, and glibc
+keeping freed activation buffers (`torchdojo.engine.keep_freed_memory`). The machine is shared and noisy:
+use --repeats to alternate the two and read the median ratio.
 
-usage: python benchmarks/bench_textbook.py [--epochs 3] [--repeats 1] [--textbook PATH] [--skip-textbook]
+usage: python benchmarks/bench_textbook.py [--epochs 3] [--repeats 1] [--textbook PATH] [--skip-textbook] [--no-fusion]
 """
 
 import argparse
@@ -63,11 +64,11 @@ def train_step_flops(batch_size: int = 128) -> int:
     return counter.get_total_flops()
 
 
-def run_torchdojo(epochs: int, seed: int) -> dict:
+def run_torchdojo(epochs: int, seed: int, fusion: bool = True) -> dict:
     data = load_dataset("fashion-mnist")
     torch.manual_seed(seed)
     model = build_model("textbook-cnn", (1, 28, 28), 10)
-    cfg = TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", lr=1e-3, eval_batch_size=256)
+    cfg = TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", lr=1e-3, eval_batch_size=256, cpu_fusion=fusion)
     augment = build_augment(["crop", "flip"], 2)  # the textbook's RandomCrop(28, padding=2) + RandomHorizontalFlip
     train = TensorBatches(data.train, 128, MEAN, STD, shuffle=True, seed=seed, augment=augment)
     test = TensorBatches(data.test, cfg.eval_batch_size, MEAN, STD)
@@ -76,7 +77,7 @@ def run_torchdojo(epochs: int, seed: int) -> dict:
     result = fit(model, train, None, cfg, device=dev, verbose=True)  # no val split: the textbook has none
     elapsed = time.perf_counter() - start
     t = time.perf_counter()
-    acc = evaluate(model, test, device=dev, channels_last=True)["acc"]
+    acc = evaluate(model, test, device=dev, channels_last=True, fuse=fusion)["acc"]
     eval_s = time.perf_counter() - t
     train_s = sum(r["seconds"] for r in result.history)
     return {"seconds_per_epoch": (elapsed + eval_s * epochs) / epochs, "train_seconds_per_epoch": train_s / epochs,
@@ -112,6 +113,7 @@ def main() -> None:
                    help="alternate torchdojo and textbook runs this many times; the ratio is the median of the pairs'")
     p.add_argument("--textbook", type=Path, default=REPO.parent / "shared" / "bench" / "textbook_fashion_mnist.py")
     p.add_argument("--skip-textbook", action="store_true")
+    p.add_argument("--no-fusion", action="store_true", help="run BN, ReLU and max-pool as separate modules")
     a = p.parse_args()
     if not a.skip_textbook and not a.textbook.exists():
         sys.exit(f"textbook script not found at {a.textbook}; pass --textbook PATH or --skip-textbook")
@@ -121,7 +123,7 @@ def main() -> None:
     flops = train_step_flops()
     pairs = []
     for _ in range(a.repeats):
-        ours = run_torchdojo(a.epochs, a.seed)
+        ours = run_torchdojo(a.epochs, a.seed, fusion=not a.no_fusion)
         gflops = flops * ours["steps_per_epoch"] / ours["train_seconds_per_epoch"] / 1e9
         print(f"torchdojo : {ours['seconds_per_epoch']:.1f} s/epoch (train {ours['train_seconds_per_epoch']:.1f} s), "
               f"test accuracy {ours['test_accuracy']:.4f}")
