@@ -106,7 +106,7 @@ class TensorBatches:
             if self.augment is not None:
                 x = self.augment(x, g)
             x = center_crop_resize(x, self.crop, self.size)
-            x = x.float().sub_(self.mean).div_(self.std)  # in place: one float buffer per batch
+            x = x.float().sub(self.mean).div_(self.std)  # the mean may broadcast 1 -> 3 channels
             if self.channels is not None and x.shape[1] != self.channels:
                 x = x.expand(-1, self.channels, -1, -1)  # grayscale -> RGB for RGB backbones
             if self.channels_last:
