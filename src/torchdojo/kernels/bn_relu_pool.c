@@ -14,6 +14,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+/* Adds the nt per-thread partials (each 2*C doubles: sums, then second sums) into the first, in thread order,
+ * so the totals do not depend on timing. */
+static void add_partials(double *part, int nt, long C) {
+    for (int t = 1; t < nt; t++)
+        for (long i = 0; i < 2 * C; i++) part[i] += part[(size_t)t * 2 * C + i];
+}
+
 /* Forward pass over x: mean and biased variance per channel (double accumulation), each window's maximum
  * and its position. Returns 0, or -1 when out of memory. */
 int brp_stats_pool(const float *restrict x, long N, long H, long W, long C, float *restrict mean,
@@ -64,11 +71,10 @@ int brp_stats_pool(const float *restrict x, long N, long H, long W, long C, floa
             }
         }
     }
+    add_partials(part, nt, C);
     const double count = (double)N * H * W;
     for (long c = 0; c < C; c++) {
-        double s = 0, q = 0;
-        for (int t = 0; t < nt; t++) { s += part[(size_t)t * 2 * C + c]; q += part[(size_t)t * 2 * C + C + c]; }
-        double mu = s / count, v = q / count - mu * mu;
+        double mu = part[c] / count, v = part[C + c] / count - mu * mu;
         mean[c] = (float)mu;
         var[c] = (float)(v > 0 ? v : 0);
     }
@@ -113,11 +119,10 @@ int brp_grad_sums(const float *restrict g, const float *restrict y, const float 
             }
         }
     }
+    add_partials(part, nt, C);
     for (long c = 0; c < C; c++) {
-        double s = 0, q = 0;
-        for (int t = 0; t < nt; t++) { s += part[(size_t)t * 2 * C + c]; q += part[(size_t)t * 2 * C + C + c]; }
-        sg[c] = (float)s;
-        sgx[c] = (float)q;
+        sg[c] = (float)part[c];
+        sgx[c] = (float)part[C + c];
     }
     free(part);
     return 0;
