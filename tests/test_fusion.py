@@ -73,6 +73,23 @@ def test_fused_training_step_matches_the_modules(impl, relu_first, channels_last
     assert isinstance(fused[1], nn.ReLU | nn.MaxPool2d) and type(fused[0]) is nn.BatchNorm2d  # restored
 
 
+@pytest.mark.parametrize("c,size", [(32, (12, 12)), (64, (6, 7)), (48, (5, 9))])  # whole and partial vectors
+def test_wide_layers_with_a_large_mean_keep_the_variance(impl, c, size):
+    """Channels far from zero (mean 200, std 0.5): the statistics must not cancel away the variance."""
+    torch.manual_seed(2)
+    ref = _block(c, relu_first=False)
+    fused = copy.deepcopy(ref)
+    x = (torch.randn(4, c, *size) * 0.5 + 200 + torch.arange(c).view(1, c, 1, 1)).contiguous(
+        memory_format=torch.channels_last)
+    grad = torch.randn(4, c, size[0] // 2, size[1] // 2)
+    out_r, dx_r, g_r, buf_r = _run(ref, x, grad, fuse=False)
+    out_f, dx_f, g_f, buf_f = _run(fused, x, grad, fuse=True)
+    assert _close(buf_f[1], buf_r[1], 1e-4)  # running_var
+    assert _close(out_f, out_r, 1e-3)
+    assert _close(dx_f, dx_r, 1e-3)
+    assert all(_close(a, b, 1e-3) for a, b in zip(g_f, g_r, strict=True))
+
+
 @pytest.mark.parametrize("relu_first", [True, False])
 def test_fused_eval_output_is_exactly_the_modules(relu_first):
     torch.manual_seed(1)

@@ -46,8 +46,7 @@ class _BatchNormReLUPoolKernel(torch.autograd.Function):
         n, c, h, w = x.shape
         mean, var = x.new_empty(c), x.new_empty(c)
         pooled = torch.empty((n, c, h // 2, w // 2), memory_format=torch.channels_last)
-        code = torch.empty((n, c, h // 2, w // 2), dtype=torch.uint8, memory_format=torch.channels_last)
-        if lib.brp_stats_pool(_ptr(x), n, h, w, c, _ptr(mean), _ptr(var), _ptr(pooled), _ptr(code)):
+        if lib.brp_stats_pool(_ptr(x), n, h, w, c, _ptr(mean), _ptr(var), _ptr(pooled)):
             raise MemoryError("torchdojo.fusion: out of memory for per-thread BN statistics")
         count = n * h * w
         running_mean.lerp_(mean, momentum)
@@ -57,27 +56,27 @@ class _BatchNormReLUPoolKernel(torch.autograd.Function):
         beta = -mean * alpha if bias is None else bias.detach() - mean * alpha
         y = torch.empty_like(pooled)
         lib.brp_affine_relu(_ptr(pooled), pooled.numel() // c, c, _ptr(alpha), _ptr(beta), _ptr(y))
-        ctx.save_for_backward(x, pooled, code, y, alpha, mean, invstd)
+        ctx.save_for_backward(x, pooled, y, alpha, mean, invstd)
         ctx.has_affine = weight is not None
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        x, pooled, code, y, alpha, mean, invstd = ctx.saved_tensors
+        x, pooled, y, alpha, mean, invstd = ctx.saved_tensors
         lib = kernels.load()
         n, c, h, w = x.shape
         g = grad.float().contiguous(memory_format=torch.channels_last)
         sum_g, sum_g_xhat = x.new_empty(c), x.new_empty(c)  # = dL/d(bias), dL/d(weight)
-        if lib.brp_grad_sums(_ptr(g), _ptr(y), _ptr(pooled), pooled.numel() // c, c, _ptr(mean), _ptr(invstd),
-                             _ptr(sum_g), _ptr(sum_g_xhat)):
+        g_max = torch.empty_like(pooled)  # alpha * g where y > 0: what each window's maximum receives
+        if lib.brp_grad_sums(_ptr(g), _ptr(y), _ptr(pooled), n * (h // 2), w // 2, c, _ptr(mean), _ptr(invstd),
+                             _ptr(alpha), _ptr(sum_g), _ptr(sum_g_xhat), _ptr(g_max)):
             raise MemoryError("torchdojo.fusion: out of memory for per-thread BN gradient sums")
         count = n * h * w
         a = -alpha * invstd * sum_g_xhat / count  # see _BatchNormReLUPool.backward
         b = -alpha * sum_g / count
         dx = torch.empty_like(x)
-        lib.brp_dx(_ptr(x), _ptr(g), _ptr(y), _ptr(code), n, h, w, c, _ptr(alpha), _ptr(mean), _ptr(a), _ptr(b),
-                   _ptr(dx))
+        lib.brp_dx(_ptr(x), _ptr(g_max), n, h, w, c, _ptr(mean), _ptr(a), _ptr(b), _ptr(dx))
         if not ctx.has_affine:
             return dx, None, None, None, None, None, None
         return dx, sum_g_xhat, sum_g, None, None, None, None

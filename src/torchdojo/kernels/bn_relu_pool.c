@@ -5,10 +5,15 @@
  * (dx), where PyTorch's separate BN, ReLU and max-pool make about twelve.
  *
  * Layout: x, dx are (N, H, W, C); every pooled tensor is (N, H/2, W/2, C) (floor, as MaxPool2d(2)); per-channel
- * vectors have C entries. `code` is the position of each window's maximum: 0 (top left), 1, 2, 3 (bottom
- * right), the first maximum in that order and NaN wins, as torch's max_pool2d picks it.
- * Threads: OpenMP with static schedules and per-thread partial sums added in thread order, so results are the
- * same from run to run for a given thread count (torch shares the same OpenMP runtime and thread count).
+ * vectors have C entries. A window's maximum is the first maximum in the order top left, top right, bottom
+ * left, bottom right, and NaN wins, as torch's max_pool2d picks it; the backward finds it again from x, so
+ * no index tensor is kept.
+ * Vectorisation: every inner loop runs over channels with float data only (no narrower types, which would
+ * make the compiler pick 64-lane vectors that a 32-channel layer never fills).
+ * Sums: float over one row of windows (at most 2*W values), added into double per thread; per-thread partials
+ * are added in thread order, so results are the same from run to run for a given thread count (torch shares
+ * the same OpenMP runtime and thread count). The statistics accumulate x minus a per-channel shift (x's first
+ * pixel), so the variance keeps its precision when the mean is large.
  */
 #include <omp.h>
 #include <stdint.h>
@@ -21,53 +26,81 @@ static void add_partials(double *part, int nt, long C) {
         for (long i = 0; i < 2 * C; i++) part[i] += part[(size_t)t * 2 * C + i];
 }
 
-/* Forward pass over x: mean and biased variance per channel (double accumulation), each window's maximum
- * and its position. Returns 0, or -1 when out of memory. */
+/* Per-thread scratch: 2*C doubles of partial sums, then 2*C floats of row sums. */
+static void *scratch(int nt, long C) { return calloc((size_t)nt, 2 * C * (sizeof(double) + sizeof(float))); }
+
+/* Adds float row sums (fs, fq) into the thread's double partials (s, q), then clears them. */
+static void flush(double *restrict s, double *restrict q, float *restrict fs, float *restrict fq, long C) {
+    for (long c = 0; c < C; c++) {
+        s[c] += fs[c];
+        q[c] += fq[c];
+        fs[c] = 0.f;
+        fq[c] = 0.f;
+    }
+}
+
+/* Sums of (x - shift) and its square over `len` pixels starting at p (pixel stride C), into fs, fq. */
+static void sum_pixels(const float *restrict p, long len, long C, const float *restrict shift, float *restrict fs,
+                       float *restrict fq) {
+    for (long i = 0; i < len; i++, p += C) {
+#pragma omp simd
+        for (long c = 0; c < C; c++) {
+            float v = p[c] - shift[c];
+            fs[c] += v;
+            fq[c] += v * v;
+        }
+    }
+}
+
+/* Forward pass over x: mean and biased variance per channel, and each window's maximum. Returns 0, or -1 when
+ * out of memory. */
 int brp_stats_pool(const float *restrict x, long N, long H, long W, long C, float *restrict mean,
-                   float *restrict var, float *restrict pooled, uint8_t *restrict code) {
+                   float *restrict var, float *restrict pooled) {
     const long H2 = H / 2, W2 = W / 2;
     const int nt = omp_get_max_threads();
-    double *part = calloc((size_t)nt * 2 * C, sizeof(double));
-    if (!part) return -1;
+    char *mem = scratch(nt, C);
+    if (!mem) return -1;
+    double *part = (double *)mem;
+    const float *restrict shift = x; /* the first pixel */
 #pragma omp parallel num_threads(nt)
     {
-        double *restrict s = part + (size_t)omp_get_thread_num() * 2 * C, *restrict q = s + C;
-#pragma omp for schedule(static)
+        const int t = omp_get_thread_num();
+        double *restrict s = part + (size_t)t * 2 * C, *restrict q = s + C;
+        float *restrict fs = (float *)(part + (size_t)nt * 2 * C) + (size_t)t * 2 * C, *restrict fq = fs + C;
+#pragma omp for collapse(2) schedule(static)
         for (long n = 0; n < N; n++) {
             for (long h2 = 0; h2 < H2; h2++) {
+                const float *restrict row = x + (n * H + 2 * h2) * W * C;
+                float *restrict out = pooled + (n * H2 + h2) * W2 * C;
                 for (long w2 = 0; w2 < W2; w2++) {
-                    const float *restrict a = x + ((n * H + 2 * h2) * W + 2 * w2) * C;
+                    const float *restrict a = row + 2 * w2 * C;
                     const float *restrict b = a + C, *restrict c2 = a + W * C, *restrict d = c2 + C;
-                    float *restrict out = pooled + ((n * H2 + h2) * W2 + w2) * C;
-                    uint8_t *restrict k = code + ((n * H2 + h2) * W2 + w2) * C;
+                    float *restrict o = out + w2 * C;
 #pragma omp simd
                     for (long c = 0; c < C; c++) {
                         float va = a[c], vb = b[c], vc = c2[c], vd = d[c];
-                        s[c] += (double)va + (double)vb + (double)vc + (double)vd;
-                        q[c] += (double)va * va + (double)vb * vb + (double)vc * vc + (double)vd * vd;
+                        float sa = va - shift[c], sb = vb - shift[c], sc = vc - shift[c], sd = vd - shift[c];
+                        fs[c] += (sa + sb) + (sc + sd);
+                        fq[c] += (sa * sa + sb * sb) + (sc * sc + sd * sd);
                         float m = va;
-                        int i = 0, t;
-                        t = (vb > m) | (vb != vb); m = t ? vb : m; i = t ? 1 : i;
-                        t = (vc > m) | (vc != vc); m = t ? vc : m; i = t ? 2 : i;
-                        t = (vd > m) | (vd != vd); m = t ? vd : m; i = t ? 3 : i;
-                        out[c] = m;
-                        k[c] = (uint8_t)i;
+                        m = (vb > m) | (vb != vb) ? vb : m;
+                        m = (vc > m) | (vc != vc) ? vc : m;
+                        m = (vd > m) | (vd != vd) ? vd : m;
+                        o[c] = m;
                     }
                 }
                 if (W & 1) { /* the last column, pooled away but part of the statistics */
-                    for (long r = 2 * h2; r < 2 * h2 + 2; r++) {
-                        const float *restrict p = x + ((n * H + r) * W + W - 1) * C;
-#pragma omp simd
-                        for (long c = 0; c < C; c++) { s[c] += p[c]; q[c] += (double)p[c] * p[c]; }
-                    }
+                    sum_pixels(row + (W - 1) * C, 1, C, shift, fs, fq);
+                    sum_pixels(row + (2 * W - 1) * C, 1, C, shift, fs, fq);
                 }
+                flush(s, q, fs, fq, C);
             }
-            if (H & 1) { /* the last row */
-                const float *restrict p = x + ((n * H + H - 1) * W) * C;
-                for (long w = 0; w < W; w++, p += C) {
-#pragma omp simd
-                    for (long c = 0; c < C; c++) { s[c] += p[c]; q[c] += (double)p[c] * p[c]; }
-                }
+        }
+        if (H & 1) { /* the last row of each image */
+#pragma omp for schedule(static)
+            for (long n = 0; n < N; n++) {
+                sum_pixels(x + (n * H + H - 1) * W * C, W, C, shift, fs, fq);
+                flush(s, q, fs, fq, C);
             }
         }
     }
@@ -75,10 +108,10 @@ int brp_stats_pool(const float *restrict x, long N, long H, long W, long C, floa
     const double count = (double)N * H * W;
     for (long c = 0; c < C; c++) {
         double mu = part[c] / count, v = part[C + c] / count - mu * mu;
-        mean[c] = (float)mu;
+        mean[c] = (float)(mu + shift[c]);
         var[c] = (float)(v > 0 ? v : 0);
     }
-    free(part);
+    free(mem);
     return 0;
 }
 
@@ -98,25 +131,35 @@ void brp_affine_relu(const float *restrict pooled, long P, long C, const float *
 }
 
 /* Backward, step 1: with G = g where y > 0 (the ReLU's backward), sg = sum(G) and sgx = sum(G * xhat) per
- * channel, xhat = (pooled - mean) * invstd: BN's bias and weight gradients. Returns 0, or -1 (memory). */
+ * channel, xhat = (pooled - mean) * invstd: BN's bias and weight gradients; and gs = alpha * G, the gradient
+ * each window's maximum receives. P = N * H2 positions of W2 windows each. Returns 0, or -1 (memory). */
 int brp_grad_sums(const float *restrict g, const float *restrict y, const float *restrict pooled, long P,
-                  long C, const float *restrict mean, const float *restrict invstd, float *restrict sg,
-                  float *restrict sgx) {
+                  long W2, long C, const float *restrict mean, const float *restrict invstd,
+                  const float *restrict alpha, float *restrict sg, float *restrict sgx, float *restrict gs) {
     const int nt = omp_get_max_threads();
-    double *part = calloc((size_t)nt * 2 * C, sizeof(double));
-    if (!part) return -1;
+    char *mem = scratch(nt, C);
+    if (!mem) return -1;
+    double *part = (double *)mem;
 #pragma omp parallel num_threads(nt)
     {
-        double *restrict s = part + (size_t)omp_get_thread_num() * 2 * C, *restrict q = s + C;
+        const int t = omp_get_thread_num();
+        double *restrict s = part + (size_t)t * 2 * C, *restrict q = s + C;
+        float *restrict fs = (float *)(part + (size_t)nt * 2 * C) + (size_t)t * 2 * C, *restrict fq = fs + C;
 #pragma omp for schedule(static)
         for (long p = 0; p < P; p++) {
-            const float *restrict gp = g + p * C, *restrict yp = y + p * C, *restrict xp = pooled + p * C;
+            for (long w2 = 0; w2 < W2; w2++) {
+                const long off = (p * W2 + w2) * C;
+                const float *restrict gp = g + off, *restrict yp = y + off, *restrict xp = pooled + off;
+                float *restrict op = gs + off;
 #pragma omp simd
-            for (long c = 0; c < C; c++) {
-                float gg = yp[c] > 0.f ? gp[c] : 0.f;
-                s[c] += gg;
-                q[c] += (double)gg * ((xp[c] - mean[c]) * invstd[c]);
+                for (long c = 0; c < C; c++) {
+                    float gg = yp[c] > 0.f ? gp[c] : 0.f;
+                    fs[c] += gg;
+                    fq[c] += gg * ((xp[c] - mean[c]) * invstd[c]);
+                    op[c] = alpha[c] * gg;
+                }
             }
+            flush(s, q, fs, fq, C);
         }
     }
     add_partials(part, nt, C);
@@ -124,36 +167,68 @@ int brp_grad_sums(const float *restrict g, const float *restrict y, const float 
         sg[c] = (float)part[c];
         sgx[c] = (float)part[C + c];
     }
-    free(part);
+    free(mem);
     return 0;
 }
 
-/* Backward, step 2: dx = a * (x - mean) + b everywhere, plus alpha * G at each window's maximum. */
-void brp_dx(const float *restrict x, const float *restrict g, const float *restrict y,
-            const uint8_t *restrict code, long N, long H, long W, long C, const float *restrict alpha,
+/* dx = a * (x - mean) + b over `len` pixels starting at p (pixel stride C). */
+static void affine_pixels(const float *restrict p, long len, long C, const float *restrict a,
+                          const float *restrict mean, const float *restrict b, float *restrict d) {
+    for (long i = 0; i < len; i++, p += C, d += C) {
+#pragma omp simd
+        for (long c = 0; c < C; c++) d[c] = a[c] * (p[c] - mean[c]) + b[c];
+    }
+}
+
+/* Backward, step 2: dx = a * (x - mean) + b everywhere, plus gs at each window's maximum (found again as the
+ * forward found it). */
+void brp_dx(const float *restrict x, const float *restrict gs, long N, long H, long W, long C,
             const float *restrict mean, const float *restrict a, const float *restrict b, float *restrict dx) {
     const long H2 = H / 2, W2 = W / 2;
-#pragma omp parallel for schedule(static)
-    for (long n = 0; n < N; n++) {
-        for (long h = 0; h < H; h++) {
-            for (long w = 0; w < W; w++) {
-                const long off = ((n * H + h) * W + w) * C;
-                const float *restrict xp = x + off;
-                float *restrict dp = dx + off;
-                if (h < 2 * H2 && w < 2 * W2) {
-                    const long poff = ((n * H2 + h / 2) * W2 + w / 2) * C;
-                    const float *restrict gp = g + poff, *restrict yp = y + poff;
-                    const uint8_t *restrict kp = code + poff;
-                    const int want = (int)((h & 1) * 2 + (w & 1));
+#pragma omp parallel
+    {
+#pragma omp for collapse(2) schedule(static)
+        for (long n = 0; n < N; n++) {
+            for (long h2 = 0; h2 < H2; h2++) {
+                const long off = (n * H + 2 * h2) * W * C;
+                const float *restrict row = x + off;
+                float *restrict drow = dx + off;
+                const float *restrict grow = gs + (n * H2 + h2) * W2 * C;
+                for (long w2 = 0; w2 < W2; w2++) {
+                    const float *restrict pa = row + 2 * w2 * C;
+                    const float *restrict pb = pa + C, *restrict pc = pa + W * C, *restrict pd = pc + C;
+                    float *restrict da = drow + 2 * w2 * C;
+                    float *restrict db = da + C, *restrict dc = da + W * C, *restrict dd = dc + C;
+                    const float *restrict gp = grow + w2 * C;
 #pragma omp simd
                     for (long c = 0; c < C; c++) {
-                        float sparse = ((int)kp[c] == want) & (yp[c] > 0.f) ? alpha[c] * gp[c] : 0.f;
-                        dp[c] = a[c] * (xp[c] - mean[c]) + b[c] + sparse;
+                        float va = pa[c], vb = pb[c], vc = pc[c], vd = pd[c], gc = gp[c];
+                        /* the gradient moves to each later value that wins, as the forward's max did */
+                        float ga = gc, gb = 0.f, gcc = 0.f, gd = 0.f, m = va;
+                        int t = (vb > m) | (vb != vb);
+                        m = t ? vb : m; gb = t ? gc : 0.f; ga = t ? 0.f : ga;
+                        t = (vc > m) | (vc != vc);
+                        m = t ? vc : m; gcc = t ? gc : 0.f; ga = t ? 0.f : ga; gb = t ? 0.f : gb;
+                        t = (vd > m) | (vd != vd);
+                        gd = t ? gc : 0.f; ga = t ? 0.f : ga; gb = t ? 0.f : gb; gcc = t ? 0.f : gcc;
+                        float ac = a[c], mc = mean[c], bc = b[c];
+                        da[c] = ac * (va - mc) + bc + ga;
+                        db[c] = ac * (vb - mc) + bc + gb;
+                        dc[c] = ac * (vc - mc) + bc + gcc;
+                        dd[c] = ac * (vd - mc) + bc + gd;
                     }
-                } else {
-#pragma omp simd
-                    for (long c = 0; c < C; c++) dp[c] = a[c] * (xp[c] - mean[c]) + b[c];
                 }
+                if (W & 1) { /* the last column */
+                    affine_pixels(row + (W - 1) * C, 1, C, a, mean, b, drow + (W - 1) * C);
+                    affine_pixels(row + (2 * W - 1) * C, 1, C, a, mean, b, drow + (2 * W - 1) * C);
+                }
+            }
+        }
+        if (H & 1) { /* the last row of each image */
+#pragma omp for schedule(static)
+            for (long n = 0; n < N; n++) {
+                const long off = (n * H + H - 1) * W * C;
+                affine_pixels(x + off, W, C, a, mean, b, dx + off);
             }
         }
     }
