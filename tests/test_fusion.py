@@ -11,7 +11,7 @@ from torch import nn
 from torchdojo import fusion, kernels
 from torchdojo.config import TrainConfig
 from torchdojo.engine import cross_entropy, evaluate, train_one_epoch
-from torchdojo.fusion import BatchNormReLUPool2d, fused_bn_relu_pool
+from torchdojo.fusion import BatchNormReLUPool2d, StemConvBatchNormReLUPool2d, fused_bn_relu_pool
 from torchdojo.metric.model import MetricCNN
 from torchdojo.models import build_model
 from torchdojo.optim import build_optimizer
@@ -146,10 +146,76 @@ def test_fusion_finds_the_ladder_blocks_and_keeps_state_dict_keys():
         assert n == 2
         assert sum(isinstance(m, BatchNormReLUPool2d) for m in model.modules()) == 2
         assert list(model.state_dict()) == keys
+        assert [type(m) for m in model.modules()].count(StemConvBatchNormReLUPool2d) == 1  # the first conv's block
+        assert len(list(model.parameters())) == len(keys) - 6  # the conv stays visible (clipping, optimizers)
         assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     assert list(model.modules()) == modules  # the very same module objects are back
     with fused_bn_relu_pool(MetricCNN((1, 28, 28), 10)) as n:
         assert n == 3  # Conv -> BN -> ReLU -> MaxPool blocks
+
+
+def _stem(cin: int, k: int, pad: int, bias: bool, relu_first: bool, affine: bool = True) -> nn.Sequential:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(cin, 24, k, padding=pad, bias=bias), *_block(24, relu_first, affine=affine))
+
+
+def _stem_step(model: nn.Sequential, u: torch.Tensor, grad: torch.Tensor, fuse: bool):
+    with fused_bn_relu_pool(model, enabled=fuse):
+        out = model(u)
+    out.backward(grad)
+    return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("cin,k,pad,size",
+                         [(1, 3, 1, (28, 28)), (3, 3, 1, (9, 11)), (2, 5, 2, (7, 8)), (1, 3, 0, (10, 9))])
+@pytest.mark.parametrize("bias,relu_first,affine", [(True, False, True), (False, True, True), (True, True, False)])
+def test_stem_conv_block_matches_the_modules(cin, k, pad, size, bias, relu_first, affine):
+    """First conv + BN + ReLU + pool, trained without dx: output, every gradient and the running statistics."""
+    if kernels.load() is None:
+        pytest.skip("no C compiler: the kernels cannot be built here")
+    ref = _stem(cin, k, pad, bias, relu_first, affine).to(memory_format=torch.channels_last)
+    fused = copy.deepcopy(ref)
+    torch.manual_seed(4)
+    u = (torch.randn(6, cin, *size) * 2 + 1).contiguous(memory_format=torch.channels_last)  # mean far from 0
+    out_size = [(s + 2 * pad - k + 1) // 2 for s in size]
+    for _ in range(2):  # running statistics accumulate the same way
+        out_r, g_r = _stem_step(ref, u, grad := torch.randn(6, 24, *out_size), fuse=False)
+        ref.zero_grad()
+        out_f, g_f = _stem_step(fused, u, grad, fuse=True)
+        fused.zero_grad()
+    out_r, g_r = _stem_step(ref, u, grad, fuse=False)
+    with fused_bn_relu_pool(fused):
+        assert type(fused[1]) is StemConvBatchNormReLUPool2d
+    out_f, g_f = _stem_step(fused, u, grad, fuse=True)
+    assert _close(out_f, out_r, 1e-5)
+    assert g_f.keys() == g_r.keys()
+    scale = g_r["0.weight"].abs().max().item()
+    for name in g_r:
+        if name == "0.bias":  # BN cancels it: zero up to rounding, in both
+            assert g_f[name].abs().max() < 1e-4 * scale and g_r[name].abs().max() < 1e-4 * scale
+        else:
+            assert _close(g_f[name], g_r[name], 1e-4), name
+    for a, b in zip(fused[1].buffers(), ref[1].buffers(), strict=True):
+        assert _close(a.float(), b.float(), 1e-5)
+
+
+def test_stem_falls_back_when_its_input_needs_a_gradient():
+    """Inside a network the same pattern gets a gradient input: then it is the conv plus the fused block."""
+    ref = _stem(2, 3, 1, True, False).to(memory_format=torch.channels_last)
+    fused = copy.deepcopy(ref)
+    u = torch.randn(4, 2, 8, 8).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(4, 24, 4, 4)
+    outs = []
+    for model, fuse in ((ref, False), (fused, True)):
+        ui = u.clone().requires_grad_(True)
+        with fused_bn_relu_pool(model, enabled=fuse):
+            out = model(ui)
+        out.backward(grad)
+        outs.append((out.detach(), ui.grad, model[0].weight.grad))
+    assert all(_close(a, b) for a, b in zip(*outs, strict=True))
+    ref.eval(), fused.eval()
+    with fused_bn_relu_pool(fused):
+        assert _close(fused(u), ref(u), 1e-6)  # eval: the conv, then pool-first BN
 
 
 def test_modules_with_hooks_are_not_fused():

@@ -25,10 +25,12 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 
 _P, _L = ctypes.c_void_p, ctypes.c_long
 _SIGNATURES = {
-    "brp_stats_pool": (ctypes.c_int, [_P, _L, _L, _L, _L, _P, _P, _P]),
+    "brp_stats_pool": (ctypes.c_int, [_P, _L, _L, _L, _L, _P, _P, _P, _P]),
     "brp_affine_relu": (None, [_P, _L, _L, _P, _P, _P]),
     "brp_grad_sums": (ctypes.c_int, [_P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P]),
     "brp_dx": (None, [_P, _P, _L, _L, _L, _L, _P, _P, _P, _P]),
+    "brp_stem_gram": (ctypes.c_int, [_P, *[_L] * 6, _P, _P, _P]),
+    "brp_stem_sparse": (ctypes.c_int, [_P, _P, _P, *[_L] * 7, _P]),
 }
 
 

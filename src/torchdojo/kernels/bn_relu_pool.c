@@ -19,11 +19,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-/* Adds the nt per-thread partials (each 2*C doubles: sums, then second sums) into the first, in thread order,
- * so the totals do not depend on timing. */
-static void add_partials(double *part, int nt, long C) {
+/* Adds the nt per-thread partials (`size` doubles each) into the first, in thread order, so the totals do not
+ * depend on timing. */
+static void add_partials(double *part, int nt, long size) {
     for (int t = 1; t < nt; t++)
-        for (long i = 0; i < 2 * C; i++) part[i] += part[(size_t)t * 2 * C + i];
+        for (long i = 0; i < size; i++) part[i] += part[(size_t)t * size + i];
 }
 
 /* Per-thread scratch: 2*C doubles of partial sums, then 2*C floats of row sums. */
@@ -52,10 +52,13 @@ static void sum_pixels(const float *restrict p, long len, long C, const float *r
     }
 }
 
-/* Forward pass over x: mean and biased variance per channel, and each window's maximum. Returns 0, or -1 when
- * out of memory. */
-int brp_stats_pool(const float *restrict x, long N, long H, long W, long C, float *restrict mean,
-                   float *restrict var, float *restrict pooled) {
+/* Forward pass over x: mean and biased variance per channel, each window's maximum and, when `code` is not
+ * NULL, where it is (0 top left, 1 top right, 2 bottom left, 3 bottom right). Returns 0, or -1 when out of
+ * memory. */
+static inline __attribute__((always_inline)) int stats_pool(const float *restrict x, long N, long H, long W,
+                                                            long C, float *restrict mean, float *restrict var,
+                                                            float *restrict pooled, int32_t *restrict code,
+                                                            const int want_code) {
     const long H2 = H / 2, W2 = W / 2;
     const int nt = omp_get_max_threads();
     char *mem = scratch(nt, C);
@@ -72,6 +75,7 @@ int brp_stats_pool(const float *restrict x, long N, long H, long W, long C, floa
             for (long h2 = 0; h2 < H2; h2++) {
                 const float *restrict row = x + (n * H + 2 * h2) * W * C;
                 float *restrict out = pooled + (n * H2 + h2) * W2 * C;
+                int32_t *restrict kout = want_code ? code + (n * H2 + h2) * W2 * C : NULL;
                 for (long w2 = 0; w2 < W2; w2++) {
                     const float *restrict a = row + 2 * w2 * C;
                     const float *restrict b = a + C, *restrict c2 = a + W * C, *restrict d = c2 + C;
@@ -83,10 +87,12 @@ int brp_stats_pool(const float *restrict x, long N, long H, long W, long C, floa
                         fs[c] += (sa + sb) + (sc + sd);
                         fq[c] += (sa * sa + sb * sb) + (sc * sc + sd * sd);
                         float m = va;
-                        m = (vb > m) | (vb != vb) ? vb : m;
-                        m = (vc > m) | (vc != vc) ? vc : m;
-                        m = (vd > m) | (vd != vd) ? vd : m;
+                        int i = 0, t;
+                        t = (vb > m) | (vb != vb); m = t ? vb : m; i = t ? 1 : i;
+                        t = (vc > m) | (vc != vc); m = t ? vc : m; i = t ? 2 : i;
+                        t = (vd > m) | (vd != vd); m = t ? vd : m; i = t ? 3 : i;
                         o[c] = m;
+                        if (want_code) kout[w2 * C + c] = i;
                     }
                 }
                 if (W & 1) { /* the last column, pooled away but part of the statistics */
@@ -104,7 +110,7 @@ int brp_stats_pool(const float *restrict x, long N, long H, long W, long C, floa
             }
         }
     }
-    add_partials(part, nt, C);
+    add_partials(part, nt, 2 * C);
     const double count = (double)N * H * W;
     for (long c = 0; c < C; c++) {
         double mu = part[c] / count, v = part[C + c] / count - mu * mu;
@@ -113,6 +119,12 @@ int brp_stats_pool(const float *restrict x, long N, long H, long W, long C, floa
     }
     free(mem);
     return 0;
+}
+
+int brp_stats_pool(const float *restrict x, long N, long H, long W, long C, float *restrict mean,
+                   float *restrict var, float *restrict pooled, int32_t *restrict code) {
+    return code ? stats_pool(x, N, H, W, C, mean, var, pooled, code, 1)
+                : stats_pool(x, N, H, W, C, mean, var, pooled, NULL, 0);
 }
 
 /* y = max(pooled * alpha + beta, 0) per channel, over P = N * H2 * W2 positions. NaN stays NaN. */
@@ -162,7 +174,7 @@ int brp_grad_sums(const float *restrict g, const float *restrict y, const float 
             flush(s, q, fs, fq, C);
         }
     }
-    add_partials(part, nt, C);
+    add_partials(part, nt, 2 * C);
     for (long c = 0; c < C; c++) {
         sg[c] = (float)part[c];
         sgx[c] = (float)part[C + c];
@@ -232,4 +244,221 @@ void brp_dx(const float *restrict x, const float *restrict gs, long N, long H, l
             }
         }
     }
+}
+
+/* --- The stem: a stride-1 convolution whose input needs no gradient, then the fused block ---------------------
+ * The convolution's weight gradient is sum_p dx[p, o] * U[p, j] over output positions p, U the input patches
+ * (j = (ci * KH + kh) * KW + kw, the order of weight.reshape(Cout, J)). dx is a * (x - mean) + b plus the
+ * scattered pooled gradient, and x - mean = W (U - mean of U), so the dense part needs only the patches'
+ * Gram matrix (J x J) and sums, and the scattered part only the patches at each window's maximum: dx, and the
+ * full-resolution x itself, are never needed in the backward. `up` is the conv's input already zero-padded,
+ * (N, Hp, Wp, Cin); the output is Ho = Hp - KH + 1 by Wo = Wp - KW + 1. */
+
+/* Offsets (in floats, from a patch's top-left corner in up) of the J patch elements. */
+static void patch_offsets(long Wp, long Cin, long KH, long KW, long *restrict off) {
+    for (long ci = 0; ci < Cin; ci++)
+        for (long kh = 0; kh < KH; kh++)
+            for (long kw = 0; kw < KW; kw++) *off++ = (kh * Wp + kw) * Cin + ci;
+}
+
+/* Gram matrix (J x J) and sums (J) of the patches minus `shift` (per input channel) over all N * Ho * Wo output
+ * positions. Vectorised over the positions of an output row: float sums per image, added into double.
+ * Returns 0, or -1 (memory). */
+int brp_stem_gram(const float *restrict up, long N, long Hp, long Wp, long Cin, long KH, long KW,
+                  const float *restrict shift, double *restrict gram, double *restrict sums) {
+    const long Ho = Hp - KH + 1, Wo = Wp - KW + 1, J = Cin * KH * KW, npair = J * (J + 1) / 2;
+    const long Wv = (Wo + 15) / 16 * 16; /* a row's positions, padded to whole 16-lane vectors (zeros) */
+    const long size = J * J + J, scratch_size = (npair + J) * Wv + J * Wv;
+    const int nt = omp_get_max_threads();
+    double *part = calloc((size_t)nt * size, sizeof(double));
+    float *rows = calloc((size_t)nt * scratch_size, sizeof(float));
+    long *off = malloc((size_t)J * sizeof(long));
+    if (!part || !rows || !off) {
+        free(part);
+        free(rows);
+        free(off);
+        return -1;
+    }
+    patch_offsets(Wp, Cin, KH, KW, off);
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num();
+        double *restrict dp = part + (size_t)t * size;
+        float *restrict acc = rows + (size_t)t * scratch_size; /* per pair (i <= k), then per i: Wv slots */
+        float *restrict A = acc + (npair + J) * Wv;            /* A[j * Wv + w]: element j of position w's patch */
+#pragma omp for schedule(static)
+        for (long n = 0; n < N; n++) {
+            for (long h = 0; h < Ho; h++) {
+                const float *restrict row = up + (n * Hp + h) * Wp * Cin;
+                for (long j = 0; j < J; j++) { /* lanes Wo..Wv stay 0 */
+                    const float *restrict src = row + off[j];
+                    const float sh = shift[j / (KH * KW)];
+                    float *restrict aj = A + j * Wv;
+                    if (Cin == 1) {
+#pragma omp simd
+                        for (long w = 0; w < Wo; w++) aj[w] = src[w] - sh;
+                    } else {
+                        for (long w = 0; w < Wo; w++) aj[w] = src[w * Cin] - sh;
+                    }
+                }
+                float *restrict a = acc;
+                for (long i = 0; i < J; i++) {
+                    const float *restrict ai = A + i * Wv;
+                    for (long k = i; k < J; k++, a += Wv) {
+                        const float *restrict ak = A + k * Wv;
+                        for (long w0 = 0; w0 < Wv; w0 += 16) {
+#pragma omp simd
+                            for (long w = w0; w < w0 + 16; w++) a[w] += ai[w] * ak[w];
+                        }
+                    }
+                }
+                for (long i = 0; i < J; i++, a += Wv) {
+                    const float *restrict ai = A + i * Wv;
+                    for (long w0 = 0; w0 < Wv; w0 += 16) {
+#pragma omp simd
+                        for (long w = w0; w < w0 + 16; w++) a[w] += ai[w];
+                    }
+                }
+            }
+            float *restrict a = acc; /* image done: into double */
+            for (long i = 0; i < J; i++)
+                for (long k = i; k < J; k++, a += Wv) {
+                    double s = 0;
+                    for (long w = 0; w < Wo; w++) s += a[w];
+                    dp[i * J + k] += s;
+                }
+            for (long i = 0; i < J; i++, a += Wv) {
+                double s = 0;
+                for (long w = 0; w < Wo; w++) s += a[w];
+                dp[J * J + i] += s;
+            }
+            for (long i = 0; i < (npair + J) * Wv; i++) acc[i] = 0.f;
+        }
+    }
+    add_partials(part, nt, size);
+    for (long i = 0; i < J; i++)
+        for (long k = i; k < J; k++) gram[i * J + k] = gram[k * J + i] = part[i * J + k];
+    for (long i = 0; i < J; i++) sums[i] = part[J * J + i];
+    free(part);
+    free(rows);
+    free(off);
+    return 0;
+}
+
+/* One block of `nb` output channels of one window (nb is OB or the tail): acc[j * C + o] += the gradient at the
+ * window's maximum times that position's patch. */
+#define OB 16
+static inline __attribute__((always_inline)) void sparse_block(const float *restrict g, const int32_t *restrict kc,
+                                                               const float *restrict pk, long J, long C, long nb,
+                                                               float *restrict acc) {
+    float m0[OB], m1[OB], m2[OB], m3[OB];
+#pragma omp simd
+    for (long o = 0; o < nb; o++) {
+        const int k = kc[o];
+        const float gg = g[o];
+        m0[o] = k == 0 ? gg : 0.f;
+        m1[o] = k == 1 ? gg : 0.f;
+        m2[o] = k == 2 ? gg : 0.f;
+        m3[o] = k == 3 ? gg : 0.f;
+    }
+    for (long j = 0; j < J; j++) {
+        const float p0 = pk[j], p1 = pk[J + j], p2 = pk[2 * J + j], p3 = pk[3 * J + j];
+        float *restrict a = acc + j * C;
+#pragma omp simd
+        for (long o = 0; o < nb; o++) a[o] += (m0[o] * p0 + m1[o] * p1) + (m2[o] * p2 + m3[o] * p3);
+    }
+}
+
+/* sparse_block for a 3x3 kernel on one input channel, over a row of W2 windows: the 9 sums stay in registers.
+ * r points at the row's top-left padded input value; the window w2 reads the 4x4 values from r + 2 * w2. */
+static inline __attribute__((always_inline)) void sparse_row_3x3(const float *restrict r, long Wp, long W2,
+                                                                 const float *restrict g, const int32_t *restrict kc,
+                                                                 long C, long nb, double *restrict dp) {
+    float acc[9][OB] = {{0}};
+    for (long w2 = 0; w2 < W2; w2++, r += 2, g += C, kc += C) {
+        float v[4][4];
+        for (int i = 0; i < 4; i++)
+            for (int k = 0; k < 4; k++) v[i][k] = r[i * Wp + k];
+        float m0[OB], m1[OB], m2[OB], m3[OB];
+#pragma omp simd
+        for (long o = 0; o < nb; o++) {
+            const int k = kc[o];
+            const float gg = g[o];
+            m0[o] = k == 0 ? gg : 0.f;
+            m1[o] = k == 1 ? gg : 0.f;
+            m2[o] = k == 2 ? gg : 0.f;
+            m3[o] = k == 3 ? gg : 0.f;
+        }
+        for (int kh = 0; kh < 3; kh++)
+            for (int kw = 0; kw < 3; kw++) {
+                const float p0 = v[kh][kw], p1 = v[kh][kw + 1], p2 = v[kh + 1][kw], p3 = v[kh + 1][kw + 1];
+#pragma omp simd
+                for (long o = 0; o < nb; o++)
+                    acc[kh * 3 + kw][o] += (m0[o] * p0 + m1[o] * p1) + (m2[o] * p2 + m3[o] * p3);
+            }
+    }
+    for (int j = 0; j < 9; j++)
+        for (long o = 0; o < nb; o++) dp[j * C + o] += acc[j][o];
+}
+
+/* dw[o * J + j] = sum over windows of gs[window, o] * U[the window's maximum in channel o, j]: the weight gradient
+ * from the pooled maxima. gs and code are (N, Ho/2, Wo/2, C), code as brp_stats_pool writes it. Returns 0, or
+ * -1 (memory). */
+int brp_stem_sparse(const float *restrict up, const float *restrict gs, const int32_t *restrict code, long N,
+                    long Hp, long Wp, long Cin, long KH, long KW, long C, float *restrict dw) {
+    const long Ho = Hp - KH + 1, Wo = Wp - KW + 1, H2 = Ho / 2, W2 = Wo / 2;
+    const long J = Cin * KH * KW, size = J * C, scratch_size = size + 4 * J;
+    const long corner[4] = {0, Cin, Wp * Cin, (Wp + 1) * Cin}; /* the window's 4 positions */
+    const int nt = omp_get_max_threads();
+    double *part = calloc((size_t)nt * size, sizeof(double));
+    float *rows = calloc((size_t)nt * scratch_size, sizeof(float));
+    long *off = malloc((size_t)J * sizeof(long));
+    if (!part || !rows || !off) {
+        free(part);
+        free(rows);
+        free(off);
+        return -1;
+    }
+    patch_offsets(Wp, Cin, KH, KW, off);
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num();
+        double *restrict dp = part + (size_t)t * size;
+        float *restrict acc = rows + (size_t)t * scratch_size; /* acc[j * C + o] */
+        float *restrict pk = acc + size;                       /* the patches at the window's 4 positions */
+#pragma omp for collapse(2) schedule(static)
+        for (long n = 0; n < N; n++) {
+            for (long h2 = 0; h2 < H2; h2++) {
+                const float *restrict row = up + (n * Hp + 2 * h2) * Wp * Cin;
+                if (Cin == 1 && KH == 3 && KW == 3) {
+                    const long goff = (n * H2 + h2) * W2 * C;
+                    long o = 0;
+                    for (; o + OB <= C; o += OB)
+                        sparse_row_3x3(row, Wp, W2, gs + goff + o, code + goff + o, C, OB, dp + o);
+                    if (o < C) sparse_row_3x3(row, Wp, W2, gs + goff + o, code + goff + o, C, C - o, dp + o);
+                    continue;
+                }
+                for (long w2 = 0; w2 < W2; w2++) {
+                    const float *restrict win = row + 2 * w2 * Cin;
+                    for (int k = 0; k < 4; k++)
+                        for (long j = 0; j < J; j++) pk[k * J + j] = win[corner[k] + off[j]];
+                    const long goff = ((n * H2 + h2) * W2 + w2) * C;
+                    long o = 0;
+                    for (; o + OB <= C; o += OB) sparse_block(gs + goff + o, code + goff + o, pk, J, C, OB, acc + o);
+                    if (o < C) sparse_block(gs + goff + o, code + goff + o, pk, J, C, C - o, acc + o);
+                }
+                for (long i = 0; i < size; i++) {
+                    dp[i] += acc[i];
+                    acc[i] = 0.f;
+                }
+            }
+        }
+    }
+    add_partials(part, nt, size);
+    for (long o = 0; o < C; o++)
+        for (long j = 0; j < J; j++) dw[o * J + j] = (float)part[j * C + o];
+    free(part);
+    free(rows);
+    free(off);
+    return 0;
 }
