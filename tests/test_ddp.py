@@ -22,7 +22,7 @@ import torch
 
 from torchdojo.data import ImageData
 from torchdojo.data.loader import LoaderBatches, TensorBatches
-from torchdojo.distributed import shard
+from torchdojo.distributed import shard, shutdown
 from torchdojo.experiments import ladder
 from torchdojo.experiments.base import run_experiment
 
@@ -174,7 +174,9 @@ def _loader_worker(rank: int, port: int, out: str) -> None:
         if rank == 0:
             torch.save(result, out)
     finally:
-        torch.distributed.destroy_process_group()
+        # A barrier first (as torchdojo's own shutdown does): a rank that tears gloo down while its peer still
+        # writes can abort in gloo's threads ("terminate called without an active exception").
+        shutdown()
 
 
 def _loader_fit() -> dict:
