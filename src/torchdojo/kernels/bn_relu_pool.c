@@ -261,6 +261,32 @@ static void patch_offsets(long Wp, long Cin, long KH, long KW, long *restrict of
             for (long kw = 0; kw < KW; kw++) *off++ = (kh * Wp + kw) * Cin + ci;
 }
 
+/* Per-thread scratch of the stem kernels: `size` doubles of partial sums and `floats` floats each, and the J patch
+ * offsets. Returns 0, or -1 when out of memory (with nothing left allocated). */
+struct stem_scratch {
+    double *part;
+    float *rows;
+    long *off;
+};
+
+static void stem_free(struct stem_scratch *s) {
+    free(s->part);
+    free(s->rows);
+    free(s->off);
+}
+
+static int stem_alloc(struct stem_scratch *s, int nt, long size, long floats, long Wp, long Cin, long KH, long KW) {
+    s->part = calloc((size_t)nt * size, sizeof(double));
+    s->rows = calloc((size_t)nt * floats, sizeof(float));
+    s->off = malloc((size_t)(Cin * KH * KW) * sizeof(long));
+    if (!s->part || !s->rows || !s->off) {
+        stem_free(s);
+        return -1;
+    }
+    patch_offsets(Wp, Cin, KH, KW, s->off);
+    return 0;
+}
+
 /* Gram matrix (J x J) and sums (J) of the patches minus `shift` (per input channel) over all N * Ho * Wo output
  * positions. Vectorised over the positions of an output row: float sums per image, added into double.
  * Returns 0, or -1 (memory). */
@@ -270,16 +296,11 @@ int brp_stem_gram(const float *restrict up, long N, long Hp, long Wp, long Cin, 
     const long Wv = (Wo + 15) / 16 * 16; /* a row's positions, padded to whole 16-lane vectors (zeros) */
     const long size = J * J + J, scratch_size = (npair + J) * Wv + J * Wv;
     const int nt = omp_get_max_threads();
-    double *part = calloc((size_t)nt * size, sizeof(double));
-    float *rows = calloc((size_t)nt * scratch_size, sizeof(float));
-    long *off = malloc((size_t)J * sizeof(long));
-    if (!part || !rows || !off) {
-        free(part);
-        free(rows);
-        free(off);
-        return -1;
-    }
-    patch_offsets(Wp, Cin, KH, KW, off);
+    struct stem_scratch sc;
+    if (stem_alloc(&sc, nt, size, scratch_size, Wp, Cin, KH, KW)) return -1;
+    double *part = sc.part;
+    float *rows = sc.rows;
+    const long *off = sc.off;
 #pragma omp parallel num_threads(nt)
     {
         const int t = omp_get_thread_num();
@@ -339,9 +360,7 @@ int brp_stem_gram(const float *restrict up, long N, long Hp, long Wp, long Cin, 
     for (long i = 0; i < J; i++)
         for (long k = i; k < J; k++) gram[i * J + k] = gram[k * J + i] = part[i * J + k];
     for (long i = 0; i < J; i++) sums[i] = part[J * J + i];
-    free(part);
-    free(rows);
-    free(off);
+    stem_free(&sc);
     return 0;
 }
 
@@ -410,16 +429,11 @@ int brp_stem_sparse(const float *restrict up, const float *restrict gs, const in
     const long J = Cin * KH * KW, size = J * C, scratch_size = size + 4 * J;
     const long corner[4] = {0, Cin, Wp * Cin, (Wp + 1) * Cin}; /* the window's 4 positions */
     const int nt = omp_get_max_threads();
-    double *part = calloc((size_t)nt * size, sizeof(double));
-    float *rows = calloc((size_t)nt * scratch_size, sizeof(float));
-    long *off = malloc((size_t)J * sizeof(long));
-    if (!part || !rows || !off) {
-        free(part);
-        free(rows);
-        free(off);
-        return -1;
-    }
-    patch_offsets(Wp, Cin, KH, KW, off);
+    struct stem_scratch sc;
+    if (stem_alloc(&sc, nt, size, scratch_size, Wp, Cin, KH, KW)) return -1;
+    double *part = sc.part;
+    float *rows = sc.rows;
+    const long *off = sc.off;
 #pragma omp parallel num_threads(nt)
     {
         const int t = omp_get_thread_num();
@@ -457,8 +471,6 @@ int brp_stem_sparse(const float *restrict up, const float *restrict gs, const in
     add_partials(part, nt, size);
     for (long o = 0; o < C; o++)
         for (long j = 0; j < J; j++) dw[o * J + j] = (float)part[j * C + o];
-    free(part);
-    free(rows);
-    free(off);
+    stem_free(&sc);
     return 0;
 }
