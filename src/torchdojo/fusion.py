@@ -201,9 +201,14 @@ class BatchNormReLUPool2d(nn.BatchNorm2d):
         fused.__dict__.update(bn.__dict__)  # the same _parameters/_buffers dicts: one set of tensors
         return fused
 
-    def _fusable(self, x: torch.Tensor) -> bool:
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and x.ndim == 4 and self.running_mean is not None
-                and x.numel() > x.shape[1]  # BN needs > 1 value per channel: let BatchNorm2d say so
+    def _fusable(self, x: torch.Tensor, positions: int | None = None) -> bool:
+        """Whether the fused op applies to `x` (or, for the stem, to its conv's input, with `positions` the
+        number of conv output positions per channel)."""
+        if not (x.device.type == "cpu" and x.dtype == torch.float32 and x.ndim == 4 and self.running_mean is not None):
+            return False
+        if positions is None:
+            positions = x.numel() // max(x.shape[1], 1)
+        return (positions > 1  # BN needs > 1 value per channel: let BatchNorm2d say so
                 and (self.weight is None or bool((self.weight > 0).all())))
 
     def _momentum(self) -> float:
@@ -260,12 +265,10 @@ class StemConvBatchNormReLUPool2d(BatchNormReLUPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
-        positions = x.shape[0] * (x.shape[2] + 2 * conv.padding[0] - conv.kernel_size[0] + 1) * (
-            x.shape[3] + 2 * conv.padding[1] - conv.kernel_size[1] + 1) if x.ndim == 4 else 0
         if (self.training and not x.requires_grad and x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)
-                and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-                and positions > 1 and self.running_mean is not None and kernels.load() is not None
-                and (self.weight is None or bool((self.weight > 0).all()))):
+                and not torch.is_autocast_enabled("cpu") and kernels.load() is not None
+                and self._fusable(x, positions=x.shape[0] * (x.shape[2] + 2 * conv.padding[0] - conv.kernel_size[0] + 1)
+                                  * (x.shape[3] + 2 * conv.padding[1] - conv.kernel_size[1] + 1))):
             return _StemConvBatchNormReLUPoolKernel.apply(
                 x, conv.weight, conv.bias, self.weight, self.bias, self.running_mean, self.running_var,
                 self._momentum(), self.eps, conv.padding)
