@@ -1,6 +1,6 @@
 """Benchmark: torchdojo's engine vs the textbook pipeline on Fashion-MNIST, in one session.
 
-Trains the CNN of shared/bench/textbook_fashion_mnist.py with torchdojo's engine using the same optimizer
+Trains the CNN of benchmarks/textbook_fashion_mnist.py with torchdojo's engine using the same optimizer
 (Adam 1e-3), batch size (128) and augmentation (random crop with 2 px padding + horizontal flip), then runs
 the textbook script itself, and prints seconds per epoch for both (each evaluating the 10,000 test images
 once per epoch), their ratio, both test accuracies, and torchdojo's achieved training GFLOP/s as a fraction
@@ -36,7 +36,7 @@ from torchdojo.config import TrainConfig
 from torchdojo.data import load_dataset
 from torchdojo.data.augment import build_augment
 from torchdojo.data.loader import TensorBatches
-from torchdojo.engine import evaluate, fit
+from torchdojo.engine import evaluate, fit, keep_freed_memory
 from torchdojo.models import build_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,13 +114,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1,
                    help="alternate torchdojo and textbook runs this many times, pair r with seed SEED+r (the same for "
                         "both); the speed-up is the median of the pairs' ratios, the accuracies are compared as means")
-    p.add_argument("--textbook", type=Path, default=REPO.parent / "shared" / "bench" / "textbook_fashion_mnist.py")
+    p.add_argument("--textbook", type=Path, default=Path(__file__).with_name("textbook_fashion_mnist.py"))
     p.add_argument("--skip-textbook", action="store_true")
     p.add_argument("--no-fusion", action="store_true", help="run BN, ReLU and max-pool as separate modules")
     a = p.parse_args()
     if not a.skip_textbook and not a.textbook.exists():
         sys.exit(f"textbook script not found at {a.textbook}; pass --textbook PATH or --skip-textbook")
 
+    keep_freed_memory()  # as the CLI does (fit itself leaves the process allocator alone)
     print(f"device: cpu, {torch.get_num_threads()} threads, torch {torch.__version__}")
     peak = matmul_peak_gflops()
     flops = train_step_flops()

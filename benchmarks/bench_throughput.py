@@ -23,7 +23,7 @@ from torchdojo.config import TrainConfig
 from torchdojo.data import ImageData, load_dataset
 from torchdojo.data.augment import build_augment
 from torchdojo.data.loader import TensorBatches
-from torchdojo.engine import evaluate, fit
+from torchdojo.engine import evaluate, fit, keep_freed_memory
 from torchdojo.models import build_model
 
 LADDER_CNN = {"channels": (32, 64), "fc": (256, 128), "dropout": 0.3}  # the ladder's `cnn` rung
@@ -111,6 +111,7 @@ def device_name(device: torch.device) -> str:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does (fit itself leaves the process allocator alone)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="all", help="all (cpu, and cuda when present), cpu or cuda")
     p.add_argument("--steps", type=int, default=0, help="timed training steps per model (0: 20 on CUDA, 4 on CPU)")

@@ -1,8 +1,14 @@
 """Shared fixtures: isolated data locations, writers for the datasets' real binary formats, small data."""
 
 import gzip
+import json
+import os
 import pickle
+import signal
 import struct
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -108,3 +114,54 @@ def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         run_experiment(ladder, scale="smoke", overrides=[*common, "rungs=logreg", "seed=1"], device="cpu",
                        runs_root=root, verbose=False),
     ]
+
+
+def _cli(args: list[str], runs: Path) -> "subprocess.Popen[str]":
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count in both runs: bit-identical CPU maths
+    return subprocess.Popen([sys.executable, "-m", "torchdojo", *args, "--runs-dir", str(runs)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _only_run(runs: Path) -> Path:
+    (experiment,) = list(runs.iterdir())
+    (run,) = list(experiment.iterdir())
+    return run
+
+
+def _metric_rows(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def kill_and_resume(args: list[str], tmp_path: Path, wait_for: str, timeout: float = 300) -> tuple[Path, Path]:
+    """Run `torchdojo ARGS` to the end (the reference), then again, SIGKILL it as soon as stage `wait_for` has
+    checkpointed its first epoch, resume it, and check that metrics.jsonl equals the reference's.
+    Returns (reference run folder, resumed run folder)."""
+    ref = _cli(args, tmp_path / "ref")
+    assert ref.wait(timeout=timeout) == 0, ref.stderr.read()
+    ref_run = _only_run(tmp_path / "ref")
+    victim = _cli(args, tmp_path / "killed")
+    deadline, last = time.time() + timeout, None
+    while time.time() < deadline:  # kill as soon as the stage's first epoch is checkpointed
+        found = list((tmp_path / "killed").glob(f"*/*/checkpoints/{wait_for}/last.pt"))
+        if found:
+            last = found[0]
+            break
+        assert victim.poll() is None, victim.stderr.read()
+        time.sleep(0.005)
+    assert last is not None, f"the run never reached stage {wait_for}"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    run = _only_run(tmp_path / "killed")
+    assert not (run / "summary.json").exists(), "the kill came too late: the run had finished"
+    resumed = _cli([*args, "--resume", str(run)], tmp_path / "unused")
+    _, err = resumed.communicate(timeout=timeout)
+    assert resumed.returncode == 0, err
+    assert _metric_rows(run) == _metric_rows(ref_run)
+    assert not list(run.rglob("*.tmp")), "a temp file was left behind"
+    return ref_run, run
+
+
+@pytest.fixture(name="kill_and_resume")
+def kill_and_resume_fixture() -> Callable[..., tuple[Path, Path]]:
+    return kill_and_resume

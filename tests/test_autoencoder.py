@@ -135,3 +135,41 @@ def test_autoencoder_experiment_smoke(tmp_path) -> None:  # noqa: ANN001
     html = (run_dir / "report.html").read_text()
     assert "Per-layer inverse quality" in html and "reconstructions.png" not in html  # figures are embedded
     assert (run_dir / "figures" / "reconstructions.png").exists() or any(run_dir.rglob("reconstructions.png"))
+
+
+def test_autoencoder_logs_losses_only_and_reports_the_resolved_settings(tmp_path) -> None:  # noqa: ANN001
+    from torchdojo.experiments import autoencoder
+    from torchdojo.experiments.base import run_experiment
+
+    run_dir = run_experiment(autoencoder, scale="smoke", overrides=["variants=fc", "train.lr=0.00123"],
+                             runs_root=tmp_path, device="cpu", verbose=False)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(not any(k.endswith("acc") for k in r) for r in rows)  # a regression model: no accuracy
+    assert {"train_loss", "val_loss"} <= set(rows[0])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["stages"]["fc"]["lr"] == 0.00123
+    report = json.loads((run_dir / "report.json").read_text())
+    lrs = [row[1] for b in report["blocks"] if b["type"] == "table" and b["columns"] == ["setting", "value"]
+           for row in b["rows"] if row[0] == "lr"]
+    assert lrs == [0.00123]  # the hyper-parameter table shows what the stage trained with
+
+
+@pytest.mark.parametrize("key", ["train.label_smoothing", "train.cpu_fusion"])
+def test_autoencoder_refuses_unused_settings(key: str) -> None:
+    from torchdojo.experiments import autoencoder
+    from torchdojo.experiments.base import build_config
+
+    with pytest.raises(DojoError, match=key):
+        build_config(autoencoder, "smoke", overrides=[f"{key}=0"])
+
+
+@pytest.mark.slow
+def test_autoencoder_sigkill_mid_epoch_then_resume(tmp_path, kill_and_resume) -> None:  # noqa: ANN001
+    args = ["run", "autoencoder", "--scale", "smoke", "--device", "cpu", "--quiet", "--set", "variants=fc,conv",
+            "--set", "train.epochs=3", "--set", "train.max_batches=0"]
+    ref_run, run = kill_and_resume(args, tmp_path, wait_for="fc")
+    ref = json.loads((ref_run / "summary.json").read_text())["variants"]
+    got = json.loads((run / "summary.json").read_text())["variants"]
+    for name in ("fc", "conv"):
+        assert got[name]["test_mse"] == ref[name]["test_mse"]
+        assert got[name]["inverse_err_per_layer"] == ref[name]["inverse_err_per_layer"]

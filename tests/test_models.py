@@ -118,7 +118,7 @@ def test_improved_cnn_limits():
 
 
 def _textbook_order() -> nn.Sequential:
-    """shared/bench/textbook_fashion_mnist.py's model as written there: ReLU, then max-pool."""
+    """benchmarks/textbook_fashion_mnist.py's model as written there: ReLU, then max-pool."""
     return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),

@@ -1,6 +1,7 @@
 """Typed configs: dataclasses, scale presets, and `key=value` overrides validated in one place."""
 
 import dataclasses
+import math
 import types
 import typing
 from difflib import get_close_matches
@@ -38,16 +39,81 @@ class TrainConfig:
     cpu_fusion: bool = True
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "eval_batch_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise DojoError(f"train.{name} must be >= 1, got {getattr(self, name)}",
-                                f"pass a positive integer, e.g. --set train.{name}=1")
-        if self.lr <= 0:
-            raise DojoError(f"train.lr must be > 0, got {self.lr}", "pass e.g. --set train.lr=0.001")
-        if not 0 <= self.label_smoothing < 1:
-            raise DojoError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}",
-                            "pass e.g. --set train.label_smoothing=0.1 (0 = off)")
+        check_numbers(self, "train.")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            _check_range(f"train.{name}", getattr(self, name), lo=1)
+        _check_range("train.lr", self.lr, lo=0, lo_open=True)
+        _check_range("train.momentum", self.momentum, lo=0, hi=1, hi_open=True)
+        _check_range("train.label_smoothing", self.label_smoothing, lo=0, hi=1, hi_open=True)
+        if self.warmup_epochs > self.epochs:
+            raise DojoError(f"train.warmup_epochs={self.warmup_epochs} is longer than train.epochs={self.epochs}",
+                            "warm up for at most the whole run, e.g. --set train.warmup_epochs=1")
+
+
+# Ranges of fields by name, for every config (experiments' own fields included): (lo, hi, lo_open, hi_open).
+# Every float must be finite and every int >= 0 besides (`check_numbers`).
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "val_fraction": (0, 1, True, True),
+    "weight_decay": (0, None, False, False),
+    "grad_clip": (0, None, False, False),
+    "warmup_epochs": (0, None, False, False),
+    "dropout": (0, 1, False, True),
+    "drop": (0, 1, False, True),
+    "mask": (0, 1, False, True),
+    "shuffle": (0, 1, False, False),
+    "target_acc": (0, 1, False, False),
+    "lr": (0, None, True, False),
+    "head_lr": (0, None, True, False),
+    "clip_lr": (0, None, True, False),
+    "margin": (0, None, True, False),
+    "slope": (0, 1, True, True),
+    "backbone_lr_mult": (0, None, False, False),
+    "finetune_lr_scale": (0, None, True, False),
+    "ce_weight": (0, None, False, False),
+    "lam": (0, None, False, False),
+    "clip_norm": (0, None, True, False),
+    "clip_value": (0, None, True, False),
+    "clip_radius": (0, None, True, False),
+}
+
+
+def _check_range(key: str, value: float, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+                 hi_open: bool = False) -> None:
+    low_bad = lo is not None and (value <= lo if lo_open else value < lo)
+    high_bad = hi is not None and (value >= hi if hi_open else value > hi)
+    if low_bad or high_bad:
+        if hi is None:
+            span = f"{'>' if lo_open else '>='} {lo:g}"
+        else:
+            span = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise DojoError(f"{key} must be {span}, got {value}", f"pass a value {span}, e.g. --set {key}=...")
+
+
+def _check_number(key: str, value: Any) -> None:
+    """Every float finite, every int >= 0 (counts, sizes, steps, seeds), and the named ranges of RANGES."""
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            _check_number(key, v)
+        return
+    if isinstance(value, bool):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DojoError(f"{key} must be a finite number, got {value}", f"pass a finite value, e.g. --set {key}=...")
+    if isinstance(value, int) and value < 0:
+        raise DojoError(f"{key} must be >= 0, got {value}", f"pass a non-negative value, e.g. --set {key}=0")
+    name = key.rsplit(".", 1)[-1]
+    if name in RANGES and isinstance(value, (int, float)):
+        _check_range(key, value, *RANGES[name])
+
+
+def check_numbers(cfg: Any, prefix: str = "") -> None:
+    """Apply `_check_number` to every field of a (nested) dataclass config; raises a DojoError naming the key."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_numbers(value, f"{prefix}{f.name}.")
+        else:
+            _check_number(prefix + f.name, value)
 
 
 def _coerce(value: str, tp: Any, key: str) -> Any:
@@ -100,19 +166,27 @@ def field_names(cfg: Any, prefix: str = "") -> list[str]:
     return out
 
 
+def parse_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    """`["train.lr=0.1", ...]` as {"train.lr": "0.1"}; a dict is returned as it is (a later key wins)."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise DojoError(f"bad --set {item!r}", "write it as key=value, e.g. --set train.lr=0.01")
+        k, v = item.split("=", 1)
+        parsed[k.strip()] = v.strip()
+    return parsed
+
+
 def apply_overrides(cfg: C, overrides: dict[str, Any] | list[str], prefix: str = "") -> C:
     """A copy of `cfg` with overrides applied (`["train.lr=0.1"]` strings or a dict); re-validates.
 
     `prefix` is the dotted path of `cfg` inside its parent config; errors name keys with it.
     """
-    if isinstance(overrides, list):
-        parsed: dict[str, Any] = {}
-        for item in overrides:
-            if "=" not in item:
-                raise DojoError(f"bad --set {item!r}", "write it as key=value, e.g. --set train.lr=0.01")
-            k, v = item.split("=", 1)
-            parsed[k.strip()] = v.strip()
-        overrides = parsed
+    overrides = parse_overrides(overrides)
     nested: dict[str, dict[str, Any]] = {}
     flat: dict[str, Any] = {}
     hints = get_type_hints(type(cfg))
@@ -138,6 +212,7 @@ def apply_overrides(cfg: C, overrides: dict[str, Any] | list[str], prefix: str =
             if not isinstance(value, str) and get_origin(hints[head]) is Literal:
                 value = str(value)  # Python values are checked against the choices too
             flat[head] = _coerce(value, hints[head], prefix + key) if isinstance(value, str) else value
+            _check_number(prefix + key, flat[head])
     for head, sub in nested.items():
         current = getattr(cfg, head)
         if not dataclasses.is_dataclass(current):
@@ -145,6 +220,15 @@ def apply_overrides(cfg: C, overrides: dict[str, Any] | list[str], prefix: str =
                             f"{prefix + head} has no sub-fields")
         flat[head] = apply_overrides(current, sub, f"{prefix}{head}.")
     return dataclasses.replace(cfg, **flat)
+
+
+def hyper_parameters(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings of a stage's TrainConfig that a report's hyper-parameter table shows (what it trained with)."""
+    keys = ["optimizer", "lr", "weight_decay", "schedule", "epochs", "batch_size"]
+    keys += [k for k, on in (("momentum", cfg.optimizer == "sgd"), ("warmup_epochs", cfg.warmup_epochs),
+                             ("label_smoothing", cfg.label_smoothing), ("grad_clip", cfg.grad_clip),
+                             ("early_stop_patience", cfg.early_stop_patience), ("max_batches", cfg.max_batches)) if on]
+    return {k: getattr(cfg, k) for k in keys}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ that is a no-op in a single process, so the same code runs with and without torc
 
 - `shard`: the strided split of an epoch's (padded) order that `DistributedSampler` uses;
 - `all_reduce_sum`, `all_gather_cat`, `broadcast_object`, `broadcast_buffers`, `barrier`;
-- `wrap`: DDP around an objective module, so any `loss_fn(model, x, y)` gets its gradients all-reduced.
+- `wrap`: DDP around an objective module, so any training `step(model, batch)` gets its gradients all-reduced.
 """
 
 import dataclasses
@@ -162,19 +162,21 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
 
 
 class Objective(nn.Module):
-    """`loss_fn(model, x, y)` as a module, so DDP can wrap the whole objective, not just `model(x)`.
+    """A training `step(model, batch)` as a module, so DDP can wrap the whole objective, not just `model(x)`.
 
     DDP only all-reduces gradients of a backward that follows its own forward; custom objectives call
-    `model.features(...)` and other methods, which would bypass a DDP-wrapped model.
+    `model.features(...)` and other methods, which would bypass a DDP-wrapped model. The forward returns the
+    StepOutput's fields as a tuple (DDP looks for tensors in tuples and dicts).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: Callable[..., Any]):
+    def __init__(self, model: nn.Module, step: Callable[..., Any]):
         super().__init__()
         self.model = model
-        self.loss_fn = loss_fn
+        self.step = step
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Any:
-        return self.loss_fn(self.model, x, y)
+    def forward(self, batch: Any) -> tuple[Any, ...]:
+        out = self.step(self.model, batch)
+        return out.loss, out.count, out.metrics, out.outputs, out.targets
 
 
 def wrap(objective: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:

@@ -9,14 +9,17 @@ summed over ranks, and only rank 0 writes checkpoints. On CUDA `fit` uses bf16 a
 with `train.compile`, torch.compile; on CPU the maths is plain fp32 and bit-reproducible.
 """
 
+import contextlib
 import copy
 import ctypes
 import dataclasses
 import functools
+import inspect
+import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,14 +28,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchdojo import distributed
-from torchdojo.config import TrainConfig
-from torchdojo.errors import TrainingDiverged
+from torchdojo.config import TrainConfig, to_dict
+from torchdojo.errors import DojoError, TrainingDiverged
 from torchdojo.fusion import fused_bn_relu_pool
 from torchdojo.optim import build_optimizer, build_scheduler
 from torchdojo.runs import Run, atomic_torch_save, load_checkpoint
 
-# (model, x, y) -> (loss, logits or None); logits give the accuracy
+# (model, x, y) -> (loss, logits or None): an objective on (images, labels) batches; logits give the accuracy
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclasses.dataclass
+class StepOutput:
+    """What one step on one batch gives the engine.
+
+    `loss` is the mean over `count` items (images, sentences or tokens): backward goes through it and the
+    epoch's loss is the `count`-weighted mean. `metrics` are sums over the same items (e.g. `{"acc": number
+    correct}`), logged as means (`train_acc`, `val_acc`); a regression step has none, so none is logged.
+    `outputs`/`targets` (logits and labels) are only read by `evaluate(return_outputs=True)`.
+    """
+
+    loss: torch.Tensor
+    count: int
+    metrics: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    outputs: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+
+
+# (model, batch) -> StepOutput, for any batch type: (images, labels), padded token batches, ...
+Step = Callable[[nn.Module, Any], StepOutput]
 
 
 class Batches(Protocol):
@@ -44,19 +68,73 @@ class EpochCallback(Protocol):
     def __call__(self, epoch: int, row: dict[str, Any], model: nn.Module) -> None: ...
 
 
-def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
-    def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(x)
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+def classification(logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor | None = None,
+                   label_smoothing: float = 0.0) -> StepOutput:
+    """The StepOutput of a classifier: cross-entropy (unless `loss` is given), accuracy, logits and labels."""
+    if loss is None:
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    correct = (logits.detach().argmax(1) == y).sum()
+    return StepOutput(loss, len(y), {"acc": correct}, outputs=logits, targets=y)
 
+
+def xy_step(loss_fn: LossFn) -> Step:
+    """A `Step` for (x, y) batches from an objective `loss_fn(model, x, y) -> (loss, logits or None)`."""
+
+    def step(model: nn.Module, batch: Any) -> StepOutput:
+        x, y = batch
+        loss, logits = loss_fn(model, x, y)
+        if logits is None:
+            return StepOutput(loss, len(y))
+        return classification(logits, y, loss)
+
+    step.uses_label_smoothing = getattr(loss_fn, "uses_label_smoothing", False)  # type: ignore[attr-defined]
     return step
 
 
-def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    if channels_last and x.ndim == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
+    def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+
+    objective.uses_label_smoothing = True  # type: ignore[attr-defined]
+    return objective
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """`batch` (a tensor, or tuples/lists/dicts of them) on `device`; 4-D float tensors in channels_last."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.ndim == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device, channels_last) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    return batch
+
+
+def _batch_len(batch: Any) -> int:
+    """The number of samples in a batch: the first dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return len(batch)
+    items = batch.values() if isinstance(batch, dict) else batch
+    for b in items:
+        n = _batch_len(b)
+        if n >= 0:
+            return n
+    return -1
+
+
+def _select(batch: Any, keep: torch.Tensor, n: int) -> Any:
+    """The rows `keep` (bool, length n) of every tensor in `batch` whose first dimension is n."""
+    if isinstance(batch, torch.Tensor):
+        return batch[keep.to(batch.device)] if batch.ndim and len(batch) == n else batch
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_select(b, keep, n) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _select(v, keep, n) for k, v in batch.items()}
+    return batch
 
 
 @functools.cache
@@ -66,7 +144,9 @@ def keep_freed_memory() -> bool:
     By default glibc serves blocks over 128 KiB-32 MiB from fresh `mmap` pages and unmaps them on free, so a
     CPU training step that allocates ~10 MB activations pays a page fault per 4 KiB page, every step (the
     `sys` time of a run). Raising the mmap and trim thresholds keeps those blocks in the heap for reuse:
-    ~5-10% of a small CNN's step on 2 cores. No effect (False) off glibc or with TORCHDOJO_MALLOPT=0."""
+    ~5-10% of a small CNN's step on 2 cores. It changes the whole process, so the library never calls it:
+    the CLI does, and a script may (`torchdojo.engine.keep_freed_memory()`). No effect (False) off glibc or
+    with TORCHDOJO_MALLOPT=0."""
     if os.environ.get("TORCHDOJO_MALLOPT", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
@@ -75,6 +155,17 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """cuDNN autotuning (fixed shapes: it picks its fastest kernels) for this block only, then as before."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled or before
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -89,11 +180,27 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return p
 
 
+def _sums_to_means(loss_sum: torch.Tensor, sums: dict[str, torch.Tensor], n: int | torch.Tensor,
+                   device: torch.device) -> tuple[dict[str, float], int]:
+    """Means of the summed loss and metrics; under DDP summed over all ranks first (one all-reduce)."""
+    names = sorted(sums)
+    if distributed.is_initialized():
+        count = torch.as_tensor(n, dtype=torch.float64, device=device).reshape(())
+        vec = torch.stack([loss_sum.double(), count, *(sums[k].double() for k in names)])
+        vec = distributed.all_reduce_sum(vec)
+        loss_sum, n = vec[0], int(vec[1].item())
+        sums = {k: vec[2 + i] for i, k in enumerate(names)}
+    n = int(n)
+    out = {"loss": float(loss_sum.item()) / max(n, 1)}
+    out.update({k: float(sums[k].item()) / max(n, 1) for k in names})
+    return out, n
+
+
 def train_one_epoch(
     model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[Any],
     optimizer: torch.optim.Optimizer,
-    loss_fn: LossFn,
+    step: Step | LossFn | None = None,
     *,
     device: torch.device,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
@@ -103,19 +210,44 @@ def train_one_epoch(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     fuse: bool = True,
-) -> dict[str, float]:
-    """One pass over `batches`; returns mean loss, accuracy (if the loss gives logits) and seconds.
+    loss_fn: LossFn | None = None,
+) -> dict[str, Any]:
+    """One pass over `batches`; returns the mean loss, the mean of each metric the step gives, n and seconds.
 
-    On CPU, `fuse` runs BN -> ReLU -> max-pool blocks as one op (`torchdojo.fusion`; same maths)."""
+    `step(model, batch) -> StepOutput` (default: cross-entropy on (x, y) batches); `loss_fn(model, x, y)`
+    is the older (x, y) form. On CPU, `fuse` runs BN -> ReLU -> max-pool blocks as one op
+    (`torchdojo.fusion`; same maths)."""
+    step = _as_step(step, loss_fn)
     with fused_bn_relu_pool(model, enabled=fuse and device.type == "cpu"):
-        return _train_one_epoch(model, batches, optimizer, loss_fn, device, scheduler, grad_clip, max_batches,
+        return _train_one_epoch(model, batches, optimizer, step, device, scheduler, grad_clip, max_batches,
                                 progress, autocast_dtype, channels_last)
 
 
-def _train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                     optimizer: torch.optim.Optimizer, loss_fn: LossFn, device: torch.device,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler | None, grad_clip: float, max_batches: int,
-                     progress: str, autocast_dtype: torch.dtype | None, channels_last: bool) -> dict[str, float]:
+def _as_step(step: Step | LossFn | None, loss_fn: LossFn | None = None, label_smoothing: float = 0.0) -> Step:
+    """A Step from whichever form was given (an (x, y) objective takes 3 arguments, a Step 2); the default is
+    cross-entropy with `label_smoothing`."""
+    if step is not None and loss_fn is not None:
+        raise TypeError("give step or loss_fn, not both")
+    if step is None:
+        return xy_step(loss_fn or cross_entropy(label_smoothing))
+    if _takes_three(step):
+        return xy_step(step)  # type: ignore[arg-type]
+    return step  # type: ignore[return-value]
+
+
+def _takes_three(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+               for p in params) == 3
+
+
+def _train_one_epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Optimizer, step: Step,
+                     device: torch.device, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+                     grad_clip: float, max_batches: int, progress: str, autocast_dtype: torch.dtype | None,
+                     channels_last: bool) -> dict[str, Any]:
     model.train()
     total = len(batches) if hasattr(batches, "__len__") else 0  # type: ignore[arg-type]
     if max_batches:
@@ -123,39 +255,34 @@ def _train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
     bar = _progress(total, progress, bool(progress))
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    sums: dict[str, torch.Tensor] = {}
     n = 0
-    for i, (x, y) in enumerate(batches):
+    for i, batch in enumerate(batches):
         if max_batches and i >= max_batches:
             break
-        x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
+        batch = to_device(batch, device, channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss, logits = loss_fn(model, x, y)
+            out = step(model, batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        out.loss.backward()
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += loss.detach().float() * len(y)
-        if logits is not None:
-            correct += (logits.detach().argmax(1) == y).sum()
-        n += len(y)
+        loss_sum += out.loss.detach().float() * out.count
+        for k, v in out.metrics.items():
+            sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=device).detach()
+        n += int(out.count)
         # Check now and then (a sync per step is costly on GPU); under DDP every rank must stop together.
         if i % 25 == 0 and distributed.any_rank(not bool(torch.isfinite(loss_sum)), device):
             break
         if bar is not None:
-            bar.update(bar.task_ids[0], advance=1, info=f"loss {loss.item():.4f}" if i % 10 == 0 else None)
+            bar.update(bar.task_ids[0], advance=1, info=f"loss {out.loss.item():.4f}" if i % 10 == 0 else None)
     if bar is not None:
         bar.stop()
-    if distributed.is_initialized():  # sums over ranks: the metrics of the whole global batch
-        count = torch.tensor(float(n), device=device, dtype=torch.float64)
-        sums = distributed.all_reduce_sum(torch.stack([loss_sum.double(), correct.double(), count]))
-        loss_sum, correct, n = sums[0], sums[1], int(sums[2].item())
-    mean_loss = (loss_sum / max(n, 1)).item()
-    seconds = time.perf_counter() - start
-    return {"loss": mean_loss, "acc": correct.item() / max(n, 1), "n": n, "seconds": seconds}
+    means, n = _sums_to_means(loss_sum, sums, n, device)
+    return {**means, "n": n, "seconds": time.perf_counter() - start}
 
 
 def _shard_positions(batches: Any) -> tuple[torch.Tensor, int] | None:
@@ -168,7 +295,8 @@ def _shard_positions(batches: Any) -> tuple[torch.Tensor, int] | None:
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[Any],
+    step: Step | LossFn | None = None,
     *,
     device: torch.device,
     loss_fn: LossFn | None = None,
@@ -178,59 +306,57 @@ def evaluate(
     channels_last: bool = False,
     fuse: bool = True,
 ) -> dict[str, Any]:
-    """Mean loss and accuracy over `batches`; with `return_outputs`, also probabilities and targets.
+    """Mean loss and the mean of each metric over `batches`; with `return_outputs`, also probabilities and
+    targets (from the step's outputs/targets). Default step: cross-entropy on (x, y) batches.
 
     On CPU, `fuse` runs BN -> ReLU -> max-pool blocks as one op (`torchdojo.fusion`; same maths)."""
+    step = _as_step(step, loss_fn)
     with fused_bn_relu_pool(model, enabled=fuse and device.type == "cpu"):
-        return _evaluate(model, batches, device, loss_fn, max_batches, return_outputs, autocast_dtype,
+        return _evaluate(model, batches, device, step, max_batches, return_outputs, autocast_dtype,
                          channels_last)
 
 
-def _evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-              loss_fn: LossFn | None, max_batches: int, return_outputs: bool, autocast_dtype: torch.dtype | None,
-              channels_last: bool) -> dict[str, Any]:
+def _evaluate(model: nn.Module, batches: Iterable[Any], device: torch.device, step: Step, max_batches: int,
+              return_outputs: bool, autocast_dtype: torch.dtype | None, channels_last: bool) -> dict[str, Any]:
     model.eval()
-    loss_fn = loss_fn or cross_entropy()
     # Sums stay on the device (one sync at the end, not one per batch); float64 is Python's float maths.
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    sums: dict[str, torch.Tensor] = {}
     n = 0
     probs, targets, where = [], [], []
     shard, seen = _shard_positions(batches), 0
-    for i, (x, y) in enumerate(batches):
+    for i, batch in enumerate(batches):
         if max_batches and i >= max_batches:
             break
-        if shard is not None:  # DDP: drop the padding that evened out the shards, so each image counts once
-            pos = shard[0][seen : seen + len(y)]
-            seen += len(y)
+        if shard is not None:  # DDP: drop the padding that evened out the shards, so each sample counts once
+            size = _batch_len(batch)
+            pos = shard[0][seen : seen + size]
+            seen += size
             keep = pos < shard[1]
             if not keep.all():
-                x, y, pos = x[keep.to(x.device)], y[keep.to(y.device)], pos[keep]
-            if len(y) == 0:
+                batch, pos = _select(batch, keep, size), pos[keep]
+            if not keep.any():
                 continue
-        x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
+        batch = to_device(batch, device, channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss, logits = loss_fn(model, x, y)
-        loss_sum += loss.detach().float().double() * len(y)
-        n += len(y)
-        if logits is not None:
-            correct += (logits.argmax(1) == y).sum()
-            if return_outputs:
-                probs.append(logits.float().softmax(1).cpu())
-                targets.append(y.cpu())
-                if shard is not None:
-                    where.append(pos)
-    if distributed.is_initialized():
-        count = torch.tensor(float(n), dtype=torch.float64, device=device)
-        sums = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double(), count]))
-        loss_sum, correct, n = sums[0], sums[1].long(), int(sums[2].item())
-    out: dict[str, Any] = {"loss": loss_sum.item() / max(n, 1), "acc": int(correct.item()) / max(n, 1), "n": n}
+            out = step(model, batch)
+        loss_sum += out.loss.detach().float().double() * out.count
+        for k, v in out.metrics.items():
+            sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=device).double()
+        n += int(out.count)
+        if return_outputs and out.outputs is not None:
+            probs.append(out.outputs.float().softmax(1).cpu())
+            targets.append(out.targets.cpu())
+            if shard is not None:
+                where.append(pos)
+    means, n = _sums_to_means(loss_sum, sums, n, device)
+    result: dict[str, Any] = {**means, "n": n}
     if return_outputs:
-        out["probs"] = torch.cat(probs) if probs else torch.empty(0)
-        out["targets"] = torch.cat(targets) if targets else torch.empty(0, dtype=torch.long)
+        result["probs"] = torch.cat(probs) if probs else torch.empty(0)
+        result["targets"] = torch.cat(targets) if targets else torch.empty(0, dtype=torch.long)
         if distributed.is_initialized():  # every rank gets all outputs, in the epoch's order when known
-            out = _gather_outputs(out, where if shard is not None else None, device)
-    return out
+            result = _gather_outputs(result, where if shard is not None else None, device)
+    return result
 
 
 def _gather_outputs(out: dict[str, Any], where: list[torch.Tensor] | None,
@@ -273,138 +399,211 @@ def fit(
     run: Run | None = None,
     resume: bool = False,
     params: Sequence[nn.Parameter] | list[dict] | None = None,
+    step: Step | None = None,
+    val_step: Step | None = None,
     loss_fn: LossFn | None = None,
     val_loss_fn: LossFn | None = None,
     callbacks: Sequence[EpochCallback] = (),
+    until: Callable[[dict[str, Any]], bool] | None = None,
     verbose: bool = True,
     autocast_dtype: torch.dtype | None = None,
 ) -> FitResult:
     """Train `model` for `cfg.epochs`, keep the best weights by `cfg.monitor`, restore them at the end.
 
+    `step(model, batch) -> StepOutput` is the objective on one batch of any type (default: cross-entropy on
+    (x, y) batches with `cfg.label_smoothing`); `val_step` the one for validation (default: `step`).
+    `loss_fn`/`val_loss_fn` are the same for (x, y) batches in the `(model, x, y) -> (loss, logits)` form.
     `params` restricts what the optimizer sees (e.g. only the head for a frozen backbone).
-    With `run`, checkpoints go to run/checkpoints/<stage>/ and each epoch's row to metrics.jsonl.
+    `until(row)` ends training after the first epoch whose row satisfies it (a target reached).
+    With `run`, the config this stage trains with goes to config.json's `stages`, checkpoints to
+    run/checkpoints/<stage>/ and each epoch's row to metrics.jsonl.
     `autocast_dtype` None means: bf16 on CUDA when `cfg.amp`, fp32 otherwise.
+    Without `val`, the best epoch is the one with the lowest training loss.
     """
-    custom_objective = loss_fn is not None or params is not None
-    loss_fn = loss_fn or cross_entropy(cfg.label_smoothing)
-    val_loss_fn = val_loss_fn or loss_fn
-    verbose = verbose and distributed.is_main()
+    custom_objective = step is not None or loss_fn is not None or params is not None
+    step = _as_step(step, loss_fn, cfg.label_smoothing)
+    val_step = val_step or (xy_step(val_loss_fn) if val_loss_fn is not None else step)
+    if cfg.label_smoothing and not getattr(step, "uses_label_smoothing", False):
+        raise DojoError(f"train.label_smoothing={cfg.label_smoothing} has no effect on stage {stage!r}: its loss "
+                        "is not a cross-entropy over labels", "leave train.label_smoothing at 0 for this stage")
     if autocast_dtype is None and cfg.amp and device.type == "cuda":
         autocast_dtype = torch.bfloat16
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # only 4-D weights change layout
-    if device.type == "cpu":
-        keep_freed_memory()
-    fuse = cfg.cpu_fusion and not cfg.compile  # a compiled step would recompile for the swapped modules
-    train_loss_fn = _training_objective(model, loss_fn, cfg, device, find_unused=custom_objective)
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, cfg)
     steps = min(len(train), cfg.max_batches) if cfg.max_batches else len(train)
     scheduler = build_scheduler(optimizer, cfg, steps)
-    ckpt_dir = run.checkpoint_dir(stage) if run is not None else None
-    history: list[dict[str, Any]] = []
-    best_value, best_epoch, bad_epochs, start_epoch = None, 0, 0, 0
-    best_state: dict[str, torch.Tensor] | None = None
+    if run is not None and run.is_main:
+        run.record_stage(stage, to_dict(cfg))
+    _audit(stage, cfg, optimizer, scheduler, train, val)
+    loop = _Loop(model, train, val, cfg, device, stage, run, optimizer, scheduler, step, val_step,
+                 _training_objective(model, step, cfg, device, find_unused=custom_objective), callbacks, until,
+                 verbose and distributed.is_main(), autocast_dtype)
+    with _cudnn_benchmark(device.type == "cuda"):  # fixed shapes: let cuDNN pick its fastest kernels
+        if resume:
+            loop.resume()
+        loop.train()
+    return loop.result()
 
-    if resume and ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
-        state = load_checkpoint(ckpt_dir / "last.pt", map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+
+def _audit(stage: str, cfg: TrainConfig, optimizer: torch.optim.Optimizer,
+           scheduler: torch.optim.lr_scheduler.LRScheduler, train: Batches, val: Batches | None) -> None:
+    """Called by `fit` with everything a stage trains with, before its first epoch. A no-op: tests replace it
+    to check that the settings a user gave are the ones that run."""
+
+
+class _Loop:
+    """The state of one `fit` call: epochs, best weights, early stopping, checkpoints and resume."""
+
+    def __init__(self, model: nn.Module, train: Batches, val: Batches | None, cfg: TrainConfig,
+                 device: torch.device, stage: str, run: Run | None, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, step: Step, val_step: Step, train_step: Step,
+                 callbacks: Sequence[EpochCallback], until: Callable[[dict[str, Any]], bool] | None,
+                 verbose: bool, autocast_dtype: torch.dtype | None):
+        self.model, self.train_b, self.val_b, self.cfg, self.device = model, train, val, cfg, device
+        self.stage, self.run, self.optimizer, self.scheduler = stage, run, optimizer, scheduler
+        self.step, self.val_step, self.train_step = step, val_step, train_step
+        self.callbacks, self.until, self.verbose, self.autocast_dtype = callbacks, until, verbose, autocast_dtype
+        self.fuse = cfg.cpu_fusion and not cfg.compile  # a compiled step would recompile for the swapped modules
+        self.ckpt_dir = run.checkpoint_dir(stage) if run is not None else None
+        self.writes = run is not None and run.is_main
+        self.history: list[dict[str, Any]] = []
+        self.best_value: float | None = None
+        self.best_epoch = self.bad_epochs = self.start_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stopped_early = False
+
+    def resume(self) -> None:
+        """Continue exactly from last.pt (weights, optimizer, schedule, RNG, history), when there is one."""
+        if self.ckpt_dir is None or not (self.ckpt_dir / "last.pt").exists():
+            return
+        state = load_checkpoint(self.ckpt_dir / "last.pt", map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"].cpu())
         if torch.cuda.is_available() and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state_all(list(state["rng_cuda"]))
-        start_epoch, history = state["epoch"], state["history"]
-        best_value, best_epoch, bad_epochs = state["best_value"], state["best_epoch"], state["bad_epochs"]
-        if run.is_main:
-            run.metrics.truncate(stage, start_epoch)  # rows of the epoch that was interrupted are redone
-        if verbose:
-            print(f"[{stage}] resumed after epoch {start_epoch}", file=sys.stderr)
+        self.start_epoch, self.history = state["epoch"], state["history"]
+        self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
+        self.bad_epochs, self.stopped_early = state["bad_epochs"], state.get("stopped", False)
+        if self.writes:
+            self.run.metrics.truncate(self.stage, self.start_epoch)  # rows of the interrupted epoch are redone
+        if self.verbose:
+            print(f"[{self.stage}] resumed after epoch {self.start_epoch}", file=sys.stderr)
 
-    stopped_early = False
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        if cfg.early_stop_patience and bad_epochs >= cfg.early_stop_patience:
-            stopped_early = True
-            break
-        for b in (train, val):
+    def train(self) -> None:
+        cfg = self.cfg
+        for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
+            if self.stopped_early or (cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience):
+                self.stopped_early = True
+                break
+            row = self.epoch(epoch)
+            self.stopped_early = bool(self.until is not None and self.until(row))
+            self.keep_best(epoch, row)
+            for cb in self.callbacks:
+                cb(epoch, row, self.model)
+            if self.run is not None:
+                self.run.metrics.log(row)
+            self.save_last(epoch)
+            if self.verbose:
+                msg = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_", "val_")))
+                print(f"[{self.stage}] epoch {epoch}/{cfg.epochs} {msg} ({row['seconds']:.1f}s)", file=sys.stderr)
+
+    def epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch and validate; the epoch's row (stage, epoch, train_*, val_*, lr, seconds)."""
+        cfg, stage = self.cfg, self.stage
+        for b in (self.train_b, self.val_b):
             if b is not None and hasattr(b, "set_epoch"):
                 b.set_epoch(epoch)
-        tr = train_one_epoch(model, train, optimizer, train_loss_fn, device=device, scheduler=scheduler,
-                             grad_clip=cfg.grad_clip, max_batches=cfg.max_batches,
-                             progress=f"[{stage}] epoch {epoch}/{cfg.epochs}" if verbose else "",
-                             autocast_dtype=autocast_dtype, channels_last=cfg.channels_last, fuse=fuse)
-        if not (torch.isfinite(torch.tensor(tr["loss"]))):
+        tr = train_one_epoch(self.model, self.train_b, self.optimizer, self.train_step, device=self.device,
+                             scheduler=self.scheduler, grad_clip=cfg.grad_clip, max_batches=cfg.max_batches,
+                             progress=f"[{stage}] epoch {epoch}/{cfg.epochs}" if self.verbose else "",
+                             autocast_dtype=self.autocast_dtype, channels_last=cfg.channels_last, fuse=self.fuse)
+        if not math.isfinite(tr["loss"]):
             raise TrainingDiverged(
                 f"[{stage}] the training loss became {tr['loss']} in epoch {epoch}; stopped. The last good "
-                f"checkpoint (epoch {epoch - 1}) is kept" + (f" in {ckpt_dir}" if ckpt_dir else ""),
+                f"checkpoint (epoch {epoch - 1}) is kept" + (f" in {self.ckpt_dir}" if self.ckpt_dir else ""),
                 "lower the learning rate (--set train.lr=...), add gradient clipping "
                 "(--set train.grad_clip=1) or check the inputs for NaN",
             )
-        distributed.broadcast_buffers(model)  # every rank evaluates and keeps the same model as rank 0
-        row: dict[str, Any] = {"stage": stage, "epoch": epoch, "train_loss": tr["loss"],
-                               "train_acc": tr["acc"]}
-        if val is not None:
-            va = evaluate(model, val, device=device, loss_fn=val_loss_fn, max_batches=cfg.max_batches,
-                          autocast_dtype=autocast_dtype, channels_last=cfg.channels_last, fuse=fuse)
-            row.update(val_loss=va["loss"], val_acc=va["acc"])
-        row.update(lr=optimizer.param_groups[0]["lr"], seconds=tr["seconds"])
-        history.append(row)
-        fallback = -row["train_loss"] if cfg.monitor.endswith("acc") else row["train_loss"]
-        monitored = row.get(cfg.monitor, fallback)
-        if _better(monitored, best_value, cfg.monitor):
-            best_value, best_epoch, bad_epochs = monitored, epoch, 0
-            if ckpt_dir is not None and run is not None and run.is_main:
-                atomic_torch_save({"model": model.state_dict(), "epoch": epoch, "metrics": row},
-                                  ckpt_dir / "best.pt")
-            else:
-                best_state = copy.deepcopy(model.state_dict())
+        distributed.broadcast_buffers(self.model)  # every rank evaluates and keeps the same model as rank 0
+        row: dict[str, Any] = {"stage": stage, "epoch": epoch}
+        row.update({f"train_{k}": v for k, v in tr.items() if k not in ("n", "seconds")})
+        if self.val_b is not None:
+            va = evaluate(self.model, self.val_b, self.val_step, device=self.device, max_batches=cfg.max_batches,
+                          autocast_dtype=self.autocast_dtype, channels_last=cfg.channels_last, fuse=self.fuse)
+            row.update({f"val_{k}": v for k, v in va.items() if k != "n"})
+        row.update(lr=self.optimizer.param_groups[0]["lr"], seconds=tr["seconds"])
+        self.history.append(row)
+        return row
+
+    def monitored(self, row: dict[str, Any]) -> float:
+        monitor = self.cfg.monitor
+        if self.val_b is None:  # no validation split: the lowest training loss
+            return -row["train_loss"] if monitor.endswith("acc") else row["train_loss"]
+        if monitor not in row:
+            logged = ", ".join(k for k in row if k.startswith("val_"))
+            raise DojoError(f"train.monitor={monitor} is not measured by stage {self.stage!r} (it logs {logged})",
+                            f"pick one of those, e.g. --set train.monitor={logged.split(', ')[0]}")
+        return row[monitor]
+
+    def keep_best(self, epoch: int, row: dict[str, Any]) -> None:
+        value = self.monitored(row)
+        if not _better(value, self.best_value, self.cfg.monitor):
+            self.bad_epochs += 1
+            return
+        self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+        if self.ckpt_dir is not None and self.writes:
+            atomic_torch_save({"model": self.model.state_dict(), "epoch": epoch, "metrics": row},
+                              self.ckpt_dir / "best.pt")
         else:
-            bad_epochs += 1
-        for cb in callbacks:
-            cb(epoch, row, model)
-        if run is not None:
-            run.metrics.log(row)
-        if ckpt_dir is not None and run is not None and run.is_main:
-            atomic_torch_save({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "best_value": best_value, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-            }, ckpt_dir / "last.pt")
-        if verbose:
-            msg = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.endswith(("loss", "acc")))
-            print(f"[{stage}] epoch {epoch}/{cfg.epochs} {msg} ({tr['seconds']:.1f}s)", file=sys.stderr)
+            self.best_state = copy.deepcopy(self.model.state_dict())
 
-    # Restore the best weights for evaluation (under DDP once rank 0 has written them).
-    distributed.barrier()
-    if ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
-        model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"])
-    elif best_state is not None:
-        model.load_state_dict(best_state)
-    secs = [r["seconds"] for r in history]
-    mean_secs = sum(secs) / max(len(secs), 1)
-    return FitResult(history, best_epoch, float(best_value or 0.0), mean_secs, stopped_early)
+    def save_last(self, epoch: int) -> None:
+        if self.ckpt_dir is None or not self.writes:
+            return
+        atomic_torch_save({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "epoch": epoch, "history": self.history,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "best_value": self.best_value, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+            "stopped": self.stopped_early,
+        }, self.ckpt_dir / "last.pt")
+
+    def result(self) -> FitResult:
+        """Restore the best weights (under DDP once rank 0 has written them) and sum up."""
+        distributed.barrier()
+        if self.ckpt_dir is not None and (self.ckpt_dir / "best.pt").exists():
+            self.model.load_state_dict(load_checkpoint(self.ckpt_dir / "best.pt", map_location=self.device)["model"])
+        elif self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        secs = [r["seconds"] for r in self.history]
+        mean_secs = sum(secs) / max(len(secs), 1)
+        return FitResult(self.history, self.best_epoch, float(self.best_value or 0.0), mean_secs,
+                         self.stopped_early)
 
 
-def _training_objective(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, device: torch.device,
-                        find_unused: bool) -> LossFn:
-    """`loss_fn` as the training step sees it: through DDP under torchrun, compiled with `cfg.compile`.
+def _training_objective(model: nn.Module, step: Step, cfg: TrainConfig, device: torch.device,
+                        find_unused: bool) -> Step:
+    """`step` as the training loop sees it: through DDP under torchrun, compiled with `cfg.compile`.
 
     The wrappers hold `model` and never replace it, so checkpoints keep plain state-dict keys (no
-    `module.` or `_orig_mod.` prefix). Without either, `loss_fn` is returned as it is.
+    `module.` or `_orig_mod.` prefix). Without either, `step` is returned as it is.
     """
     if not distributed.is_initialized() and not cfg.compile:
-        return loss_fn
+        return step
     # Custom objectives (or a restricted optimizer) may leave parameters out of the graph: DDP must look.
-    objective = distributed.Objective(model, loss_fn)
-    step: nn.Module = distributed.wrap(objective, device, find_unused_parameters=find_unused)
+    objective = distributed.Objective(model, step)
+    wrapped: nn.Module = distributed.wrap(objective, device, find_unused_parameters=find_unused)
     if cfg.compile:
-        step = torch.compile(step)  # type: ignore[assignment]
+        wrapped = torch.compile(wrapped)  # type: ignore[assignment]
 
-    def through_wrappers(_model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Any:
-        return step(x, y)
+    def through_wrappers(_model: nn.Module, batch: Any) -> StepOutput:
+        loss, count, metrics, outputs, targets = wrapped(batch)
+        return StepOutput(loss, count, metrics, outputs, targets)
 
     return through_wrappers
 

@@ -209,5 +209,14 @@ class Run:
     def read_json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text())
 
+    def record_stage(self, stage: str, train_config: dict[str, Any]) -> None:
+        """Write the config a stage trains with into config.json's `stages` map (what ran, not what was asked)."""
+        if not self.is_main:
+            return
+        path = self.path / "config.json"
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        saved.setdefault("stages", {})[stage] = train_config
+        atomic_write_json(path, saved)
+
     def close(self) -> None:
         self.metrics.close()

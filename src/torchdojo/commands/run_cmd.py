@@ -38,6 +38,8 @@ def main(args: argparse.Namespace) -> int:
     import json
 
     from torchdojo.config import to_dict
+    from torchdojo.engine import keep_freed_memory
+    from torchdojo.errors import DojoError
     from torchdojo.experiments import EXPERIMENTS
     from torchdojo.experiments.base import build_config, run_experiment
 
@@ -45,11 +47,15 @@ def main(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
 
     if args.rungs:
+        if any(o.partition("=")[0].strip() == "rungs" for o in overrides):
+            raise DojoError("--rungs and --set rungs=... were both given",
+                            "give the rungs once: --rungs a,b is the same as --set rungs=a,b")
         overrides.append(f"rungs={args.rungs}")
     if args.config:
         cfg = build_config(module, args.scale or "small", args.preset, overrides)
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
+    keep_freed_memory()  # process-wide allocator tuning: the CLI's choice, never the library's
     path = run_experiment(module, scale=args.scale, preset=args.preset, overrides=overrides, device=args.device,
                           data_dir=args.data_dir, download=args.download, verify=args.verify,
                           runs_root=args.runs_dir, resume=args.resume, verbose=not args.quiet)

@@ -2,10 +2,18 @@
 
 from pathlib import Path
 
-from torchdojo.data.base import DatasetSpec, ImageData, Splits, find_dataset, stratified_split, subset_classes
+from torchdojo.data.base import (
+    DatasetSpec,
+    ImageData,
+    Splits,
+    find_dataset,
+    random_subset,
+    stratified_split,
+    subset_classes,
+)
 from torchdojo.data.catalog import DATASETS
 
-__all__ = ["DATASETS", "DatasetSpec", "ImageData", "Splits", "load_dataset", "stratified_split", "subset_classes"]
+__all__ = ["DATASETS", "DatasetSpec", "ImageData", "Splits", "load_dataset", "random_subset", "stratified_split", "subset_classes"]
 
 
 def load_dataset(

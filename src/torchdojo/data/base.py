@@ -10,6 +10,7 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -177,6 +178,19 @@ def subset_classes(splits: Splits, classes: Sequence[str | int]) -> Splits:
         return ImageData(d.x[keep], new[keep], names)
 
     return Splits(f"{splits.name}[{','.join(names)}]", pick(splits.train), pick(splits.test), splits.source)
+
+
+def random_subset(items: Any, n: int, seed: int) -> Any:
+    """`n` of `items` drawn without replacement (seeded), kept in their original order; all of them when `n`
+    is 0 or at least their number. `items`: a tensor, an `ImageData` (anything with `.take`) or a list."""
+    if not n or n >= len(items):
+        return items
+    idx = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    if isinstance(items, torch.Tensor):
+        return items[idx]
+    if hasattr(items, "take"):
+        return items.take(idx)
+    return [items[i] for i in idx.tolist()]
 
 
 def stratified_split(

@@ -8,19 +8,27 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from torchdojo.autoencoders.inverse import layer_report, pinv_reconstruct, pseudo_inverse, relative_error
 from torchdojo.autoencoders.mirrored import MirroredAutoencoder, build_conv, build_fc
-from torchdojo.config import TrainConfig
-from torchdojo.data import ImageData, stratified_split
+from torchdojo.config import TrainConfig, hyper_parameters
+from torchdojo.data import ImageData, Splits, random_subset, stratified_split
 from torchdojo.data.loader import TensorBatches
-from torchdojo.engine import LossFn, fit
+from torchdojo.engine import Step, StepOutput, fit
 from torchdojo.errors import DojoError
 from torchdojo.experiments.base import Context
 from torchdojo.report import figures
 
 MISSION_IDS = ("G1", "G2")
 SUMMARY = "mirrored FC and conv autoencoders whose decoder layers approximate inverses of the encoder layers"
+# TrainConfig settings no stage reads (setting one is refused):
+UNUSED = {
+    "train.label_smoothing": "the autoencoders minimise a reconstruction MSE (+ inverse loss), not a cross-entropy "
+                             "over labels",
+    "train.cpu_fusion": "the mirrored autoencoders have no BatchNorm -> ReLU -> MaxPool blocks to fuse (no BatchNorm "
+                        "at all; the pooled variant max-pools after a LeakyReLU, functionally)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +66,7 @@ class Config:
     lam: float = 0.1  # weight of the mean relative per-layer inverse loss (1.0: inverse error halves again, MSE +50%)
     train_subset: int = 0  # training images used (0 = all)
     val_fraction: float = 0.1
-    eval_images: int = 2000  # held-out test images for the per-layer metrics
+    eval_images: int = 2000  # held-out test images for the per-layer metrics (0 = all)
     seed: int = 0
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
         epochs=8, batch_size=128, lr=2e-3, schedule="cosine", monitor="val_loss"))
@@ -89,15 +97,19 @@ def build(cfg: Config, v: Variant, in_shape: tuple[int, ...]) -> MirroredAutoenc
                       v.tied)
 
 
-def ae_loss(lam: float) -> LossFn:
-    """Reconstruction MSE + lam x mean over layers of ||D_i(E_i(h_{i-1})) - h_{i-1}||^2 / ||h_{i-1}||^2."""
+def ae_step(lam: float) -> Step:
+    """Reconstruction MSE + lam x mean over layers of ||D_i(E_i(h_{i-1})) - h_{i-1}||^2 / ||h_{i-1}||^2.
 
-    def step(model: MirroredAutoencoder, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, None]:
+    A regression objective on (images, labels) batches (the labels are ignored): the loss is a mean over the
+    batch's images and there is no accuracy to log."""
+
+    def step(model: nn.Module, batch: Any) -> StepOutput:
+        x, _ = batch
         hs = model.encode_all(x)
         loss = F.mse_loss(model.decode(hs[-1]), x)
         if lam > 0:
             loss = loss + lam * torch.stack(model.inverse_errors(hs)).mean()
-        return loss, None
+        return StepOutput(loss, len(x))
 
     return step
 
@@ -132,28 +144,42 @@ def stride_probe(x: torch.Tensor, channels: int = 16) -> list[dict[str, Any]]:
     return rows
 
 
-def run(cfg: Config, ctx: Context) -> dict[str, Any]:
+@dataclasses.dataclass
+class Held:
+    """The data every variant shares: training/validation images and the held-out test images (normalised)."""
+
+    train: ImageData
+    val: ImageData
+    x: torch.Tensor  # (N, C, H, W) held-out test images, normalised
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    pix_var: float  # normalised MSE x this = MSE in [0, 1] pixel units
+    in_shape: tuple[int, ...]
+
+
+def load(cfg: Config, ctx: Context) -> tuple[Splits, Held]:
+    """The training/validation split (stratified, seeded, optionally a seeded subset) and the held-out images."""
     data = ctx.load_data(cfg.dataset)
     dev = ctx.device
     mean, std = data.mean_std()
     tr_idx, va_idx = stratified_split(data.train.y, cfg.val_fraction, cfg.seed)
     if cfg.train_subset:
-        g = torch.Generator().manual_seed(cfg.seed)
-        tr_idx = tr_idx[torch.randperm(len(tr_idx), generator=g)[: cfg.train_subset]].sort().values
-        va_idx = va_idx[: max(cfg.train_subset // 6, 256)]
-    train, val = data.train.take(tr_idx).to(dev), data.train.take(va_idx).to(dev)
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    te_idx = torch.randperm(len(data.test), generator=g)[: cfg.eval_images].sort().values
-    held: ImageData = data.test.take(te_idx).to(dev)
-    x_held = next(iter(TensorBatches(held, len(held), mean, std)))[0]  # (N, C, H, W), normalised
-    pix_var = torch.tensor(std).pow(2).mean().item()  # normalised MSE x this = MSE in [0, 1] pixel units
-    in_shape = data.train.shape
-    tcfg = cfg.train
+        tr_idx = random_subset(tr_idx, cfg.train_subset, cfg.seed)
+        va_idx = random_subset(va_idx, max(cfg.train_subset // 6, 256), cfg.seed + 2)
+    held = random_subset(data.test, cfg.eval_images, cfg.seed + 1).to(dev)
+    x_held = next(iter(TensorBatches(held, len(held), mean, std)))[0]
+    pix_var = torch.tensor(std).pow(2).mean().item()
+    return data, Held(data.train.take(tr_idx).to(dev), data.train.take(va_idx).to(dev), x_held, mean, std,
+                      pix_var, data.train.shape)
 
+
+def design(data: Splits, held: Held, cfg: Config, tcfg: TrainConfig, ctx: Context) -> None:
+    """The data, the layer/inverse construction, the loss, and the hyper-parameters every variant trains with."""
+    in_shape = held.in_shape
     ctx.report.heading("Design")
     ctx.report.text(
-        f"Data: {data.name} ({len(train):,} training, {len(val):,} validation images; the per-layer metrics use "
-        f"{len(held):,} held-out test images), normalised per channel. Encoder layer i computes "
+        f"Data: {data.name} ({len(held.train):,} training, {len(held.val):,} validation images; the per-layer "
+        f"metrics use {len(held.x):,} held-out test images), normalised per channel. Encoder layer i computes "
         "h_i = act(A_i h_{i-1} + b_i); its mirror decoder layer computes B_i act^{-1}(h_i) + c_i, so "
         "B_i = pinv(A_i), c_i = -pinv(A_i) b_i is an exact inverse wherever A_i has full column rank. The activation "
         f"is LeakyReLU (slope {cfg.slope}), whose inverse is known (negatives times {1 / cfg.slope:g}).\n\n"
@@ -168,46 +194,59 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         "27 and 28 to 14; output_padding says which). Stride 2 with a 3x3 kernel overlaps windows, so no pixel is "
         "skipped; the downsampling is paid for in channels. The pooled variant reaches the same sizes with stride-1 "
         "convs and a 2x2 max-pool (ceil mode, so 7 -> 4 and back), the classic design, to show what pooling costs.")
+    hp = {**hyper_parameters(tcfg), "monitor": tcfg.monitor, "lambda": cfg.lam}
+    ctx.report.table([{"setting": k, "value": v} for k, v in hp.items()],
+                     caption="hyper-parameters every variant trained with (lambda = 0 for the -lam0 variants)")
 
-    rows, layer_rows, recon_imgs, summary = [], [], {}, {}
-    show = x_held[:10]
-    recon_imgs["input"] = _to_uint8(show, mean, std)
-    for j, name in enumerate(cfg.variants):
-        v = VARIANTS[name]
-        torch.manual_seed(cfg.seed + j)
-        model = build(cfg, v, in_shape).to(dev)
-        lam = cfg.lam if v.inverse_loss else 0.0
-        ctx.log(f"== {name}: {v.why} ({model.num_params():,} params)")
-        batches = TensorBatches(train, tcfg.batch_size, mean, std, shuffle=True, seed=cfg.seed)
-        vb = TensorBatches(val, tcfg.eval_batch_size, mean, std)
-        res = fit(model, batches, vb, tcfg, device=dev, stage=name, run=ctx.run, resume=ctx.resume,
-                  loss_fn=ae_loss(lam), val_loss_fn=ae_loss(0.0), verbose=ctx.verbose)
-        model.eval()
-        with torch.no_grad():
-            rec = model(x_held)
-            mse = F.mse_loss(rec, x_held).item() * pix_var
-            prec = pinv_reconstruct(model, x_held)
-        layers = layer_report(model, x_held)
-        with torch.no_grad():
-            hs = model.encode_all(x_held)
-        for i, r in enumerate(layers):
-            r["zeroed"] = (hs[i + 1] == 0).float().mean().item()  # share of units an activation/pool zeroed
-            layer_rows.append({"variant": name, **r})
-        inv = [r["rel_err"] for r in layers]
-        row = {"variant": name, "arch": v.arch, "act": v.act, "tied": v.tied, "pool": v.pool, "lambda": lam,
-               "params": model.num_params(), "code": "x".join(map(str, model.code_shape)),
-               "test_mse": mse, "pinv_decoder_mse": (F.mse_loss(prec, x_held).item() * pix_var
-                                                     if prec is not None else float("nan")),
-               "mean_inverse_err": sum(inv) / len(inv), "best_epoch": res.best_epoch,
-               "s_per_epoch": res.seconds_per_epoch}
-        rows.append(row)
-        summary[name] = {k: v2 for k, v2 in row.items() if isinstance(v2, (int, float)) and not isinstance(v2, bool)}
-        summary[name]["inverse_err_per_layer"] = inv
-        recon_imgs[name] = _to_uint8(rec[:10], mean, std)
-        if prec is not None and name in ("fc", "conv"):
-            recon_imgs[f"{name} pinv dec."] = _to_uint8(prec[:10], mean, std)
-        figures.curves({name: res.history}, ctx.run.figure_path(f"curves_{name}"), keys=("loss",), title=name)
 
+@dataclasses.dataclass
+class Trained:
+    """One trained variant: its table row, per-layer rows and held-out reconstructions."""
+
+    row: dict[str, Any]
+    layers: list[dict[str, Any]]
+    rec: torch.Tensor
+    pinv_rec: torch.Tensor | None
+
+
+def train_variant(j: int, name: str, held: Held, cfg: Config, tcfg: TrainConfig, ctx: Context) -> Trained:
+    """G1/G2: one variant trained (stage = its name), then measured on the held-out images: reconstruction MSE
+    with the learned and the pseudo-inverse decoder, and every layer's inverse quality."""
+    v, dev, x = VARIANTS[name], ctx.device, held.x
+    torch.manual_seed(cfg.seed + j)
+    model = build(cfg, v, held.in_shape).to(dev)
+    lam = cfg.lam if v.inverse_loss else 0.0
+    ctx.log(f"== {name}: {v.why} ({model.num_params():,} params)")
+    batches = TensorBatches(held.train, tcfg.batch_size, held.mean, held.std, shuffle=True, seed=cfg.seed)
+    vb = TensorBatches(held.val, tcfg.eval_batch_size, held.mean, held.std)
+    res = fit(model, batches, vb, tcfg, device=dev, stage=name, run=ctx.run, resume=ctx.resume,
+              step=ae_step(lam), val_step=ae_step(0.0), verbose=ctx.verbose)
+    model.eval()
+    with torch.no_grad():
+        rec = model(x)
+        prec = pinv_reconstruct(model, x)
+        hs = model.encode_all(x)
+    layers = layer_report(model, x)
+    for i, r in enumerate(layers):
+        r["zeroed"] = (hs[i + 1] == 0).float().mean().item()  # share of units an activation/pool zeroed
+    inv = [r["rel_err"] for r in layers]
+    row = {"variant": name, "arch": v.arch, "act": v.act, "tied": v.tied, "pool": v.pool, "lambda": lam,
+           "params": model.num_params(), "code": "x".join(map(str, model.code_shape)),
+           "test_mse": F.mse_loss(rec, x).item() * held.pix_var,
+           "pinv_decoder_mse": F.mse_loss(prec, x).item() * held.pix_var if prec is not None else float("nan"),
+           "mean_inverse_err": sum(inv) / len(inv), "best_epoch": res.best_epoch,
+           "s_per_epoch": res.seconds_per_epoch}
+    figures.curves({name: res.history}, ctx.run.figure_path(f"curves_{name}"), keys=("loss",), title=name)
+    return Trained(row, [{"variant": name, **r} for r in layers], rec, prec)
+
+
+def report_reconstructions(done: dict[str, Trained], held: Held, ctx: Context) -> None:
+    """G1/G2: held-out images and each variant's reconstructions (learned and pseudo-inverse decoder)."""
+    recon_imgs = {"input": _to_uint8(held.x[:10], held.mean, held.std)}
+    for name, t in done.items():
+        recon_imgs[name] = _to_uint8(t.rec[:10], held.mean, held.std)
+        if t.pinv_rec is not None and name in ("fc", "conv"):
+            recon_imgs[f"{name} pinv dec."] = _to_uint8(t.pinv_rec[:10], held.mean, held.std)
     grid = [img for imgs in recon_imgs.values() for img in imgs]
     figures.image_grid(grid, ctx.run.figure_path("reconstructions"), ncols=10, row_labels=list(recon_imgs),
                        title="held-out inputs (top) and their reconstructions")
@@ -216,8 +255,13 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
                       "reconstruction ('pinv dec.': the code decoded with the pseudo-inverse of each encoder "
                       "layer; it ignores the data, so each layer's projection error is amplified by the next "
                       "act^{-1}, x1/slope on negatives)")
-    ctx.report.table(rows, caption="each variant on held-out images: MSE in [0, 1] pixel units (learned decoder "
-                     "and pseudo-inverse decoder), mean per-layer relative inverse error, parameters")
+    ctx.report.table([t.row for t in done.values()], caption="each variant on held-out images: MSE in [0, 1] pixel "
+                     "units (learned decoder and pseudo-inverse decoder), mean per-layer relative inverse error, "
+                     "parameters")
+
+
+def report_layers(layer_rows: list[dict[str, Any]], ctx: Context) -> None:
+    """G2: each decoder layer against the inverse of its mirror encoder layer, on held-out data."""
     ctx.report.heading("Per-layer inverse quality (held-out data)")
     ctx.report.text(
         "rel_err = ||D_i(h_i) - h_{i-1}||^2 / ||h_{i-1}||^2 for the trained decoder layer; pinv_rel_err the same for "
@@ -228,6 +272,10 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     ctx.report.table(layer_rows, caption="per layer, per variant",
                      columns=["variant", "layer", "in", "out", "dim_ratio", "rel_err", "pinv_rel_err", "cos_to_pinv",
                               "zeroed"])
+
+
+def report_inverse_loss(summary: dict[str, Any], cfg: Config, ctx: Context) -> None:
+    """G2: what the inverse loss buys: lambda = 0 against lambda > 0 (untied and tied), per layer and overall."""
     comparisons = []
     for arch in ("fc", "conv"):
         names = [n for n in (f"{arch}-lam0", arch, f"{arch}-tied") if n in summary]
@@ -244,7 +292,12 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         ctx.report.table(comparisons, caption=f"per-layer relative inverse error (held-out) and reconstruction MSE: "
                          f"lambda = 0 against lambda = {cfg.lam:g} (untied and tied decoder weights)",
                          columns=["arch", "measure", "fc-lam0", "fc", "fc-tied", "conv-lam0", "conv", "conv-tied"])
-    probe = stride_probe(x_held[:256].cpu())
+
+
+def report_fc_vs_conv(summary: dict[str, Any], layer_rows: list[dict[str, Any]], held: Held, cfg: Config,
+                      ctx: Context) -> list[dict[str, Any]]:
+    """G1/G2: FC against conv, and what ReLU, pooling, tying and striding cost; the stride probe's rows."""
+    probe = stride_probe(held.x[:256].cpu())
     ctx.report.heading("FC vs conv, and what non-invertible choices cost")
     ctx.report.table(probe, caption="one random conv layer (16 filters, no activation) per kernel/stride: share of "
                      "pixels it ever sees and the pseudo-inverse's relative error on held-out images")
@@ -252,6 +305,23 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     for name in cfg.variants:
         ctx.report.figure(f"curves_{name}.png", f"{name}: training loss (with the inverse term) and validation "
                           "reconstruction MSE per epoch")
+    return probe
+
+
+def run(cfg: Config, ctx: Context) -> dict[str, Any]:
+    data, held = load(cfg, ctx)
+    tcfg = ctx.train_config()
+    design(data, held, cfg, tcfg, ctx)
+    done = {name: train_variant(j, name, held, cfg, tcfg, ctx) for j, name in enumerate(cfg.variants)}
+    summary = {}
+    for name, t in done.items():
+        summary[name] = {k: v for k, v in t.row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        summary[name]["inverse_err_per_layer"] = [r["rel_err"] for r in t.layers]
+    layer_rows = [r for t in done.values() for r in t.layers]
+    report_reconstructions(done, held, ctx)
+    report_layers(layer_rows, ctx)
+    report_inverse_loss(summary, cfg, ctx)
+    probe = report_fc_vs_conv(summary, layer_rows, held, cfg, ctx)
     return {"dataset": data.name, "variants": summary, "stride_probe": probe}
 
 

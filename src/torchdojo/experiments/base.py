@@ -1,7 +1,14 @@
 """What every experiment shares: the context it runs in and the function that runs one end to end.
 
 An experiment is a module with `MISSION_IDS`, `SUMMARY`, a dataclass `Config`, `SCALES` (overrides
-for smoke/small/full), optional `PRESETS`, and `run(cfg, ctx) -> dict` (the summary numbers).
+for smoke/small/full), optional `PRESETS`, optional `UNUSED` ({dotted key: why} for settings of its
+`TrainConfig` groups that none of its stages reads: setting one is an error), and `run(cfg, ctx) -> dict`
+(the summary numbers).
+
+The settings contract: a config resolves as built-in default < scale < preset < stage (rung) default <
+the user's `--set`; a stage gets its `TrainConfig` from `ctx.train_config(defaults, group)`, which
+re-applies the user's settings on top of the stage's own, and `fit` records what each stage trained with
+in config.json's `stages`.
 """
 
 import dataclasses
@@ -16,7 +23,7 @@ from typing import Any
 import torch
 
 from torchdojo import distributed
-from torchdojo.config import SCALES, apply_overrides, from_dict, to_dict
+from torchdojo.config import SCALES, TrainConfig, apply_overrides, from_dict, parse_overrides, to_dict
 from torchdojo.data import Splits, load_dataset
 from torchdojo.errors import DojoError
 from torchdojo.report import Report
@@ -66,6 +73,8 @@ class Context:
     verify: bool = True
     resume: bool = False
     verbose: bool = True
+    config: Any = None  # the experiment's resolved Config
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # the user's settings, parsed
 
     def load_data(self, name: str, classes: list[str] | tuple[str, ...] | None = None) -> Splits:
         # Under torchrun with --download, rank 0 fetches first; the others then find the files.
@@ -81,10 +90,20 @@ class Context:
         if self.verbose and self.run.is_main:
             print(msg, file=sys.stderr, flush=True)
 
+    def train_config(self, defaults: dict[str, Any] | None = None, group: str = "train") -> TrainConfig:
+        """The `TrainConfig` of one stage: the experiment's `group` (default, scale, preset and user settings
+        resolved), then the stage's own `defaults`, then the user's `group.*` settings again: the user wins."""
+        base: TrainConfig = getattr(self.config, group)
+        tcfg = apply_overrides(base, defaults or {}, prefix=f"{group}.")
+        mine = {k.partition(".")[2]: v for k, v in self.overrides.items() if k.partition(".")[0] == group}
+        return apply_overrides(tcfg, mine, prefix=f"{group}.")
+
 
 def build_config(module: ModuleType, scale: str = "small", preset: str | None = None,
                  overrides: list[str] | dict[str, Any] | None = None) -> Any:
-    """Config() with the scale's overrides, then the preset's, then the user's `--set` ones."""
+    """Config() with the scale's overrides, then the preset's, then the user's `--set` ones.
+
+    A user setting that the experiment declares unused (`module.UNUSED`) is refused, naming the key."""
     if scale not in SCALES:
         raise DojoError(f"unknown scale {scale!r}", f"use one of {', '.join(SCALES)}")
     cfg = module.Config()
@@ -95,7 +114,13 @@ def build_config(module: ModuleType, scale: str = "small", preset: str | None = 
             known = ", ".join(presets) or "none"
             raise DojoError(f"unknown preset {preset!r} for {module_name(module)}", f"presets: {known}")
         cfg = apply_overrides(cfg, presets[preset].get(scale, presets[preset].get("all", {})))
-    return apply_overrides(cfg, overrides or [])
+    user = parse_overrides(overrides)
+    unused = getattr(module, "UNUSED", {})
+    for key in user:
+        if key in unused:
+            raise DojoError(f"{key} is not used by experiment {module_name(module)}: {unused[key]}",
+                            f"remove --set {key}=...")
+    return apply_overrides(cfg, user)
 
 
 def module_name(module: ModuleType) -> str:
@@ -175,7 +200,8 @@ def _run(module: ModuleType, name: str, scale: str, preset: str | None,
         run = RankRun(run.path, distributed.rank())
     report = Report(f"torchdojo {name}: {module.SUMMARY}")
     ctx = Context(run, report, dev, Path(data_dir) if data_dir else None, download, verify,
-                  resume is not None, verbose)
+                  resume is not None, verbose, cfg, parse_overrides(saved["overrides"] if resume is not None
+                                                                    else overrides))
     torch.manual_seed(getattr(cfg, "seed", 0))
     start = time.perf_counter()
     try:

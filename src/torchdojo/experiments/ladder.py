@@ -7,15 +7,15 @@ import dataclasses
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
-from torchdojo.config import TrainConfig, apply_overrides
-from torchdojo.data import ImageData, Splits, stratified_split
+from torchdojo.config import TrainConfig, hyper_parameters
+from torchdojo.data import ImageData, Splits, random_subset, stratified_split
 from torchdojo.data.augment import AUGMENTATIONS, build_augment
 from torchdojo.data.loader import TensorBatches
 from torchdojo.engine import evaluate, fit
 from torchdojo.experiments.base import Context
+from torchdojo.interpret import confusion
 from torchdojo.models import build_model
 from torchdojo.report import figures
 
@@ -27,7 +27,7 @@ SUMMARY = "classification ladder: logistic regression -> MLP -> CNN (C4 ablation
 class Rung:
     model: str
     options: dict[str, Any]
-    train: dict[str, Any]  # overrides of the shared TrainConfig for this rung
+    train: dict[str, Any]  # this rung's defaults on top of the shared TrainConfig (the user's --set wins)
     augment: bool = True
     why: str = ""
 
@@ -129,80 +129,84 @@ def show_data(data: Splits, ctx: Context, cfg: Config) -> None:
     ctx.report.figure("c2_augment.png", "the same training image under each augmentation")
 
 
-def _confusion(probs: torch.Tensor, targets: torch.Tensor, k: int) -> np.ndarray:
-    cm = torch.zeros(k, k, dtype=torch.long)
-    cm.index_put_((targets, probs.argmax(1)), torch.ones(len(targets), dtype=torch.long), accumulate=True)
-    return cm.numpy()
+def _split(data: Splits, cfg: Config, dev: torch.device) -> tuple[ImageData, ImageData, ImageData]:
+    """Train / validation (stratified, seeded) / test, optionally a seeded subset of the training part."""
+    tr_idx, va_idx = stratified_split(data.train.y, cfg.val_fraction, cfg.seed)
+    tr_idx = random_subset(tr_idx, cfg.train_subset, cfg.seed)
+    return data.train.take(tr_idx).to(dev), data.train.take(va_idx).to(dev), data.test.to(dev)
+
+
+def train_rung(i: int, name: str, data: Splits, splits: tuple[ImageData, ImageData, ImageData], cfg: Config,
+               ctx: Context) -> dict[str, Any]:
+    """C3/C4: one rung trained on the shared split (its own defaults under the user's settings), its best
+    epoch evaluated on every split, its curves, confusion matrix and tables in the report."""
+    rung, dev, mean_std = RUNGS[name], ctx.device, data.mean_std()
+    tcfg = ctx.train_config(rung.train)
+    augment = build_augment(cfg.augment, cfg.crop_padding) if rung.augment else None
+
+    def batches(d: ImageData, train: bool) -> TensorBatches:
+        return TensorBatches(d, tcfg.batch_size if train else tcfg.eval_batch_size, *mean_std, shuffle=train,
+                             seed=cfg.seed, augment=augment if train else None, crop=cfg.test_crop or None)
+
+    torch.manual_seed(cfg.seed + i)
+    model = build_model(rung.model, data.train.shape, len(data.classes), **rung.options).to(dev)
+    ctx.log(f"== rung {i + 1}/{len(cfg.rungs)}: {name} ({model.num_params():,} params)")
+    train, val, test = splits
+    result = fit(model, batches(train, True), batches(val, False), tcfg, device=dev, stage=name, run=ctx.run,
+                 resume=ctx.resume, verbose=ctx.verbose)
+    t0 = time.perf_counter()
+    ev = {split: evaluate(model, batches(d, False), device=dev, max_batches=tcfg.max_batches,
+                          return_outputs=split == "test", channels_last=tcfg.channels_last)
+          for split, d in (("train", train), ("val", val), ("test", test))}
+    cm = confusion(ev["test"]["probs"], ev["test"]["targets"], len(data.classes))
+    figures.confusion_matrix(cm, data.classes, ctx.run.figure_path(f"cm_{name}"),
+                             title=f"{name}: test confusion (best epoch {result.best_epoch})")
+    figures.curves({name: result.history}, ctx.run.figure_path(f"curves_{name}"), title=name)
+    row = {"rung": name, "model": rung.model,
+           **{f"{s}_acc": ev[s]["acc"] for s in ev}, **{f"{s}_loss": ev[s]["loss"] for s in ev},
+           "params": model.num_params(), "trainable": model.num_params(trainable_only=True),
+           "best_epoch": result.best_epoch, "epochs": len(result.history),
+           "s_per_epoch": result.seconds_per_epoch, "eval_s": time.perf_counter() - t0}
+    _report_rung(i, name, row, ev, tcfg, cfg, ctx)
+    return {"row": row, "history": result.history}
+
+
+def _report_rung(i: int, name: str, row: dict[str, Any], ev: dict[str, dict[str, Any]], tcfg: TrainConfig,
+                 cfg: Config, ctx: Context) -> None:
+    """The rung's section: accuracy per split, the hyper-parameters it trained with, curves and confusion."""
+    rung = RUNGS[name]
+    ctx.report.heading(f"Rung {i + 1}: {name}", level=3)
+    ctx.report.text(f"{rung.why}.")
+    hp = {**hyper_parameters(tcfg), "augment": ",".join(cfg.augment) if rung.augment else "none",
+          **{k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in rung.options.items()}}
+    ctx.report.table([{"split": s, "accuracy": ev[s]["acc"], "loss": ev[s]["loss"], "images": ev[s]["n"]}
+                      for s in ev], caption=f"{name}: best model (epoch {row['best_epoch']})")
+    ctx.report.table([{"setting": k, "value": v} for k, v in hp.items()]
+                     + [{"setting": "parameters (total / trainable)",
+                         "value": f"{row['params']:,} / {row['trainable']:,}"},
+                        {"setting": "seconds per epoch", "value": f"{row['s_per_epoch']:.1f}"}],
+                     caption=f"{name}: hyper-parameters it trained with, and cost")
+    ctx.report.figure(f"curves_{name}.png", f"{name}: train (solid) and val (dashed) loss and accuracy per epoch")
+    ctx.report.figure(f"cm_{name}.png", f"{name}: confusion matrix of the best model on the test set")
+    ctx.report.save(ctx.run.path)  # a readable report after every rung, even if a later one is interrupted
 
 
 def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     data = ctx.load_data(cfg.dataset, list(cfg.classes) or None)
-    dev, k = ctx.device, len(data.classes)
-    mean, std = data.mean_std()
-    tr_idx, va_idx = stratified_split(data.train.y, cfg.val_fraction, cfg.seed)
-    if cfg.train_subset:
-        tr_idx = tr_idx[torch.randperm(len(tr_idx), generator=torch.Generator().manual_seed(cfg.seed))]
-        tr_idx = tr_idx[: cfg.train_subset].sort().values
-    train, val, test = data.train.take(tr_idx).to(dev), data.train.take(va_idx).to(dev), data.test.to(dev)
+    splits = _split(data, cfg, ctx.device)
     show_data(data, ctx, cfg)
-
-    def batches(d: ImageData, t: TrainConfig, aug: bool, shuffle: bool, bs: int) -> TensorBatches:
-        return TensorBatches(d, bs, mean, std, shuffle=shuffle, seed=cfg.seed,
-                             augment=build_augment(cfg.augment, cfg.crop_padding) if aug else None,
-                             crop=cfg.test_crop or None, size=None if not cfg.test_crop else None)
-
+    train, val, test = splits
     ctx.report.heading("C3/C4. The ladder")
     ctx.report.text(f"Every rung trains on the same {len(train):,}-image split (validation: {len(val):,} images, "
                     f"stratified, seed {cfg.seed}), keeps the weights of its best validation epoch, and is then "
                     f"evaluated on the {len(test):,} test images.")
-    rows, histories, summary = [], {}, {}
-    for i, name in enumerate(cfg.rungs):
-        rung = RUNGS[name]
-        torch.manual_seed(cfg.seed + i)
-        model = build_model(rung.model, data.train.shape, k, **rung.options).to(dev)
-        tcfg = apply_overrides(cfg.train, rung.train)
-        ctx.log(f"== rung {i + 1}/{len(cfg.rungs)}: {name} ({model.num_params():,} params)")
-        result = fit(model, batches(train, tcfg, rung.augment, True, tcfg.batch_size),
-                     batches(val, tcfg, False, False, tcfg.eval_batch_size), tcfg, device=dev, stage=name,
-                     run=ctx.run, resume=ctx.resume, verbose=ctx.verbose)
-        t0 = time.perf_counter()
-        ev = {split: evaluate(model, batches(d, tcfg, False, False, tcfg.eval_batch_size), device=dev,
-                              max_batches=tcfg.max_batches, return_outputs=split == "test",
-                              channels_last=tcfg.channels_last)
-              for split, d in (("train", train), ("val", val), ("test", test))}
-        cm = _confusion(ev["test"]["probs"], ev["test"]["targets"], k)
-        figures.confusion_matrix(cm, data.classes, ctx.run.figure_path(f"cm_{name}"),
-                                 title=f"{name}: test confusion (best epoch {result.best_epoch})")
-        figures.curves({name: result.history}, ctx.run.figure_path(f"curves_{name}"), title=name)
-        histories[name] = result.history
-        row = {"rung": name, "model": rung.model,
-               **{f"{s}_acc": ev[s]["acc"] for s in ev}, **{f"{s}_loss": ev[s]["loss"] for s in ev},
-               "params": model.num_params(), "trainable": model.num_params(trainable_only=True),
-               "best_epoch": result.best_epoch, "epochs": len(result.history),
-               "s_per_epoch": result.seconds_per_epoch, "eval_s": time.perf_counter() - t0}
-        rows.append(row)
-        summary[name] = {k2: v for k2, v in row.items() if isinstance(v, (int, float))}
-        ctx.report.heading(f"Rung {i + 1}: {name}", level=3)
-        ctx.report.text(f"{rung.why}.")
-        hp = {"optimizer": tcfg.optimizer, "lr": tcfg.lr, "weight_decay": tcfg.weight_decay,
-              "schedule": tcfg.schedule, "epochs": tcfg.epochs, "batch_size": tcfg.batch_size,
-              "augment": ",".join(cfg.augment) if rung.augment else "none",
-              **{k2: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k2, v in rung.options.items()}}
-        ctx.report.table([{"split": s, "accuracy": ev[s]["acc"], "loss": ev[s]["loss"], "images": ev[s]["n"]}
-                          for s in ev], caption=f"{name}: best model (epoch {result.best_epoch})")
-        ctx.report.table([{"setting": k2, "value": v} for k2, v in hp.items()]
-                         + [{"setting": "parameters (total / trainable)",
-                             "value": f"{row['params']:,} / {row['trainable']:,}"},
-                            {"setting": "seconds per epoch", "value": f"{row['s_per_epoch']:.1f}"}],
-                         caption=f"{name}: hyper-parameters and cost")
-        ctx.report.figure(f"curves_{name}.png", f"{name}: train (solid) and val (dashed) loss and accuracy per epoch")
-        ctx.report.figure(f"cm_{name}.png", f"{name}: confusion matrix of the best model on the test set")
-        ctx.report.save(ctx.run.path)  # a readable report after every rung, even if a later one is interrupted
-
-    figures.curves(histories, ctx.run.figure_path("curves_all"), title="all rungs")
+    done = {name: train_rung(i, name, data, splits, cfg, ctx) for i, name in enumerate(cfg.rungs)}
+    rows = [d["row"] for d in done.values()]
+    figures.curves({n: d["history"] for n, d in done.items()}, ctx.run.figure_path("curves_all"), title="all rungs")
     ctx.report.heading("All rungs side by side")
     ctx.report.table(rows, caption="accuracy and loss of each rung's best model",
                      columns=["rung", "train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss",
                               "params", "trainable", "best_epoch", "s_per_epoch"])
     ctx.report.figure("curves_all.png", "all rungs: train (solid) and validation (dashed) curves")
+    summary = {r["rung"]: {k: v for k, v in r.items() if isinstance(v, (int, float))} for r in rows}
     return {"dataset": data.name, "rungs": summary}

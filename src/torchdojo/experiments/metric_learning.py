@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from torchdojo.config import TrainConfig, apply_overrides
-from torchdojo.data import ImageData, stratified_split
+from torchdojo.data import ImageData, random_subset, stratified_split
 from torchdojo.data.augment import build_augment
 from torchdojo.engine import evaluate
 from torchdojo.errors import DojoError
@@ -155,13 +155,6 @@ def _build_model(cfg: Config, in_shape: tuple[int, int, int], k: int, download: 
     return build_model(cfg.model, in_shape, k)
 
 
-def _subset(d: ImageData, n: int, seed: int) -> ImageData:
-    if not n or n >= len(d):
-        return d
-    idx = torch.randperm(len(d), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return d.take(idx)
-
-
 def _fm_epochs(cfg: Config) -> tuple[int, ...]:
     e = cfg.train.epochs
     return cfg.feature_map_epochs or tuple(sorted({1, (e + 1) // 2, e}))
@@ -192,12 +185,12 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         size = cfg.image_size or prep.input_size
     tr_idx, va_idx = stratified_split(data.train.y, cfg.val_fraction, cfg.seed)
     train = data.train.take(tr_idx)
-    train = _subset(train, cfg.train_subset, cfg.seed)
-    val = _subset(data.train.take(va_idx), cfg.val_subset, cfg.seed + 1)
-    test = _subset(data.test, cfg.test_subset, cfg.seed)
+    train = random_subset(train, cfg.train_subset, cfg.seed)
+    val = random_subset(data.train.take(va_idx), cfg.val_subset, cfg.seed + 1)
+    test = random_subset(data.test, cfg.test_subset, cfg.seed)
     if len(val) == 0:
         raise DojoError("the validation split is empty", "raise val_fraction or use more training images")
-    ref = _subset(train, cfg.probe_images, cfg.seed + 2)
+    ref = random_subset(train, cfg.probe_images, cfg.seed + 2)
     train, val, test, ref = train.to(dev), val.to(dev), test.to(dev), ref.to(dev)
     aug = build_augment(cfg.augment, cfg.crop_padding)
     setup = Setup(train, val, mean, std, dev, cfg.seed, aug, ctx.run, ctx.resume, ctx.verbose, size, channels)

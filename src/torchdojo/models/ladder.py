@@ -134,7 +134,7 @@ class ImprovedCNN(Classifier):
 
 
 class TextbookCNN(Classifier):
-    """The benchmark CNN of shared/bench/textbook_fashion_mnist.py, layer for layer (ReLU + max-pool as `pool_relu`)."""
+    """The benchmark CNN of benchmarks/textbook_fashion_mnist.py, layer for layer (ReLU + max-pool as `pool_relu`)."""
 
     def __init__(self, in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10):
         super().__init__()

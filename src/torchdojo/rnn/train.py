@@ -1,22 +1,23 @@
-"""Training and evaluation of `RNNClassifier` with truncated BPTT, and per-position gradient measurement.
+"""Training and evaluation of `RNNClassifier` through the shared engine, and per-position gradient measurement.
 
-The loop is written out (not `engine.fit`) because a step needs the sentence lengths and `tbptt_steps`, and
-the clipping study reads the raw gradient before it is clipped.
+`rnn_step` is the engine `Step` over the padded batches of `TextBatches` (ids, lengths, mask, labels): the
+logits of `model(ids, lengths, tbptt_steps)` and their cross-entropy. `train_classifier` hands it to
+`torchdojo.engine.fit`, so every classifier run gets checkpoints, exact resume, early stopping, schedules,
+gradient clipping (`cfg.grad_clip`), NaN stop and the standard console line. Only the gradient clipping
+study (`torchdojo.rnn.clipping`) keeps a loop of its own: the raw gradient before clipping is its subject.
 """
 
-import dataclasses
-import time
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchdojo import engine
 from torchdojo.config import TrainConfig
-from torchdojo.errors import TrainingDiverged
-from torchdojo.optim import build_optimizer
+from torchdojo.engine import FitResult, Step, StepOutput
 from torchdojo.rnn.model import RNNClassifier, Trace
+from torchdojo.runs import Run
 from torchdojo.text.batching import TextBatches
 
 ClipMode = Literal["none", "norm", "value"]
@@ -32,73 +33,34 @@ def clip_gradients(params: list[nn.Parameter], mode: ClipMode, threshold: float)
         raise ValueError(f"clip mode must be none, norm or value, got {mode!r}")
 
 
-@torch.no_grad()
-def evaluate(model: RNNClassifier, batches: TextBatches) -> dict[str, float]:
-    """Mean loss and accuracy over `batches`."""
-    model.eval()
-    loss = correct = n = 0.0
-    for ids, lengths, _, y in batches:
-        logits = model(ids, lengths)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        n += len(y)
-    return {"loss": loss / max(n, 1), "acc": correct / max(n, 1), "n": int(n)}
+def rnn_step(tbptt_steps: int = 0, label_smoothing: float = 0.0) -> Step:
+    """The engine Step of the classifier on one (ids, lengths, mask, y) batch: cross-entropy (with
+    `label_smoothing`) of `model(ids, lengths, tbptt_steps)`, and the number correct as `acc`.
+
+    Truncation only cuts gradients, so the same step validates (under no_grad it changes nothing)."""
+
+    def step(model: nn.Module, batch: Any) -> StepOutput:
+        ids, lengths, _mask, y = batch  # the mask is implied by the lengths: the model stops at each length
+        return engine.classification(model(ids, lengths, tbptt_steps), y, label_smoothing=label_smoothing)
+
+    step.uses_label_smoothing = True  # type: ignore[attr-defined]
+    return step
 
 
-@dataclasses.dataclass
-class TrainResult:
-    history: list[dict[str, Any]]
-    seconds_per_epoch: float
+def train_classifier(model: RNNClassifier, train: TextBatches, val: TextBatches | None, cfg: TrainConfig, *,
+                     device: torch.device, tbptt_steps: int = 0, stage: str = "main", run: Run | None = None,
+                     resume: bool = False, verbose: bool = True) -> FitResult:
+    """`engine.fit` with `rnn_step`: training on cross-entropy with `cfg.label_smoothing` and the truncation
+    window `tbptt_steps`; validation (best epoch by `cfg.monitor`) on the plain cross-entropy, like the test."""
+    return engine.fit(model, train, val, cfg, device=device, stage=stage, run=run, resume=resume,
+                      step=rnn_step(tbptt_steps, cfg.label_smoothing), val_step=rnn_step(), verbose=verbose)
 
 
-StepHook = Callable[[int, list[nn.Parameter], torch.Tensor], None]
-
-
-def train_classifier(model: RNNClassifier, train: TextBatches, test: TextBatches | None, cfg: TrainConfig,
-                     tbptt_steps: int = 0, clip: ClipMode = "none", clip_threshold: float = 1.0,
-                     step_hook: StepHook | None = None, log: Callable[[str], None] | None = None,
-                     ) -> TrainResult:
-    """Adam/SGD on cross-entropy; `cfg.grad_clip` > 0 means norm clipping unless `clip` says otherwise.
-
-    `step_hook(step, params, loss)` runs after backward and before clipping (it may read the raw gradient).
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = build_optimizer(params, cfg)
-    if clip == "none" and cfg.grad_clip > 0:
-        clip, clip_threshold = "norm", cfg.grad_clip
-    history, step, start = [], 0, time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        train.set_epoch(epoch)
-        tot = correct = n = 0.0
-        for i, (ids, lengths, _, y) in enumerate(train):
-            if cfg.max_batches and i >= cfg.max_batches:
-                break
-            logits = model(ids, lengths, tbptt_steps)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch}, step {step}",
-                                       "lower train.lr or clip gradients (train.grad_clip=1)")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if step_hook is not None:
-                step_hook(step, params, loss.detach())
-            clip_gradients(params, clip, clip_threshold)
-            opt.step()
-            step += 1
-            tot += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            n += len(y)
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": tot / max(n, 1),
-                               "train_acc": correct / max(n, 1)}
-        if test is not None:
-            ev = evaluate(model, test)
-            row.update(val_loss=ev["loss"], val_acc=ev["acc"])
-        history.append(row)
-        if log:
-            log("  epoch {epoch}: train loss {train_loss:.3f} acc {train_acc:.3f}".format(**row)
-                + (" | test loss {val_loss:.3f} acc {val_acc:.3f}".format(**row) if test is not None else ""))
-    return TrainResult(history, (time.perf_counter() - start) / max(cfg.epochs, 1))
+def evaluate(model: RNNClassifier, batches: TextBatches, device: torch.device | None = None) -> dict[str, Any]:
+    """Mean (plain) cross-entropy `loss`, accuracy `acc` and count `n` over `batches` (`engine.evaluate`)."""
+    if device is None:
+        device = next(model.parameters()).device
+    return engine.evaluate(model, batches, rnn_step(), device=device)
 
 
 def position_gradients(model: RNNClassifier, ids: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor,
