@@ -15,6 +15,7 @@ import ctypes
 import dataclasses
 import functools
 import inspect
+import itertools
 import math
 import os
 import sys
@@ -257,9 +258,7 @@ def _train_one_epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.
     loss_sum = torch.zeros((), device=device)
     sums: dict[str, torch.Tensor] = {}
     n = 0
-    for i, batch in enumerate(batches):
-        if max_batches and i >= max_batches:
-            break
+    for i, batch in enumerate(itertools.islice(batches, max_batches or None)):  # no batch drawn past the cap
         batch = to_device(batch, device, channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = step(model, batch)
@@ -325,9 +324,7 @@ def _evaluate(model: nn.Module, batches: Iterable[Any], device: torch.device, st
     n = 0
     probs, targets, where = [], [], []
     shard, seen = _shard_positions(batches), 0
-    for i, batch in enumerate(batches):
-        if max_batches and i >= max_batches:
-            break
+    for batch in itertools.islice(batches, max_batches or None):
         if shard is not None:  # DDP: drop the padding that evened out the shards, so each sample counts once
             size = _batch_len(batch)
             pos = shard[0][seen : seen + size]
