@@ -53,6 +53,10 @@ class Config:
     )
 
 
+UNUSED = {
+    "train.cpu_fusion": "A4's MLPs have no BatchNorm2d -> ReLU -> max-pool block to fuse",
+    "train.channels_last": "A4's MLPs have no 4-D weights or activations",
+}
 SCALES = {
     "smoke": {"check_examples": 5, "bench_batch": 2, "bench_in": 4, "bench_out": 8, "bench_size": 16,
               "bench_repeats": 1, "train": {"epochs": 2, "max_batches": 5}},
@@ -168,7 +172,7 @@ def train_binary(cfg: Config, ctx: Context) -> list[dict[str, Any]]:
         torch.manual_seed(cfg.seed)
         model = binary_mlp(in_features, cfg.ste_hidden, len(data.classes), activation).to(ctx.device)
         ctx.log(f"== A4 {i + 1}/{len(STE_MODELS)}: {name}")
-        result = fit(model, batches(train, True), batches(val, False), cfg.train, device=ctx.device,
+        result = fit(model, batches(train, True), batches(val, False), ctx.train_config(), device=ctx.device,
                      stage=f"ste-{activation}", run=ctx.run, resume=ctx.resume, verbose=ctx.verbose)
         ev = {s: evaluate(model, batches(d, False), device=ctx.device) for s, d in (("val", val), ("test", test))}
         histories[name] = result.history
