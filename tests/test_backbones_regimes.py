@@ -61,8 +61,9 @@ def test_finetune_bn_eval_keeps_statistics_but_trains_weights():
 def test_finetune_groups_and_gradual_unfreezing():
     model = build_classifier("efficientnet_lite0", 5, regime="finetune", head="linear", bn_eval=False)
     groups = trainable_params(model, backbone_lr_mult=0.1, lr=1e-3)
-    assert isinstance(groups, list) and groups[0]["lr"] == 1e-4 and "lr" not in groups[1]
-    assert len(groups[0]["params"]) == len(list(model.features.parameters()))
+    assert isinstance(groups, list) and "lr" not in groups[0] and groups[1]["lr"] == 1e-4  # head first, at lr
+    assert len(groups[1]["params"]) == len(list(model.features.parameters()))
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.head.parameters()}
     n = unfreeze_top(model, 0.5)
     trainable = [p.requires_grad for p in model.features.parameters()]
     assert 0 < n and any(trainable) and not all(trainable) and trainable[-1] and not trainable[0]

@@ -42,6 +42,72 @@ def test_transfer_tiny_run(tmp_path, monkeypatch):
     assert "3 hit(s), 0 miss(es)" in (path2 / "report.html").read_text()
 
 
+def test_transfer_epochs_run_on_across_phases_and_user_settings_reach_every_stage(tmp_path, monkeypatch):
+    """The fine-tuned run's curve has one point per epoch, numbered 1..N across its unfreeze phases, and the
+    user's train.* / head_train.* settings are what each stage trained with (recorded in config.json)."""
+    monkeypatch.setenv("TORCHDOJO_FEATURE_CACHE", str(tmp_path / "cache"))
+    plotted: dict[str, list[dict]] = {}
+    curves = transfer.figures.curves
+
+    def spy(histories, path, **kw):  # noqa: ANN001, ANN003, ANN202 - records what each curve is drawn from
+        plotted.update(histories)
+        return curves(histories, path, **kw)
+
+    monkeypatch.setattr(transfer.figures, "curves", spy)
+    overrides = {**TINY, "runs": "efficientnet_lite0:frozen,efficientnet_lite0:finetune,logreg",
+                 "train.lr": "0.00037", "head_train.lr": "0.0021", "train.epochs": 2, "head_train.epochs": 2}
+    path = run_experiment(transfer, scale="smoke", overrides=overrides, device="cpu", runs_root=tmp_path / "runs",
+                          verbose=False)
+    stages = json.loads((path / "config.json").read_text())["stages"]
+    assert set(stages) == {"efficientnet_lite0_frozen", "efficientnet_lite0_finetune_p1",
+                           "efficientnet_lite0_finetune_p2", "logreg"}
+    for stage in ("efficientnet_lite0_finetune_p1", "efficientnet_lite0_finetune_p2"):
+        assert stages[stage]["lr"] == 0.00037 and stages[stage]["epochs"] == 2  # each phase: the user's schedule
+    for stage in ("efficientnet_lite0_frozen", "logreg"):  # the head and the cheap baseline: head_train
+        assert stages[stage]["lr"] == 0.0021 and stages[stage]["epochs"] == 2
+    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r["stage"].startswith("efficientnet_lite0_finetune")] == [1, 2, 1, 2]
+    assert [r["epoch"] for r in plotted["efficientnet_lite0:finetune"]] == [1, 2, 3, 4]  # one point per epoch
+    assert [r["epoch"] for r in plotted["logreg"]] == [1, 2]
+    summary = json.loads((path / "summary.json").read_text())["runs"]["efficientnet_lite0:finetune"]
+    assert 3 <= summary["best_epoch"] <= 4  # counted across phases: the last phase's best
+
+
+def test_transfer_history_numbers_epochs_across_phases(monkeypatch):
+    """train_phases: epochs 1..N over the phases (the curves were a vertical line: every row had one epoch)."""
+    from torchdojo.engine import FitResult
+
+    calls = []
+
+    def fake_fit(model, train, val, tcfg, *, stage, **kw):  # noqa: ANN001, ANN003, ANN202
+        calls.append(stage)
+        hist = [{"stage": stage, "epoch": e, "train_loss": 1.0 / e} for e in range(1, tcfg.epochs + 1)]
+        return FitResult(hist, best_epoch=2, best_value=0.5, seconds_per_epoch=0.1)
+
+    monkeypatch.setattr(transfer, "fit", fake_fit)
+    monkeypatch.setattr(transfer, "unfreeze_top", lambda model, fraction: 1)
+    monkeypatch.setattr(transfer, "trainable_params", lambda model, mult, lr: [])
+    cfg = build_config(transfer, "smoke", overrides=["unfreeze_phases=3", "train.epochs=3"])
+
+    class Ctx:
+        device, run, resume, verbose = torch.device("cpu"), None, False, False
+
+    result, notes = transfer.train_phases(torch.nn.Linear(1, 1), "bb_finetune", "finetune", [], [], cfg.train, cfg,
+                                          Ctx())
+    assert calls == ["bb_finetune_p1", "bb_finetune_p2", "bb_finetune_p3"] and len(notes) == 3
+    assert [r["epoch"] for r in result.history] == list(range(1, 10))
+    assert result.best_epoch == 6 + 2
+    result, _ = transfer.train_phases(torch.nn.Linear(1, 1), "small-resnet", None, [], [], cfg.train, cfg, Ctx())
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+
+
+def test_transfer_refuses_unused_and_removed_settings():
+    with pytest.raises(DojoError, match="head_train.cpu_fusion"):
+        build_config(transfer, "smoke", overrides=["head_train.cpu_fusion=false"])
+    with pytest.raises(DojoError, match="unknown config key 'channels_last'"):  # one knob: train.channels_last
+        build_config(transfer, "smoke", overrides=["channels_last=false"])
+
+
 def test_transfer_config_and_presets():
     assert EXPERIMENTS.get("transfer") is transfer
     with pytest.raises(DojoError, match="unknown regime"):

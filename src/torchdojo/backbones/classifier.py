@@ -143,14 +143,17 @@ def unfreeze_top(model: BackboneClassifier, fraction: float) -> int:
 
 def trainable_params(model: BackboneClassifier, backbone_lr_mult: float = 1.0,
                      lr: float | None = None) -> list[nn.Parameter] | list[dict]:
-    """What the optimizer gets: the head only when frozen; else trunk (at `backbone_lr_mult` x lr) + head."""
+    """What the optimizer gets: the head only when frozen; else head + trunk (at `backbone_lr_mult` x lr).
+
+    The head's group comes first, at the stage's own LR: `param_groups[0]` (the LR logged per epoch and the one
+    a check of the optimizer reads) is the configured `lr`, the trunk's group the scaled one."""
     head = [p for p in model.head.parameters() if p.requires_grad]
     trunk = [p for p in model.features.parameters() if p.requires_grad]
     if not trunk:
         return head
     if backbone_lr_mult == 1.0 or lr is None:
-        return trunk + head
-    return [{"params": trunk, "lr": lr * backbone_lr_mult}, {"params": head}]
+        return head + trunk
+    return [{"params": head}, {"params": trunk, "lr": lr * backbone_lr_mult}]
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
