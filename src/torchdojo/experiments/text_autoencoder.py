@@ -1,6 +1,9 @@
 """A denoising text autoencoder (MISSION G3): corrupt tweets, learn to restore them through a sentence vector,
 overfit a small batch, measure held-out token accuracy, then reuse the encoder for sentiment classification
 (frozen and fine-tuned) against a from-scratch encoder of the same size and the pretrained MiniLM.
+
+Every stage trains through `torchdojo.engine.fit`: `dae-overfit` (the demo, sized by this experiment's own
+`overfit_*` fields), `dae` (the `train` group) and `clf-<classifier>` (the `clf` group).
 """
 
 import copy
@@ -11,25 +14,53 @@ from typing import Any
 import torch
 
 from torchdojo.autoencoders.corruption import Corruption, drop_tokens, local_shuffle, mask_tokens
-from torchdojo.autoencoders.text_dae import SentenceEncoder, SentimentClassifier, TextDAE, dae_vocab, encode_texts
-from torchdojo.autoencoders.text_train import (
-    clf_accuracy,
-    evaluate_dae,
-    minilm_embeddings,
-    overfit_batch,
-    train_classifier,
-    train_dae,
-    train_head_on_features,
+from torchdojo.autoencoders.text_dae import (
+    SentenceEncoder,
+    SentimentClassifier,
+    TextDAE,
+    dae_vocab,
+    encode_texts,
+    mlp_head,
 )
+from torchdojo.autoencoders.text_train import (
+    DAEBatches,
+    FeatureBatches,
+    clf_step,
+    dae_step,
+    evaluate_dae,
+    feature_step,
+    minilm_embeddings,
+    sentiment_params,
+)
+from torchdojo.config import TrainConfig, hyper_parameters
+from torchdojo.data import random_subset, stratified_split
+from torchdojo.engine import FitResult, evaluate, fit
 from torchdojo.errors import DojoError
 from torchdojo.experiments.base import Context
 from torchdojo.report import figures
-from torchdojo.runs import atomic_torch_save
-from torchdojo.text import load_text_dataset, pad_batch
+from torchdojo.text import TextBatches, TextSplits, Vocab, load_text_dataset, pad_batch
 
 MISSION_IDS = ("G3",)
 SUMMARY = "denoising text autoencoder (GRU seq2seq) and its encoder transferred to sentiment classification"
 CLASSIFIERS = ("dae-frozen", "dae-finetune", "scratch", "minilm-frozen")
+_NO_4D = "token batches are 2-D (batch, time) and the models (embeddings, GRUs, linear layers) have no convolutions"
+_NO_FUSION = "no BatchNorm -> ReLU -> max-pool block to fuse: the models are embeddings, GRUs and linear layers"
+UNUSED: dict[str, str] = {
+    "train.channels_last": _NO_4D,
+    "train.cpu_fusion": _NO_FUSION,
+    "clf.channels_last": _NO_4D,
+    "clf.cpu_fusion": _NO_FUSION,
+}
+OVERFIT_GRAD_CLIP = 1.0  # the demo clips like the DAE does
+
+
+def _dae_train_config() -> TrainConfig:
+    return TrainConfig(epochs=6, batch_size=64, lr=2e-3, grad_clip=1.0, monitor="val_loss", channels_last=False,
+                       cpu_fusion=False)
+
+
+def _clf_train_config() -> TrainConfig:
+    return TrainConfig(epochs=8, batch_size=64, lr=2e-3, channels_last=False, cpu_fusion=False)
 
 
 @dataclasses.dataclass
@@ -45,222 +76,382 @@ class Config:
     shuffle: float = 0.3
     window: int = 3
     dae_subset: int = 0  # training sentences for the DAE (0 = all of the training split)
-    dae_epochs: int = 6
-    batch_size: int = 64
-    lr: float = 2e-3
+    val_fraction: float = 0.1  # held out for validation: of the DAE's sentences, and of the labelled ones
     overfit_sentences: int = 32
-    overfit_steps: int = 200
-    labeled: int = 1000  # labelled training sentences for sentiment (0 = all): the transfer regime
+    overfit_steps: int = 200  # the demo's epochs: one batch (all of its sentences) each, fresh noise each
+    overfit_lr: float = 5e-3
+    labeled: int = 1000  # labelled sentences for sentiment, validation included (0 = all): the transfer regime
     test_subset: int = 0  # test sentences (0 = all)
     classifiers: tuple[str, ...] = CLASSIFIERS
-    clf_epochs: int = 8
-    clf_lr: float = 2e-3
-    finetune_lr_scale: float = 0.3  # the pretrained encoder learns at lr x this when fine-tuned
-    max_batches: int = 0  # per epoch (smoke)
+    finetune_lr_scale: float = 0.3  # the pretrained encoder learns at clf.lr x this when fine-tuned
     seed: int = 0
+    train: TrainConfig = dataclasses.field(default_factory=_dae_train_config)  # the DAE
+    clf: TrainConfig = dataclasses.field(default_factory=_clf_train_config)  # the sentiment classifiers
 
     def __post_init__(self) -> None:
         for c in self.classifiers:
             if c not in CLASSIFIERS:
                 raise DojoError(f"unknown classifier {c!r}", f"classifiers: {', '.join(CLASSIFIERS)}")
         if self.dim % 2:
-            raise DojoError(f"dim must be even (two GRU directions), got {self.dim}")
+            raise DojoError(f"dim must be even (two GRU directions), got {self.dim}", "e.g. --set dim=128")
+        for name in ("max_len", "emb", "dim", "overfit_sentences", "overfit_steps"):
+            if getattr(self, name) < 1:
+                raise DojoError(f"{name} must be >= 1, got {getattr(self, name)}", f"e.g. --set {name}=8")
+        if self.overfit_lr <= 0:
+            raise DojoError(f"overfit_lr must be > 0, got {self.overfit_lr}", "e.g. --set overfit_lr=5e-3")
+        Corruption(self.drop, self.mask, self.shuffle, self.window)  # checks the rates and the window
 
 
 SCALES = {
-    "smoke": {"dae_subset": 256, "dae_epochs": 1, "emb": 16, "dim": 32, "overfit_sentences": 8,
-              "overfit_steps": 5, "labeled": 128, "test_subset": 128, "clf_epochs": 1, "max_batches": 2,
-              "classifiers": "dae-frozen,scratch", "max_vocab": 500},
+    "smoke": {"dae_subset": 256, "emb": 16, "dim": 32, "overfit_sentences": 8, "overfit_steps": 5, "labeled": 128,
+              "test_subset": 128, "classifiers": "dae-frozen,scratch", "max_vocab": 500,
+              "train": {"epochs": 1, "max_batches": 2}, "clf": {"epochs": 1, "max_batches": 2}},
     # 2 CPU cores: the 4k-way output softmax dominates, so the small scale trims vocabulary and DAE data.
-    "small": {"max_vocab": 4000, "dae_subset": 8000, "dae_epochs": 8, "overfit_steps": 100, "test_subset": 2000},
-    "full": {"emb": 128, "dim": 256, "dae_epochs": 15, "labeled": 0, "clf_epochs": 10, "max_vocab": 20000},
+    "small": {"max_vocab": 4000, "dae_subset": 8000, "overfit_steps": 100, "test_subset": 2000,
+              "train": {"epochs": 8}},
+    "full": {"emb": 128, "dim": 256, "labeled": 0, "max_vocab": 20000, "train": {"epochs": 15},
+             "clf": {"epochs": 10}},
 }
 
 
-def _subset(items: list, n: int, seed: int) -> list:
-    if not n or n >= len(items):
-        return items
-    return random.Random(seed).sample(items, n)
+@dataclasses.dataclass
+class TextData:
+    """The DAE's data: texts, vocabulary, encoded splits (train / validation / test) and the noise process."""
+
+    data: TextSplits
+    vocab: Vocab
+    dae_texts: list[str]
+    dae_val_texts: list[str]
+    test: list[tuple[str, int]]
+    tr: list[list[int]]
+    va: list[list[int]]
+    te: list[list[int]]
+    noise: Corruption
+    max_len: int
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab.stoi["<mask>"]
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return encode_texts(texts, self.vocab, self.max_len)
+
+    def text(self, ids: list[int]) -> str:
+        return " ".join(self.vocab.decode(ids))
+
+    def batches(self, seqs: list[list[int]], batch_size: int, seed: int, train: bool) -> DAEBatches:
+        v = self.vocab
+        return DAEBatches(seqs, self.noise, self.mask_id, batch_size, seed=seed, train=train, pad_id=v.pad_id,
+                          bos_id=v.stoi["<bos>"], eos_id=v.stoi["<eos>"])
+
+    def new_dae(self, cfg: Config, seed: int, device: torch.device) -> TextDAE:
+        torch.manual_seed(seed)
+        v = self.vocab
+        return TextDAE(len(v), cfg.emb, cfg.dim, v.pad_id, v.stoi["<bos>"], v.stoi["<eos>"]).to(device)
 
 
-def _text(vocab: Any, ids: list[int]) -> str:
-    return " ".join(vocab.decode(ids))
-
-
-def run(cfg: Config, ctx: Context) -> dict[str, Any]:
-    dev = ctx.device
+def prepare_data(cfg: Config, ctx: Context) -> TextData:
+    """Seeded splits: DAE validation (val_fraction of the shuffled training split, at least 32), DAE training
+    texts (optionally a subset), test subset; the vocabulary from the DAE's training texts only."""
     data = load_text_dataset(cfg.dataset, data_dir=ctx.data_dir, download=ctx.download, seed=cfg.seed)
-    rng = random.Random(cfg.seed)
     train_pairs = list(data.train)
-    rng.shuffle(train_pairs)
-    n_val = max(len(train_pairs) // 10, 32)
+    random.Random(cfg.seed).shuffle(train_pairs)
+    n_val = max(int(len(train_pairs) * cfg.val_fraction), 32)
     dae_val_texts = [t for t, _ in train_pairs[:n_val]]
-    dae_texts = [t for t, _ in _subset(train_pairs[n_val:], cfg.dae_subset, cfg.seed)]
-    test = _subset(list(data.test), cfg.test_subset, cfg.seed + 1)
+    dae_texts = [t for t, _ in random_subset(train_pairs[n_val:], cfg.dae_subset, cfg.seed)]
+    test = random_subset(list(data.test), cfg.test_subset, cfg.seed + 1)
     vocab = dae_vocab(dae_texts, cfg.min_freq, cfg.max_vocab)
-    mask_id, bos_id, eos_id = vocab.stoi["<mask>"], vocab.stoi["<bos>"], vocab.stoi["<eos>"]
-    enc = lambda texts: encode_texts(texts, vocab, cfg.max_len)  # noqa: E731
-    tr, va, te = enc(dae_texts), enc(dae_val_texts), enc([t for t, _ in test])
+    tr, va, te = (encode_texts(t, vocab, cfg.max_len) for t in (dae_texts, dae_val_texts, [t for t, _ in test]))
     noise = Corruption(cfg.drop, cfg.mask, cfg.shuffle, cfg.window)
-    unk = sum(i == vocab.unk_id for s in te for i in s) / max(sum(map(len, te)), 1)
+    ctx.run.write_json("vocab.json", {"itos": vocab.itos})  # the DAE checkpoints' token ids
+    return TextData(data, vocab, dae_texts, dae_val_texts, test, tr, va, te, noise, cfg.max_len)
 
+
+def report_design(d: TextData, cfg: Config, ctx: Context) -> None:
+    """G3 design: data, preprocessing, architecture, loss and the corruption, with the reasons."""
+    unk = sum(i == d.vocab.unk_id for s in d.te for i in s) / max(sum(map(len, d.te)), 1)
+    cap = ctx.train_config().max_batches
+    capped = f" (at most {cap} batches of them per epoch: train.max_batches)" if cap else ""
     ctx.report.heading("G3. Design")
     ctx.report.text(
-        f"Data: {data.name} ({data.source}): {len(dae_texts):,} training sentences for the autoencoder (labels "
-        f"unused), {len(dae_val_texts):,} for its validation, {len(test):,} held-out test sentences. Preprocessing: "
-        f"lowercase word tokens, URLs -> <url>, @handles -> <user>, punctuation as tokens, at most {cfg.max_len} "
-        f"tokens; a {len(vocab):,}-word vocabulary (min frequency {cfg.min_freq}) built on the training texts only "
-        f"({unk:.1%} of test tokens are <unk>), with specials <pad>, <unk>, <mask>, <bos>, <eos>.\n\n"
+        f"Data: {d.data.name} ({d.data.source}): {len(d.dae_texts):,} training sentences for the autoencoder "
+        f"(labels unused), {len(d.dae_val_texts):,} for its validation{capped}, {len(d.test):,} held-out test "
+        "sentences. "
+        f"Preprocessing: lowercase word tokens, URLs -> <url>, @handles -> <user>, punctuation as tokens, at most "
+        f"{cfg.max_len} tokens; a {len(d.vocab):,}-word vocabulary (min frequency {cfg.min_freq}) built on the "
+        f"training texts only ({unk:.1%} of test tokens are <unk>), with specials <pad>, <unk>, <mask>, <bos>, "
+        "<eos>.\n\n"
         f"Architecture: a bidirectional GRU encoder ({cfg.emb}-d embeddings, 2 x {cfg.dim // 2} units) whose final "
         f"states become the sentence vector z = tanh(W [h_fwd; h_bwd]) ({cfg.dim}-d); a GRU decoder ({cfg.dim} units, "
         "initial state from z, z also fed at every step, embeddings shared with the encoder) that regenerates the "
         "clean sentence. Input: the corrupted sentence. Output: a distribution over the vocabulary for each token "
         "of the clean sentence + <eos>, with <bos> + the clean prefix fed in (teacher forcing). Loss: token "
-        "cross-entropy over real (non-pad) target tokens. The decoder sees the noisy sentence only through z, so z "
-        "must carry the sentence's content: that is the representation transferred to sentiment.\n\n"
-        f"Corruption, applied freshly each epoch with a seeded generator: local shuffling (each {cfg.window}-token "
-        f"window re-ordered with probability {cfg.shuffle}), then token dropout (each token deleted with "
-        f"probability {cfg.drop}), then masking (each remaining token -> <mask> with probability {cfg.mask}). Why: "
-        "dropout makes the model infer missing words from context (it is not told where they were); masking tells it "
-        "where a word is missing, as in BERT; shuffling within small windows teaches local word order. The rates "
-        "leave about three quarters of a sentence intact, so restoring it is possible but copying is not enough; "
-        "the window of 3 keeps the sentence readable (no token moves more than 2 places).")
-    ex = tr[0] if tr else [vocab.unk_id]
+        "cross-entropy over real (non-pad) target tokens (validation: the plain cross-entropy, also when training "
+        "smooths the labels). The decoder sees the noisy sentence only through z, so z must carry the sentence's "
+        "content: that is the representation transferred to sentiment.\n\n"
+        f"Corruption, applied freshly each epoch with a generator seeded by (seed, epoch): local shuffling (each "
+        f"{cfg.window}-token window re-ordered with probability {cfg.shuffle}), then token dropout (each token "
+        f"deleted with probability {cfg.drop}), then masking (each remaining token -> <mask> with probability "
+        f"{cfg.mask}). Why: dropout makes the model infer missing words from context (it is not told where they "
+        "were); masking tells it where a word is missing, as in BERT; shuffling within small windows teaches local "
+        "word order. The rates leave about three quarters of a sentence intact, so restoring it is possible but "
+        "copying is not enough; the window of 3 keeps the sentence readable (no token moves more than 2 places).")
+
+
+def show_corruptions(d: TextData, cfg: Config, ctx: Context) -> None:
+    """One training sentence under each corruption and under all three."""
+    ex = d.tr[0] if d.tr else [d.vocab.unk_id]
     r = random.Random(cfg.seed)
     ctx.report.table([
-        {"corruption": "clean", "text": _text(vocab, ex)},
+        {"corruption": "clean", "text": d.text(ex)},
         {"corruption": f"local shuffle (rate {cfg.shuffle}, window {cfg.window})",
-         "text": _text(vocab, local_shuffle(ex, cfg.shuffle, r, cfg.window))},
-        {"corruption": f"token dropout (rate {cfg.drop})", "text": _text(vocab, drop_tokens(ex, cfg.drop, r))},
-        {"corruption": f"masking (rate {cfg.mask})", "text": _text(vocab, mask_tokens(ex, cfg.mask, mask_id, r))},
-        {"corruption": "all three (what the model sees)", "text": _text(vocab, noise(ex, mask_id, r))},
+         "text": d.text(local_shuffle(ex, cfg.shuffle, r, cfg.window))},
+        {"corruption": f"token dropout (rate {cfg.drop})", "text": d.text(drop_tokens(ex, cfg.drop, r))},
+        {"corruption": f"masking (rate {cfg.mask})", "text": d.text(mask_tokens(ex, cfg.mask, d.mask_id, r))},
+        {"corruption": "all three (what the model sees)", "text": d.text(d.noise(ex, d.mask_id, r))},
     ], caption="one training sentence under each corruption")
 
-    def new_dae(seed: int) -> TextDAE:
-        torch.manual_seed(seed)
-        return TextDAE(len(vocab), cfg.emb, cfg.dim, vocab.pad_id, bos_id, eos_id).to(dev)
 
-    # 1. Overfit one small batch.
-    small = tr[: cfg.overfit_sentences]
+def overfit_small_batch(d: TextData, cfg: Config, ctx: Context) -> list[dict[str, Any]]:
+    """A fresh DAE trained on `overfit_sentences` sentences only, one batch per epoch with fresh noise each, for
+    `overfit_steps` epochs (stage `dae-overfit`, outside the groups): loss should go to ~0, accuracy to ~1."""
+    small = d.tr[: cfg.overfit_sentences]
+    tcfg = TrainConfig(epochs=cfg.overfit_steps, batch_size=len(small), lr=cfg.overfit_lr,
+                       grad_clip=OVERFIT_GRAD_CLIP, monitor="val_loss", channels_last=False, cpu_fusion=False)
     ctx.log(f"== overfitting {len(small)} sentences for {cfg.overfit_steps} steps")
-    of = overfit_batch(new_dae(cfg.seed), small, noise, mask_id, steps=cfg.overfit_steps, lr=cfg.lr * 2.5,
-                       seed=cfg.seed, device=dev)
-    steps = [r_["step"] for r_ in of]
-    figures.line_plot({"loss": (steps, [r_["loss"] for r_ in of]), "token accuracy": (steps, [r_["token_acc"]
-                       for r_ in of])}, ctx.run.figure_path("overfit"), "step", "value",
+    model = d.new_dae(cfg, cfg.seed, ctx.device)
+    res = fit(model, d.batches(small, len(small), cfg.seed + 7, train=True), None, tcfg, device=ctx.device,
+              stage="dae-overfit", run=ctx.run, resume=ctx.resume, step=dae_step(d.vocab.pad_id), verbose=False)
+    of = res.history
+    ctx.log(f"[dae-overfit] loss {of[0]['train_loss']:.3f} -> {of[-1]['train_loss']:.3f}, token accuracy "
+            f"{of[0]['train_token_acc']:.3f} -> {of[-1]['train_token_acc']:.3f}")
+    steps = [r["epoch"] for r in of]
+    figures.line_plot({"loss": (steps, [r["train_loss"] for r in of]),
+                       "token accuracy": (steps, [r["train_token_acc"] for r in of])},
+                      ctx.run.figure_path("overfit"), "step", "value",
                       title=f"overfitting {len(small)} sentences (fresh noise every step)")
     ctx.report.heading("Overfitting a small batch")
-    ctx.report.text(f"A fresh model trained on {len(small)} sentences only: loss {of[0]['loss']:.3f} -> "
-                    f"{of[-1]['loss']:.3f}, token accuracy {of[0]['token_acc']:.1%} -> {of[-1]['token_acc']:.1%} "
-                    f"after {len(of)} steps. The model can learn the mapping; noise is redrawn every step, so it "
-                    "must learn to undo it, not memorise one noisy copy.")
-    ctx.report.figure("overfit.png", "loss and teacher-forced token accuracy on the small batch")
+    ctx.report.text(
+        f"A fresh model trained on {len(small)} sentences only (Adam, lr {cfg.overfit_lr}, gradient clipping "
+        f"{OVERFIT_GRAD_CLIP}): loss {of[0]['train_loss']:.3f} -> {of[-1]['train_loss']:.3f}, token accuracy "
+        f"{of[0]['train_token_acc']:.1%} -> {of[-1]['train_token_acc']:.1%} after {len(of)} steps. The model can "
+        "learn the mapping; noise is redrawn every step, so it must learn to undo it, not memorise one noisy copy.")
+    ctx.report.figure("overfit.png", "loss and teacher-forced token accuracy on the small batch (training mode)")
+    return of
 
-    # 2. Train on the whole training split, evaluate on unseen sentences.
-    dae = new_dae(cfg.seed + 1)
-    ctx.log(f"== DAE: {sum(p.numel() for p in dae.parameters()):,} params, {len(tr):,} sentences")
-    hist = train_dae(dae, tr, va, noise, mask_id, epochs=cfg.dae_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                     seed=cfg.seed, device=dev, max_batches=cfg.max_batches, log=ctx.log)
-    for row in hist:
-        ctx.run.metrics.log({"stage": "dae", **row})
-    if ctx.run.is_main:
-        atomic_torch_save({"model": dae.state_dict(), "itos": vocab.itos}, ctx.run.checkpoint_dir("dae") / "best.pt")
-    held = evaluate_dae(dae, te, noise, mask_id, cfg.seed + 99, dev)
-    clean_ev = evaluate_dae(dae, te, Corruption(0, 0, 0), mask_id, 0, dev)
-    noisy_te = noise.batch(te, mask_id, cfg.seed + 99)
-    copy_acc = (sum(sum(a == b for a, b in zip(n, c, strict=False)) for n, c in zip(noisy_te, te, strict=True))
-                / max(sum(map(len, te)), 1))
-    figures.curves({"dae": hist}, ctx.run.figure_path("dae_curves"), title="denoising autoencoder")
+
+def train_dae(d: TextData, cfg: Config, ctx: Context) -> tuple[TextDAE, FitResult, TrainConfig]:
+    """The DAE on the whole training split (stage `dae`, group `train`), validated on unseen sentences with
+    fixed noise; the best epoch (by `train.monitor`, validation loss by default) is kept."""
+    tcfg = ctx.train_config()
+    dae = d.new_dae(cfg, cfg.seed + 1, ctx.device)
+    ctx.log(f"== DAE: {sum(p.numel() for p in dae.parameters()):,} params, {len(d.tr):,} sentences")
+    res = fit(dae, d.batches(d.tr, tcfg.batch_size, cfg.seed, train=True),
+              d.batches(d.va, tcfg.eval_batch_size, cfg.seed + 17, train=False), tcfg, device=ctx.device,
+              stage="dae", run=ctx.run, resume=ctx.resume, step=dae_step(d.vocab.pad_id, tcfg.label_smoothing),
+              val_step=dae_step(d.vocab.pad_id), verbose=ctx.verbose)
+    return dae, res, tcfg
+
+
+def heldout_evaluation(dae: TextDAE, res: FitResult, tcfg: TrainConfig, d: TextData, cfg: Config,
+                       ctx: Context) -> dict[str, float]:
+    """Teacher-forced token accuracy on unseen test sentences (corrupted as in training, and clean) against
+    copying the corrupted input, the curves, and greedy reconstructions."""
+    held = evaluate_dae(dae, d.te, d.noise, d.mask_id, cfg.seed + 99, ctx.device, tcfg.eval_batch_size)
+    clean_ev = evaluate_dae(dae, d.te, Corruption(0, 0, 0), d.mask_id, 0, ctx.device, tcfg.eval_batch_size)
+    noisy_te = d.noise.batch(d.te, d.mask_id, cfg.seed + 99)  # the noise `held` was measured with
+    copy_acc = (sum(sum(a == b for a, b in zip(n, c, strict=False)) for n, c in zip(noisy_te, d.te, strict=True))
+                / max(sum(map(len, d.te)), 1))
+    figures.curves({"dae": res.history}, ctx.run.figure_path("dae_curves"), keys=("loss", "token_acc"),
+                   title="denoising autoencoder")
     ctx.report.heading("Held-out reconstruction")
+    ctx.report.table([{"setting": k, "value": v} for k, v in hyper_parameters(tcfg).items()]
+                     + [{"setting": "best epoch (by " + tcfg.monitor + ")", "value": res.best_epoch}],
+                     caption="what the DAE trained with (stage dae)")
     ctx.report.table([
         {"input": "corrupted (as in training)", "token_acc": held["token_acc"], "loss": held["loss"]},
         {"input": "clean (no corruption)", "token_acc": clean_ev["token_acc"], "loss": clean_ev["loss"]},
         {"input": "baseline: copy the corrupted input", "token_acc": copy_acc, "loss": float("nan")},
-    ], caption=f"{len(te):,} unseen test sentences; teacher-forced token accuracy over clean tokens + <eos>")
-    ctx.report.figure("dae_curves.png", "training loss/accuracy and validation (unseen sentences) per epoch")
-    k = min(8, len(te))
-    ids, lengths, _ = pad_batch(noisy_te[:k], vocab.pad_id)
+    ], caption=f"{len(d.te):,} unseen test sentences; teacher-forced token accuracy over clean tokens + <eos>")
+    ctx.report.figure("dae_curves.png", "training and validation (unseen sentences) loss and token accuracy")
+    k = min(8, len(d.te))
+    ids, lengths, _ = pad_batch(noisy_te[:k], d.vocab.pad_id)
     dae.eval()
-    gen = dae.generate(ids.to(dev), lengths.to(dev), cfg.max_len + 1)
-    ctx.report.table([{"clean": _text(vocab, te[i]), "noisy": _text(vocab, noisy_te[i]),
-                       "reconstructed (greedy)": _text(vocab, gen[i])} for i in range(k)],
+    gen = dae.generate(ids.to(ctx.device), lengths.to(ctx.device), cfg.max_len + 1)
+    ctx.report.table([{"clean": d.text(d.te[i]), "noisy": d.text(noisy_te[i]), "reconstructed (greedy)":
+                       d.text(gen[i])} for i in range(k)],
                      caption="unseen test sentences: clean, corrupted, and the DAE's greedy reconstruction")
     verdict = (
         "It beats copying, so it does more than pass tokens through: it restores dropped, masked and swapped tokens "
         "from context." if held["token_acc"] > copy_acc else
-        f"It does not yet beat copying: with {len(tr):,} sentences and {cfg.dae_epochs} epochs (the small scale, "
-        "sized for a 2-core CPU) the model has learned the sentence frame and the frequent tokens (<user>, "
+        f"It does not yet beat copying: with {len(d.tr):,} sentences and {len(res.history)} epoch(s) (sized for a "
+        "2-core CPU) the model has learned the sentence frame and the frequent tokens (<user>, "
         "punctuation, hashtags, <unk>; see the greedy outputs, which also repeat them) but few content words, "
         "since every content word has to pass through the single sentence vector. The full scale trains on all "
         "tweets for longer with a larger model and vocabulary.")
     ctx.report.text(
-        f"On {len(te):,} unseen sentences the model restores {held['token_acc']:.1%} of the clean tokens "
+        f"On {len(d.te):,} unseen sentences the model restores {held['token_acc']:.1%} of the clean tokens "
         f"(teacher-forced, <eos> included); copying the corrupted input would put the right token at "
         f"{copy_acc:.1%} of the positions, and the clean input itself is restored at {clean_ev['token_acc']:.1%}. "
         + verdict)
     ctx.report.save(ctx.run.path)
+    return {"held": held["token_acc"], "held_loss": held["loss"], "clean": clean_ev["token_acc"], "copy": copy_acc}
 
-    # 3. Sentiment transfer.
-    lab = _subset(list(data.train), cfg.labeled, cfg.seed + 2)
-    x_lab, y_lab = enc([t for t, _ in lab]), [y for _, y in lab]
-    y_te = [y for _, y in test]
+
+@dataclasses.dataclass
+class Labelled:
+    """The sentiment data: labelled training / validation sentences (stratified, seeded) and the test set."""
+
+    texts: dict[str, list[str]]  # "train", "val", "test"
+    labels: dict[str, list[int]]
+    ids: dict[str, list[list[int]]]
+    pad_id: int
+
+    def batches(self, split: str, tcfg: TrainConfig, seed: int) -> TextBatches:
+        train = split == "train"
+        return TextBatches(self.ids[split], self.labels[split], tcfg.batch_size if train else tcfg.eval_batch_size,
+                           shuffle=train, seed=seed, pad_id=self.pad_id)
+
+
+def sentiment_data(d: TextData, cfg: Config) -> Labelled:
+    """`labeled` labelled training sentences (seeded), val_fraction of them held out (stratified) for early
+    stopping and the best epoch; the same test sentences as the DAE's held-out evaluation."""
+    lab = random_subset(list(d.data.train), cfg.labeled, cfg.seed + 2)
+    tr_idx, va_idx = stratified_split(torch.tensor([y for _, y in lab]), cfg.val_fraction, cfg.seed + 3)
+    if not len(va_idx) or not len(tr_idx):
+        raise DojoError(f"val_fraction={cfg.val_fraction} of labeled={len(lab)} sentences leaves an empty split",
+                        "raise labeled (or change val_fraction), e.g. --set labeled=128")
+    parts = {"train": [lab[i] for i in tr_idx.tolist()], "val": [lab[i] for i in va_idx.tolist()], "test": d.test}
+    texts = {k: [t for t, _ in v] for k, v in parts.items()}
+    return Labelled(texts, {k: [y for _, y in v] for k, v in parts.items()},
+                    {k: d.encode(v) for k, v in texts.items()}, d.vocab.pad_id)
+
+
+def _encoder_description(name: str, cfg: Config) -> str:
+    return {"dae-frozen": "DAE encoder, frozen",
+            "dae-finetune": f"DAE encoder, fine-tuned at lr x {cfg.finetune_lr_scale}",
+            "scratch": "same architecture, random init",
+            "minilm-frozen": "all-MiniLM-L6-v2 (22.7M params, pretrained on 1B pairs), frozen"}[name]
+
+
+def _clf_row(name: str, model: torch.nn.Module, res: FitResult, test: dict[str, Any], cfg: Config
+             ) -> dict[str, Any]:
+    best = res.history[res.best_epoch - 1] if res.best_epoch else {}
+    return {"classifier": name, "encoder": _encoder_description(name, cfg),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "epochs": len(res.history),
+            "best_epoch": res.best_epoch, "val_acc": best.get("val_acc", float("nan")), "test_acc": test["acc"],
+            "s/epoch": res.seconds_per_epoch}
+
+
+def train_sentiment(j: int, name: str, dae: TextDAE, d: TextData, lab: Labelled, cfg: Config, ctx: Context
+                    ) -> tuple[dict[str, Any], FitResult]:
+    """One sentiment classifier (stage `clf-<name>`, group `clf`): the DAE's encoder frozen or fine-tuned
+    (encoder lr = clf.lr x finetune_lr_scale), or a fresh encoder; test accuracy of the best epoch."""
+    tcfg, dev = ctx.train_config(group="clf"), ctx.device
+    torch.manual_seed(cfg.seed + 10 + j)
+    encoder = (copy.deepcopy(dae.encoder) if name.startswith("dae")
+               else SentenceEncoder(len(d.vocab), cfg.emb, cfg.dim, d.vocab.pad_id))
+    model = SentimentClassifier(encoder, len(d.data.classes)).to(dev)
+    scale = cfg.finetune_lr_scale if name == "dae-finetune" else 1.0
+    params = sentiment_params(model, "frozen" if name == "dae-frozen" else "train", tcfg.lr, tcfg.lr * scale)
+    step = clf_step(tcfg.label_smoothing)
+    res = fit(model, lab.batches("train", tcfg, cfg.seed), lab.batches("val", tcfg, cfg.seed), tcfg, device=dev,
+              stage=f"clf-{name}", run=ctx.run, resume=ctx.resume, params=params, step=step, verbose=ctx.verbose)
+    test = evaluate(model, lab.batches("test", tcfg, cfg.seed), step, device=dev)
+    return _clf_row(name, model, res, test, cfg), res
+
+
+def train_minilm_head(j: int, d: TextData, lab: Labelled, cfg: Config, ctx: Context
+                      ) -> tuple[dict[str, Any], FitResult]:
+    """The outside reference: the same MLP head on frozen MiniLM sentence embeddings (stage
+    `clf-minilm-frozen`, group `clf`)."""
+    tcfg, dev = ctx.train_config(group="clf"), ctx.device
+    sizes = [len(lab.texts[s]) for s in ("train", "val", "test")]
+    feats = minilm_embeddings(lab.texts["train"] + lab.texts["val"] + lab.texts["test"]).split(sizes)
+    x = dict(zip(("train", "val", "test"), feats, strict=True))
+    y = {s: torch.tensor(lab.labels[s]) for s in x}
+
+    def batches(s: str) -> FeatureBatches:
+        return FeatureBatches(x[s], y[s], tcfg.batch_size if s == "train" else tcfg.eval_batch_size,
+                              shuffle=s == "train", seed=cfg.seed)
+
+    torch.manual_seed(cfg.seed + 10 + j)
+    head = mlp_head(x["train"].shape[1], cfg.dim, len(d.data.classes)).to(dev)
+    step = feature_step(tcfg.label_smoothing)
+    res = fit(head, batches("train"), batches("val"), tcfg, device=dev, stage="clf-minilm-frozen", run=ctx.run,
+              resume=ctx.resume, step=step, verbose=ctx.verbose)
+    test = evaluate(head, batches("test"), step, device=dev)
+    return _clf_row("minilm-frozen", head, res, test, cfg), res
+
+
+def report_sentiment(rows: list[dict[str, Any]], hists: dict[str, list[dict[str, Any]]], lab: Labelled,
+                     d: TextData, dae_eval: dict[str, float], cfg: Config, ctx: Context) -> tuple[float, float]:
+    """The transfer section: design, hyper-parameters, results, curves, verdict. Returns (majority, gain)."""
+    tcfg = ctx.train_config(group="clf")
+    y_te = lab.labels["test"]
     majority = max(sum(y == c for y in y_te) for c in set(y_te)) / len(y_te)
-    rows, summary = [], {}
-    for j, name in enumerate(cfg.classifiers):
-        ctx.log(f"== sentiment: {name}")
-        if name == "minilm-frozen":
-            feats = minilm_embeddings([t for t, _ in lab] + [t for t, _ in test])
-            head = train_head_on_features(feats[: len(lab)], y_lab, cfg.dim, epochs=cfg.clf_epochs,
-                                          batch_size=cfg.batch_size, lr=cfg.clf_lr, seed=cfg.seed + j)
-            with torch.no_grad():
-                acc = (head(feats[len(lab):]).argmax(1) == torch.tensor(y_te)).float().mean().item()
-            rows.append({"classifier": name, "encoder": "all-MiniLM-L6-v2 (22.7M params, pretrained on 1B pairs)",
-                         "trainable": sum(p.numel() for p in head.parameters()), "test_acc": acc})
-            summary[name] = acc
-            continue
-        torch.manual_seed(cfg.seed + 10 + j)
-        encoder = (copy.deepcopy(dae.encoder) if name.startswith("dae")
-                   else SentenceEncoder(len(vocab), cfg.emb, cfg.dim, vocab.pad_id).to(dev))
-        model = SentimentClassifier(encoder, len(data.classes)).to(dev)
-        mode = "frozen" if name == "dae-frozen" else "train"
-        enc_lr = cfg.clf_lr * (cfg.finetune_lr_scale if name == "dae-finetune" else 1.0)
-        info = train_classifier(model, x_lab, y_lab, mode=mode, epochs=cfg.clf_epochs, batch_size=cfg.batch_size,
-                                lr=cfg.clf_lr, encoder_lr=enc_lr, seed=cfg.seed, device=dev,
-                                max_batches=cfg.max_batches)
-        acc = clf_accuracy(model, te, y_te, dev)
-        rows.append({"classifier": name, "encoder": {"dae-frozen": "DAE encoder, frozen",
-                                                     "dae-finetune": f"DAE encoder, fine-tuned at lr x "
-                                                                     f"{cfg.finetune_lr_scale}",
-                                                     "scratch": "same architecture, random init"}[name],
-                     "trainable": info["trainable"], "steps": info["steps"], "seconds": info["seconds"],
-                     "test_acc": acc})
-        summary[name] = acc
+    n_lab = len(lab.labels["train"]) + len(lab.labels["val"])
     ctx.report.heading("Sentiment transfer")
     ctx.report.text(
-        f"Task: {' vs '.join(data.classes)} on the same {len(test):,} test tweets (majority class: {majority:.1%}). "
-        f"Every classifier puts the same MLP head (dropout, {cfg.dim} ReLU units, dropout, linear) on a sentence "
-        f"vector and trains for {cfg.clf_epochs} epochs on the same {len(lab):,} labelled tweets (batch "
-        f"{cfg.batch_size}, Adam, lr {cfg.clf_lr}): equal budget. Design: the DAE was trained on all "
-        f"{len(dae_texts):,} training tweets without labels, so the transfer tests whether that unlabelled "
-        "pretraining helps when labels are few; the frozen encoder shows what z already encodes, fine-tuning lets "
-        "it adapt (at a lower learning rate so it keeps what it learned), the from-scratch encoder of the same size "
-        "is the control, and MiniLM, a sentence encoder pretrained on a billion sentence pairs, is an outside "
-        "reference for what a strong pretrained encoder reaches here.")
-    ctx.report.table(rows, caption="test accuracy of each sentiment classifier")
+        f"Task: {' vs '.join(d.data.classes)} on the same {len(y_te):,} test tweets (majority class: "
+        f"{majority:.1%}). Every classifier puts the same MLP head (dropout, {cfg.dim} ReLU units, dropout, linear) "
+        f"on a sentence vector and trains on the same {len(lab.labels['train']):,} labelled tweets, with "
+        f"{len(lab.labels['val']):,} more for validation (the best epoch by {tcfg.monitor} is tested): equal budget. "
+        f"Design: the DAE was trained on {len(d.dae_texts):,} training tweets without labels, so the transfer tests "
+        f"whether that unlabelled pretraining helps when labels are few ({n_lab:,}); the frozen encoder shows what "
+        "z already encodes, fine-tuning lets it adapt (at a lower learning rate, clf.lr x "
+        f"{cfg.finetune_lr_scale}, so it keeps what it learned), the from-scratch encoder of the same size is the "
+        "control, and MiniLM, a sentence encoder pretrained on a billion sentence pairs, is an outside reference "
+        "for what a strong pretrained encoder reaches here.")
+    ctx.report.table([{"setting": k, "value": v} for k, v in hyper_parameters(tcfg).items()],
+                     caption="what every classifier trained with (group clf; stages clf-<classifier>)")
+    ctx.report.table(rows, caption="each sentiment classifier: validation accuracy of its best epoch, test accuracy")
+    if hists:
+        figures.curves(hists, ctx.run.figure_path("clf_curves"), title="sentiment classifiers")
+        ctx.report.figure("clf_curves.png", "training and validation loss and accuracy of each classifier")
+    summary = {r["classifier"]: r["test_acc"] for r in rows}
     transferred = [summary[n] for n in ("dae-frozen", "dae-finetune") if n in summary]
     gain = (max(transferred) if transferred else float("nan")) - summary.get("scratch", float("nan"))
     if "scratch" in summary and gain <= 0:
         ctx.report.warning(
             f"The transferred encoder did not beat the from-scratch one here (difference {gain:+.3f}). The DAE "
             "objective rewards keeping which words were in the sentence, not how they feel, and at this scale the "
-            f"DAE itself is weak (held-out token accuracy {held['token_acc']:.1%} against {copy_acc:.1%} for "
+            f"DAE itself is weak (held-out token accuracy {dae_eval['held']:.1%} against {dae_eval['copy']:.1%} for "
             f"copying): its sentence vector carries the frame of a tweet more than its content words, while the "
-            f"from-scratch encoder spends all of its {len(lab):,}-example budget on the few sentiment words it needs.")
+            f"from-scratch encoder spends all of its {n_lab:,}-example budget on the few sentiment words it needs.")
     elif "scratch" in summary:
         ctx.report.text(f"The transferred encoder beats the from-scratch one by {gain:+.3f} accuracy at the same "
-                        f"training budget: unlabelled pretraining helps when only {len(lab):,} labels are available.")
-    return {"dataset": data.name, "vocab": len(vocab), "overfit_final_acc": of[-1]["token_acc"],
-            "overfit_final_loss": of[-1]["loss"], "heldout_token_acc": held["token_acc"],
-            "heldout_clean_token_acc": clean_ev["token_acc"], "copy_baseline_acc": copy_acc,
-            "majority_acc": majority, "sentiment": summary, "transfer_gain": gain,
-            "dae_s_per_epoch": sum(h["seconds"] for h in hist) / max(len(hist), 1)}
+                        f"training budget: unlabelled pretraining helps when only {n_lab:,} labels are available.")
+    return majority, gain
+
+
+def sentiment_transfer(dae: TextDAE, d: TextData, dae_eval: dict[str, float], cfg: Config, ctx: Context
+                       ) -> dict[str, Any]:
+    """Every classifier in `classifiers`, then the report section; the summary's sentiment numbers."""
+    lab = sentiment_data(d, cfg)
+    rows, hists = [], {}
+    for j, name in enumerate(cfg.classifiers):
+        ctx.log(f"== sentiment: {name}")
+        if name == "minilm-frozen":
+            row, res = train_minilm_head(j, d, lab, cfg, ctx)
+        else:
+            row, res = train_sentiment(j, name, dae, d, lab, cfg, ctx)
+        rows.append(row)
+        hists[name] = res.history
+    majority, gain = report_sentiment(rows, hists, lab, d, dae_eval, cfg, ctx)
+    return {"majority_acc": majority, "sentiment": {r["classifier"]: r["test_acc"] for r in rows},
+            "sentiment_val": {r["classifier"]: r["val_acc"] for r in rows}, "transfer_gain": gain}
+
+
+def run(cfg: Config, ctx: Context) -> dict[str, Any]:
+    d = prepare_data(cfg, ctx)
+    report_design(d, cfg, ctx)
+    show_corruptions(d, cfg, ctx)
+    of = overfit_small_batch(d, cfg, ctx)
+    dae, res, tcfg = train_dae(d, cfg, ctx)
+    dae_eval = heldout_evaluation(dae, res, tcfg, d, cfg, ctx)
+    transfer = sentiment_transfer(dae, d, dae_eval, cfg, ctx)
+    return {"dataset": d.data.name, "vocab": len(d.vocab), "overfit_final_acc": of[-1]["train_token_acc"],
+            "overfit_final_loss": of[-1]["train_loss"], "heldout_token_acc": dae_eval["held"],
+            "heldout_clean_token_acc": dae_eval["clean"], "copy_baseline_acc": dae_eval["copy"],
+            "dae_best_epoch": res.best_epoch, "dae_s_per_epoch": res.seconds_per_epoch, **transfer}
