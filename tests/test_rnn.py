@@ -1,10 +1,15 @@
-"""RNN cells, the classifier's exact truncated BPTT, nn.RNN as an oracle, and gradient clipping."""
+"""RNN cells, the classifier's exact truncated BPTT, nn.RNN as an oracle, gradient clipping, and the engine
+Step the classifier and the reset-gate demo train with."""
+
+import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from torchdojo.config import TrainConfig
 from torchdojo.rnn import (
     CELLS,
     LipschitzCell,
@@ -12,9 +17,15 @@ from torchdojo.rnn import (
     RNNClassifier,
     build_cell,
     clip_gradients,
+    evaluate,
     position_gradients,
     structured,
+    train_classifier,
 )
+from torchdojo.rnn.reset_demo import accuracy, make_reset_task, overfit, overfitted
+from torchdojo.rnn.train import rnn_step
+from torchdojo.runs import Run
+from torchdojo.text import TextBatches
 
 ALL_CELLS = RNNClassifier.cell_names()
 
@@ -138,3 +149,45 @@ def test_clip_by_norm_keeps_direction_clip_by_value_does_not():
     torch.testing.assert_close(p.grad, torch.tensor([1.0, 1.0, -0.5]))
     with pytest.raises(ValueError):
         clip_gradients([p], "sideways", 1.0)  # type: ignore[arg-type]
+
+
+def _text_batches(n: int = 24, seed: int = 0, batch_size: int = 8, shuffle: bool = True) -> TextBatches:
+    g = torch.Generator().manual_seed(seed)
+    seqs = [torch.randint(2, 30, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(n)]
+    return TextBatches(seqs, [s[0] % 2 for s in seqs], batch_size, shuffle=shuffle, seed=seed)
+
+
+def test_rnn_step_is_the_engine_classification_with_label_smoothing():
+    """The step's loss is the (smoothed) cross-entropy of model(ids, lengths, t); fit accepts the smoothing."""
+    torch.manual_seed(0)
+    model = RNNClassifier(30, 2, "elman", embed_dim=4, hidden_size=6, dropout=0.0)
+    batch = next(iter(_text_batches()))
+    ids, lengths, _, y = batch
+    out = rnn_step(3, label_smoothing=0.1)(model, batch)
+    torch.testing.assert_close(out.loss, F.cross_entropy(model(ids, lengths, 3), y, label_smoothing=0.1))
+    assert out.count == len(y) and int(out.metrics["acc"]) == int((model(ids, lengths).argmax(1) == y).sum())
+    res = train_classifier(model, _text_batches(), _text_batches(shuffle=False), TrainConfig(
+        epochs=2, batch_size=8, label_smoothing=0.1, channels_last=False, cpu_fusion=False), device=torch.device(
+        "cpu"), tbptt_steps=3, verbose=False)
+    assert [r["epoch"] for r in res.history] == [1, 2] and {"train_acc", "val_acc", "val_loss"} <= set(res.history[0])
+    ev = evaluate(model, _text_batches(shuffle=False))
+    assert ev["n"] == 24 and 0 <= ev["acc"] <= 1
+
+
+def test_reset_overfit_trains_through_fit_and_stops_by_until(tmp_path):
+    """Full batch (one step per epoch), stopped at the first epoch with 100% accuracy and loss < 0.01."""
+    pairs = [("good great fine nice film", 1), ("lovely happy sunny warm day", 1), ("bad awful sad grim film", 0),
+             ("dull cold rainy gray day", 0)]
+    task = make_reset_task(pairs, 2, seed=0)
+    run = Run(tmp_path / "run")
+    cfg = TrainConfig(epochs=300, batch_size=len(task.examples), lr=1e-2, channels_last=False, cpu_fusion=False)
+    model, res = overfit(task, cfg, "reset", hidden=16, run=run, stage="reset-overfit")
+    h = res.history
+    assert res.stopped_early and overfitted(h[-1]) and not any(overfitted(r) for r in h[:-1])
+    assert len(h) < cfg.epochs and [r["epoch"] for r in h] == list(range(1, len(h) + 1))
+    assert accuracy(model, task) == 1.0
+    assert (tmp_path / "run" / "checkpoints" / "reset-overfit" / "last.pt").exists()
+    run.close()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == len(h) and {r["stage"] for r in rows} == {"reset-overfit"}

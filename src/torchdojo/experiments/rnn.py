@@ -1,6 +1,13 @@
 """Recurrent networks (MISSION F1-F4): a sentence classifier with interchangeable cells and exact truncated
 BPTT, per-position gradients for several truncation windows, the reset-gate cell overfitting a handful of
 sentences and its gate read token by token, Lipschitz vs Elman state norms, and a gradient clipping study.
+
+Every classifier (each cell of F1/F3, each truncation window of F1) trains through `engine.fit` as its own
+stage (`cell-<cell>`, `tbptt-<t>`) with the `train` group's settings, on the training part of the training
+sentences; its best epoch is picked on a held-out validation part (`val_fraction`, stratified, seeded) and the
+test set is evaluated once, with the best weights. The reset-gate demo (F2) trains through `fit` too
+(`reset-overfit`, `reset-control-elman`), sized by the experiment's own `reset_*` fields; the clipping study
+(F4) keeps its own loop, sized by its `clip_*` fields.
 """
 
 import dataclasses
@@ -9,16 +16,18 @@ from typing import Any, Literal
 
 import torch
 
-from torchdojo.config import TrainConfig
+from torchdojo.config import TrainConfig, hyper_parameters
+from torchdojo.data import random_subset, stratified_split
+from torchdojo.engine import FitResult
 from torchdojo.errors import DojoError
 from torchdojo.experiments.base import Context
 from torchdojo.report import figures
-from torchdojo.rnn.clipping import clipping_study
+from torchdojo.rnn.clipping import ClipRun, clipping_study
 from torchdojo.rnn.model import RNNClassifier, Trace
 from torchdojo.rnn.plots import gate_map
-from torchdojo.rnn.reset_demo import RESET, accuracy, make_reset_task, overfit, read_gate, state_spread
+from torchdojo.rnn.reset_demo import RESET, ResetTask, accuracy, make_reset_task, overfit, read_gate, state_spread
 from torchdojo.rnn.train import evaluate, position_gradients, train_classifier
-from torchdojo.runs import atomic_torch_save
+from torchdojo.runs import atomic_write_json
 from torchdojo.text import TextBatches, Vocab, WordPiece, bucket_batches, load_text_dataset, padding_fraction
 from torchdojo.text.batching import pad_batch, random_batches
 
@@ -34,6 +43,18 @@ CELL_WHY = {
     "lipschitz-structured": "Lipschitz RNN with the paper's structured A and W (beta, gamma), Euler step eps",
 }
 
+# `train.*` settings that no stage of this experiment uses: setting one is refused (torchdojo.experiments.base).
+# `train.amp` stays: bf16 autocast of the train-group stages on CUDA (CPU trains in fp32 whatever it says).
+UNUSED: dict[str, str] = {
+    "train.channels_last": "token batches have no 4-D tensors and the RNN classifier no 4-D weights, so the NHWC "
+                           "layout changes nothing",
+    "train.cpu_fusion": "the RNN classifier has no BatchNorm -> ReLU -> max-pool blocks to fuse",
+    "train.compile": "the cells step a Python loop over each batch's padded length: torch.compile unrolls it and "
+                     "recompiles for every new sentence length (dynamo's limit of 8 recompilations is reached in "
+                     "the first epoch, then it runs eagerly anyway); measured 92 s instead of 1 s for 2 small "
+                     "epochs on CPU",
+}
+
 
 @dataclasses.dataclass
 class Config:
@@ -45,22 +66,26 @@ class Config:
     embed_dim: int = 64
     hidden_size: int = 128
     dropout: float = 0.2
-    min_freq: int = 2  # vocabulary: tokens seen at least this often in the training split
+    min_freq: int = 2  # vocabulary: tokens seen at least this often in the training part
     max_len: int = 40  # tokens kept per sentence (the first ones)
-    train_subset: int = 0  # use this many training sentences (0 = all)
+    train_subset: int = 0  # use this many training sentences, validation part included (0 = all)
+    val_fraction: float = 0.1  # held out of the training sentences (stratified, seeded): best epoch
     test_subset: int = 0  # evaluate on this many test sentences (0 = all)
     tbptt_steps: int = 0  # truncation window of the cell comparison (0 = full BPTT)
     tbptt_compare: tuple[int, ...] = (0, 20, 5)  # Elman trained and its gradients plotted with each (0 = full)
     grad_length: int = 30  # T of the test sentences used for per-position gradients and state norms
     reset_per_class: int = 4  # the handful of sentences for the reset-gate overfit
-    reset_steps: int = 400
+    reset_steps: int = 400  # at most this many full-batch Adam steps (= epochs of its stage)
+    reset_lr: float = 1e-2  # Adam's learning rate in the reset-gate demo
     clip_radius: float = 1.8  # spectral radius of the recurrent matrix in the clipping study
     clip_lr: float = 0.05  # plain SGD
     clip_steps: int = 150
     clip_norm: float = 1.0
     clip_value: float = 0.01
+    clip_batch_size: int = 64  # sentences per SGD step of the clipping study
     train: TrainConfig = dataclasses.field(
-        default_factory=lambda: TrainConfig(epochs=3, batch_size=64, eval_batch_size=512, lr=2e-3, grad_clip=1.0))
+        default_factory=lambda: TrainConfig(epochs=3, batch_size=64, eval_batch_size=512, lr=2e-3, grad_clip=1.0,
+                                            channels_last=False, cpu_fusion=False))
 
     def __post_init__(self) -> None:
         known = RNNClassifier.cell_names()
@@ -69,8 +94,13 @@ class Config:
                 raise DojoError(f"unknown cell {c!r}", f"cells: {', '.join(known)}")
         if not self.cells:
             raise DojoError("cells is empty", f"pick one or more of {', '.join(known)}")
+        if not self.tbptt_compare:
+            raise DojoError("tbptt_compare is empty", "give one or more windows, e.g. --set tbptt_compare=0,20,5")
         if any(t < 0 for t in (self.tbptt_steps, *self.tbptt_compare)):
             raise DojoError("tbptt steps must be >= 0 (0 = full BPTT)", "e.g. --set tbptt_compare=0,20,5")
+        for name in ("reset_per_class", "reset_steps", "clip_batch_size"):
+            if getattr(self, name) < 1:
+                raise DojoError(f"{name} must be >= 1, got {getattr(self, name)}", f"e.g. --set {name}=4")
 
 
 SCALES = {
@@ -81,13 +111,195 @@ SCALES = {
     "full": {"train": {"epochs": 10}, "clip_steps": 600},
 }
 PRESETS = {"sst2": {"all": {"dataset": "sst2", "max_len": 60, "grad_length": 40}}}
+SPLITS = ("train", "val", "test")
 
 
-def _subset(pairs: list[tuple[str, int]], n: int, seed: int) -> list[tuple[str, int]]:
-    if not n or n >= len(pairs):
-        return pairs
-    idx = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:n]
-    return [pairs[i] for i in idx.tolist()]
+@dataclasses.dataclass
+class TextData:
+    """The sentences of each split (train, val, test), encoded and cut to `max_len`, and their vocabulary."""
+
+    name: str
+    classes: list[str]
+    source: str
+    vocab: Vocab | WordPiece
+    pairs: dict[str, list[tuple[str, int]]]  # split -> (text, label)
+    seqs: dict[str, list[list[int]]]  # split -> token ids
+    labels: dict[str, list[int]]
+    majority: tuple[str, float]  # the most frequent training class, its share of the test split
+
+    def batches(self, split: str, batch_size: int, seed: int, device: torch.device) -> TextBatches:
+        """Length-bucketed batches of `split`; shuffled (epoch-seeded) for the training part only."""
+        return TextBatches(self.seqs[split], self.labels[split], batch_size, shuffle=split == "train", seed=seed,
+                           pad_id=self.vocab.pad_id, device=device)
+
+
+@dataclasses.dataclass
+class Trained:
+    """One classifier stage: its model (best weights), fit's result, the TrainConfig it ran, its test numbers."""
+
+    stage: str
+    model: RNNClassifier
+    result: FitResult
+    tcfg: TrainConfig
+    test: dict[str, Any]
+
+    def row(self) -> dict[str, Any]:
+        """Report numbers, named by split: train_/val_ at the best epoch, test_ once with the best weights."""
+        h = self.result.history
+        best = next((r for r in h if r["epoch"] == self.result.best_epoch), h[-1])
+        return {"stage": self.stage, "best_epoch": self.result.best_epoch, "epochs": len(h),
+                "train_acc": best["train_acc"], "val_acc": best["val_acc"], "val_loss": best["val_loss"],
+                "test_acc": self.test["acc"], "test_loss": self.test["loss"]}
+
+
+def prepare_data(cfg: Config, ctx: Context) -> TextData:
+    """Load, subset, split off the validation part (stratified, seeded), build the vocabulary on the training
+    part only, encode every split."""
+    data = load_text_dataset(cfg.dataset, data_dir=ctx.data_dir, download=ctx.download, classes=cfg.classes,
+                             seed=cfg.seed)
+    pool = random_subset(data.train, cfg.train_subset, cfg.seed)
+    tr_idx, va_idx = stratified_split(torch.tensor([y for _, y in pool]), cfg.val_fraction, cfg.seed)
+    if not len(va_idx) or not len(tr_idx):
+        raise DojoError(f"val_fraction={cfg.val_fraction} of {len(pool)} training sentences leaves an empty "
+                        "training or validation part", "raise train_subset, or set val_fraction nearer 0.1")
+    pairs = {"train": [pool[i] for i in tr_idx.tolist()], "val": [pool[i] for i in va_idx.tolist()],
+             "test": random_subset(data.test, cfg.test_subset, cfg.seed)}
+    vocab: Vocab | WordPiece = (WordPiece() if cfg.tokenizer == "wordpiece"
+                                else Vocab.build([t for t, _ in pairs["train"]], min_freq=cfg.min_freq))
+    seqs = {s: [vocab.encode(t)[: cfg.max_len] for t, _ in p] for s, p in pairs.items()}
+    labels = {s: [y for _, y in p] for s, p in pairs.items()}
+    top = max(range(len(data.classes)), key=lambda c: labels["train"].count(c))
+    share = labels["test"].count(top) / max(len(labels["test"]), 1)
+    return TextData(data.name, list(data.classes), data.source, vocab, pairs, seqs, labels,
+                    (data.classes[top], share))
+
+
+def report_data(data: TextData, cfg: Config, ctx: Context) -> dict[str, float]:
+    """The data section: sizes of the three splits, tokens, unknown share, padding with and without bucketing.
+    Writes the vocabulary next to the checkpoints (with config.json, enough to rebuild a model from best.pt)."""
+    batch_size = ctx.train_config().batch_size
+    lengths = [max(len(s), 1) for s in data.seqs["train"]]
+    pad_bucket = padding_fraction(lengths, bucket_batches(lengths, batch_size, cfg.seed))
+    pad_random = padding_fraction(lengths, random_batches(len(lengths), batch_size, cfg.seed))
+    te = data.seqs["test"]
+    unk = sum(i == data.vocab.unk_id for s in te for i in s) / max(sum(len(s) for s in te), 1)
+    if ctx.run.is_main:
+        atomic_write_json(ctx.run.path / "vocab.json", {"tokenizer": cfg.tokenizer, "itos": data.vocab.itos})
+    n = {s: len(data.labels[s]) for s in SPLITS}
+    tokens = (f"WordPiece pieces of all-MiniLM-L6-v2 ({len(data.vocab):,} pieces)" if cfg.tokenizer == "wordpiece"
+              else f"Word-level tokens (lowercased; URLs -> <url>, @handles -> <user>), vocabulary of "
+                   f"{len(data.vocab):,} built on the training part only (min frequency {cfg.min_freq}, <pad>=0, "
+                   "<unk>=1)")
+    rep = ctx.report
+    rep.heading("Data")
+    rep.text(f"{data.name}: read from {data.source}, classes {', '.join(data.classes)}. Of "
+             f"{n['train'] + n['val']:,} training sentences, {n['val']:,} ({cfg.val_fraction:.0%}, stratified, "
+             f"seed {cfg.seed}) are held out as the validation split that picks each model's best epoch; the "
+             f"other {n['train']:,} are trained on. The {n['test']:,} test sentences are only used once per trained "
+             f"model, at the end. {tokens}; {unk:.1%} of test tokens are unknown. Sentences are cut to "
+             f"{cfg.max_len} tokens, right-padded with a mask, and batched by length: bucketing leaves "
+             f"{pad_bucket:.1%} of the padded cells as padding vs {pad_random:.1%} for random batches.")
+    rep.table([{"split": s, "sentences": n[s], **{c: data.labels[s].count(i) for i, c in enumerate(data.classes)}}
+               for s in SPLITS], caption=f"class counts per split; the majority class ({data.majority[0]}) is "
+                                         f"{data.majority[1]:.1%} of the test split")
+    return {"padding_bucketed": pad_bucket, "padding_random": pad_random}
+
+
+def train_stage(stage: str, cell: str, seed: int, tbptt_steps: int, data: TextData, cfg: Config,
+                ctx: Context) -> Trained:
+    """One classifier through `fit` (group `train`): validation per epoch, then the test split once."""
+    tcfg, dev = ctx.train_config(), ctx.device
+    torch.manual_seed(seed)
+    model = RNNClassifier(len(data.vocab), len(data.classes), cell, cfg.embed_dim, cfg.hidden_size, cfg.dropout,
+                          pad_id=data.vocab.pad_id).to(dev)
+    ctx.log(f"== {stage}: cell {cell}, tbptt_steps={tbptt_steps or 'full'}")
+    result = train_classifier(model, data.batches("train", tcfg.batch_size, cfg.seed, dev),
+                              data.batches("val", tcfg.eval_batch_size, cfg.seed, dev), tcfg, device=dev,
+                              tbptt_steps=tbptt_steps, stage=stage, run=ctx.run, resume=ctx.resume,
+                              verbose=ctx.verbose)
+    test = evaluate(model, data.batches("test", tcfg.eval_batch_size, cfg.seed, dev), dev)
+    return Trained(stage, model, result, tcfg, test)
+
+
+def _elman_seed(cfg: Config) -> int:
+    """The seed of the Elman model of the cell comparison (each cell i gets seed + i), reused by F1's windows."""
+    return cfg.seed + (cfg.cells.index("elman") if "elman" in cfg.cells else 0)
+
+
+def _hyper_table(trained: list[Trained], ctx: Context, caption: str) -> None:
+    """What each stage trained with (its resolved TrainConfig), one row per stage."""
+    if trained:
+        ctx.report.table([{"stage": t.stage, **hyper_parameters(t.tcfg)} for t in trained], caption=caption)
+
+
+def f1_cells(data: TextData, cfg: Config, ctx: Context) -> dict[str, Trained]:
+    """F1 (and F2/F3's cells): each cell trained the same way; test accuracy next to the majority baseline."""
+    cells = {cell: train_stage(f"cell-{cell}", cell, cfg.seed + i, cfg.tbptt_steps, data, cfg, ctx)
+             for i, cell in enumerate(cfg.cells)}
+    figures.curves({c: t.result.history for c, t in cells.items()}, ctx.run.figure_path("cells_curves"),
+                   title="cells: train (solid) and validation (dashed)")
+    rows = [{"cell": c, **t.row(), "majority_baseline": data.majority[1],
+             "params": sum(p.numel() for p in t.model.parameters()), "s_per_epoch": t.result.seconds_per_epoch,
+             "what": CELL_WHY.get(c, "")} for c, t in cells.items()]
+    rep = ctx.report
+    rep.heading("F1. Accuracy of each cell")
+    rep.text(f"Embedding {cfg.embed_dim} -> cell with {cfg.hidden_size} hidden units -> final state -> dropout "
+             f"{cfg.dropout} -> linear, truncation window {cfg.tbptt_steps or 'full'}; each cell is its own stage "
+             "(checkpoints/cell-<cell>/) with the settings below. Columns by split: train_acc is the mean over "
+             "the training part during the best epoch (dropout on), val_acc/val_loss the validation split at "
+             "the best epoch (picked by train.monitor), test_acc/test_loss the test split, evaluated once with "
+             f"the best epoch's weights. Majority-class baseline on the test split: {data.majority[1]:.1%}.")
+    rep.table(rows, caption="accuracy of each cell: validation (best epoch) and test (once, best weights)",
+              columns=["cell", "test_acc", "majority_baseline", "test_loss", "val_acc", "train_acc", "best_epoch",
+                       "epochs", "params", "s_per_epoch", "what"])
+    _hyper_table(list(cells.values()), ctx, "hyper-parameters each cell's stage trained with")
+    rep.figure("cells_curves.png", "loss and accuracy per epoch for each cell: training part (solid) and "
+                                   "validation split (dashed)")
+    return cells
+
+
+def f1_truncated_bptt(data: TextData, cells: dict[str, Trained], cfg: Config, ctx: Context
+                      ) -> dict[int, Trained]:
+    """F1: the Elman classifier trained with each truncation window (`tbptt-<t>`; the cell comparison's Elman
+    model when it already used that window), and the gradient per position of the full-BPTT model."""
+    windows: dict[int, Trained] = {}
+    for t in dict.fromkeys(cfg.tbptt_compare):
+        if t == cfg.tbptt_steps and "elman" in cells:
+            windows[t] = cells["elman"]
+        else:
+            windows[t] = train_stage(f"tbptt-{t or 'full'}", "elman", _elman_seed(cfg), t, data, cfg, ctx)
+    seqs = data.seqs["train"]
+    rows = [{"tbptt_steps": t or "full", **w.row(),
+             "train_sentences_longer_than_t": sum(len(s) > t for s in seqs) / max(len(seqs), 1) if t else 0.0}
+            for t, w in windows.items()]
+    fixed = _fixed_length_batch(data.seqs["test"], data.labels["test"], cfg.grad_length)
+    first = cfg.tbptt_compare[0]
+    if fixed is not None:
+        zero = _gradient_plots(windows[first].model, fixed, cfg, ctx)
+        for row, t in zip(rows, windows, strict=True):
+            row["zero_before_T_minus_t"] = zero[t]
+    rep = ctx.report
+    rep.heading("F1. Truncated backpropagation through time")
+    rep.text("tbptt_steps = t detaches the state entering step T - t of each sentence (T = its own length), so "
+             "the loss on the final state reaches exactly the last t tokens: positions T - t .. T - 1 get a "
+             "gradient, earlier ones get exactly zero (the test suite checks this for every cell and many t, T). "
+             "Below: the Elman classifier trained with each window (val_acc: validation split at the best epoch; "
+             "test_acc/test_loss: test split, once), and the gradient per position of the "
+             f"{f't = {first}' if first else 'full-BPTT'} model on {0 if fixed is None else len(fixed[0])} test "
+             f"sentences cut to T = {cfg.grad_length} tokens. Missing points on the log axis are exact zeros; "
+             "inside a window the curves coincide, because truncation changes nothing about the gradient of the "
+             "steps it keeps.")
+    rep.table(rows, caption="Elman classifier trained with each truncation window",
+              columns=["tbptt_steps", "stage", "test_acc", "test_loss", "val_acc", "best_epoch", "epochs",
+                       "train_sentences_longer_than_t", *(["zero_before_T_minus_t"] if fixed is not None else [])])
+    _hyper_table([w for t, w in windows.items() if w.stage.startswith("tbptt-")], ctx,
+                 "hyper-parameters each window's stage trained with")
+    if fixed is not None:
+        rep.figure("grad_dx.png", "||dL/dx_k|| at the embedding per position, for each truncation window")
+        rep.figure("grad_dh.png", "||dL/dh_k|| per position, for each truncation window")
+    else:
+        rep.warning(f"no test sentence has {cfg.grad_length} tokens; lower grad_length for the gradient plots")
+    return windows
 
 
 def _fixed_length_batch(seqs: list[list[int]], labels: list[int], length: int, limit: int = 256
@@ -100,180 +312,109 @@ def _fixed_length_batch(seqs: list[list[int]], labels: list[int], length: int, l
     return ids, lengths, torch.tensor([y for _, y in keep])
 
 
-def run(cfg: Config, ctx: Context) -> dict[str, Any]:
-    """The whole study; on CPU with one intra-op thread (restored afterwards)."""
-    # A recurrent step works on (B, H) = (64, 128) tensors: far too small for intra-op threads, whose
-    # synchronisation made a training step 35x slower in CPU time on a busy 2-core machine (measured).
-    threads = torch.get_num_threads()
-    if ctx.device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        return _study(cfg, ctx)
-    finally:
-        torch.set_num_threads(threads)
+def _gradient_plots(model: RNNClassifier, fixed: tuple[torch.Tensor, ...], cfg: Config, ctx: Context
+                    ) -> dict[int, bool]:
+    """Mean ||dL/dx_k|| and ||dL/dh_k|| per position under each window; whether all before T - t are zero."""
+    ids, lens, ys = (v.to(ctx.device) for v in fixed)
+    positions = list(range(cfg.grad_length))
+    series_x, series_h, zero = {}, {}, {}
+    for t in dict.fromkeys(cfg.tbptt_compare):
+        g = position_gradients(model, ids, lens, ys, t)
+        name = f"t = {t}" if t else "full BPTT"
+        # exact zeros become gaps on the log axis
+        series_x[name] = (positions, [v if v > 0 else float("nan") for v in g["dx"].mean(0).tolist()])
+        if "dh" in g:
+            series_h[name] = (positions, [v if v > 0 else float("nan") for v in g["dh"].mean(0).tolist()])
+        zero[t] = bool((g["dx"][:, : max(cfg.grad_length - t, 0)] == 0).all()) if t else True
+    figures.line_plot(series_x, ctx.run.figure_path("grad_dx"), "token position k", "mean ||dL/dx_k|| (embedding)",
+                      title=f"T = {cfg.grad_length}", logy=True)
+    figures.line_plot(series_h, ctx.run.figure_path("grad_dh"), "token position k", "mean ||dL/dh_k||",
+                      title=f"T = {cfg.grad_length}", logy=True)
+    return zero
 
 
-def _study(cfg: Config, ctx: Context) -> dict[str, Any]:
-    data = load_text_dataset(cfg.dataset, data_dir=ctx.data_dir, download=ctx.download, classes=cfg.classes,
-                             seed=cfg.seed)
-    train_pairs, test_pairs = _subset(data.train, cfg.train_subset, cfg.seed), _subset(data.test, cfg.test_subset,
-                                                                                         cfg.seed)
-    vocab: Vocab | WordPiece = (WordPiece() if cfg.tokenizer == "wordpiece"
-                                else Vocab.build([t for t, _ in train_pairs], min_freq=cfg.min_freq))
-    tr_seqs, tr_y = [vocab.encode(t)[: cfg.max_len] for t, _ in train_pairs], [y for _, y in train_pairs]
-    te_seqs, te_y = [vocab.encode(t)[: cfg.max_len] for t, _ in test_pairs], [y for _, y in test_pairs]
-    dev, k, tcfg = ctx.device, len(data.classes), cfg.train
-    majority_name, majority_acc = data.majority()
-    if cfg.test_subset:
-        top = data.classes.index(majority_name)
-        majority_acc = sum(y == top for y in te_y) / max(len(te_y), 1)
-
-    def batches(seqs: list[list[int]], ys: list[int], shuffle: bool) -> TextBatches:
-        return TextBatches(seqs, ys, tcfg.batch_size if shuffle else tcfg.eval_batch_size, shuffle=shuffle,
-                           seed=cfg.seed, pad_id=vocab.pad_id, device=dev)
-
-    train_b, test_b = batches(tr_seqs, tr_y, True), batches(te_seqs, te_y, False)
-    lengths = [max(len(s), 1) for s in tr_seqs]
-    pad_bucket = padding_fraction(lengths, bucket_batches(lengths, tcfg.batch_size, cfg.seed))
-    pad_random = padding_fraction(lengths, random_batches(len(lengths), tcfg.batch_size, cfg.seed))
-    unk = sum(i == vocab.unk_id for s in te_seqs for i in s) / max(sum(len(s) for s in te_seqs), 1)
-
+def f3_state_norms(data: TextData, cells: dict[str, Trained], cfg: Config, ctx: Context
+                   ) -> dict[str, list[float]]:
+    """F3 (and the other cells): the mean hidden-state norm along test sentences of one length."""
+    fixed = _fixed_length_batch(data.seqs["test"], data.labels["test"], cfg.grad_length)
+    if fixed is None:
+        return {}
+    ids, lens, _ = (v.to(ctx.device) for v in fixed)
+    norms = {}
+    for cell, t in cells.items():
+        if cell == "torch":
+            continue  # fused: states not exposed
+        t.model.eval()
+        trace = Trace()
+        with torch.no_grad():
+            t.model.encode(ids, lens, trace=trace)
+        norms[cell] = trace.state_norms().mean(0).tolist()
+    if not norms:
+        return {}
+    positions = list(range(cfg.grad_length))
+    figures.line_plot({c: (positions, v) for c, v in norms.items()}, ctx.run.figure_path("state_norms"),
+                      "token position k", "mean ||h_k||", title="hidden state norm along the sentence (trained models)")
     rep = ctx.report
-    rep.heading("Data")
-    tokens = (f"WordPiece pieces of all-MiniLM-L6-v2 ({len(vocab):,} pieces)" if cfg.tokenizer == "wordpiece" else
-              f"Word-level tokens (lowercased; URLs -> <url>, @handles -> <user>), vocabulary of {len(vocab):,} "
-              f"built on the training split only (min frequency {cfg.min_freq}, <pad>=0, <unk>=1)")
-    rep.text(f"{data.name}: {len(train_pairs):,} training and {len(test_pairs):,} test sentences, classes "
-             f"{', '.join(data.classes)}; read from {data.source}. {tokens}; {unk:.1%} of test tokens are "
-             f"unknown. Sentences are cut to "
-             f"{cfg.max_len} tokens, right-padded with a mask, and batched by length: bucketing leaves "
-             f"{pad_bucket:.1%} of the padded cells as padding vs {pad_random:.1%} for random batches.")
-    rep.table([{"split": "train", "sentences": len(tr_y), **{c: sum(y == i for y in tr_y) for i, c in
-                                                             enumerate(data.classes)}},
-               {"split": "test", "sentences": len(te_y), **{c: sum(y == i for y in te_y) for i, c in
-                                                            enumerate(data.classes)}}],
-              caption=f"class counts; the majority class ({majority_name}) is {majority_acc:.1%} of the test set")
+    rep.heading("F3. Lipschitz RNN: hidden state norms")
+    rep.text("h_{t+1} = A h_t + tanh(W h_t + U x_{t+1} + b). The plain form has free A and W: nothing keeps "
+             "A h from growing, so the state norm can drift along the sentence. The structured form builds "
+             "A and W as (1 - beta)(M + M^T) + beta (M - M^T) - gamma I (nearly skew-symmetric, eigenvalues "
+             "near the imaginary axis shifted left by gamma) and takes a small Euler step eps, so the state "
+             "changes slowly and stays bounded. Elman states are squashed into (-1, 1)^H by tanh. Measured on "
+             f"{len(ids)} test sentences cut to {cfg.grad_length} tokens, with each cell's best weights.")
+    ends = (0, cfg.grad_length // 2, cfg.grad_length - 1)
+    rep.table([{"cell": c, **{f"||h|| at k={p}": v[p] for p in ends}} for c, v in norms.items()],
+              caption="mean state norm at the start, middle and end (test sentences)")
+    rep.figure("state_norms.png", "mean ||h_k|| over test sentences of the same length, per cell")
+    return norms
 
-    def new_model(cell: str, seed: int) -> RNNClassifier:
-        torch.manual_seed(seed)
-        return RNNClassifier(len(vocab), k, cell, cfg.embed_dim, cfg.hidden_size, cfg.dropout,
-                             pad_id=vocab.pad_id).to(dev)
 
-    # F1-F3: each cell trained the same way
-    rows, histories, models = [], {}, {}
-    for i, cell in enumerate(cfg.cells):
-        ctx.log(f"== cell {cell} (tbptt_steps={cfg.tbptt_steps or 'full'})")
-        model = new_model(cell, cfg.seed + i)
-        res = train_classifier(model, train_b, test_b, tcfg, tbptt_steps=cfg.tbptt_steps, log=ctx.log)
-        ev = evaluate(model, test_b)
-        histories[cell], models[cell] = res.history, model
-        if ctx.run.is_main:  # the trained weights and what is needed to rebuild the model
-            atomic_torch_save({"state_dict": model.state_dict(), "vocab": vocab.itos, "cell": cell,
-                               "epoch": tcfg.epochs}, ctx.run.checkpoint_dir(f"cell-{cell}") / "final.pt")
-        rows.append({"cell": cell, "test_acc": ev["acc"], "test_loss": ev["loss"],
-                     "train_acc": res.history[-1]["train_acc"], "params": sum(p.numel() for p in model.parameters()),
-                     "s_per_epoch": res.seconds_per_epoch, "what": CELL_WHY.get(cell, "")})
-        for row in res.history:  # metrics.jsonl: one row per (stage, epoch), like every engine-trained run
-            ctx.run.metrics.log({"stage": f"cell-{cell}", **row})
-    figures.curves(histories, ctx.run.figure_path("cells_curves"), title="cells: train (solid) and test (dashed)")
-    rep.heading("F1. Accuracy of each cell")
-    rep.text(f"Embedding {cfg.embed_dim} -> cell with {cfg.hidden_size} hidden units -> final state -> dropout "
-             f"{cfg.dropout} -> linear. {tcfg.optimizer} lr {tcfg.lr}, batch {tcfg.batch_size}, {tcfg.epochs} epochs, "
-             f"gradient norm clipped at {tcfg.grad_clip or 'off'}, truncation window "
-             f"{cfg.tbptt_steps or 'full'}. Majority-class baseline: {majority_acc:.1%}.")
-    rep.table([{**r, "majority_baseline": majority_acc} for r in rows], caption="test accuracy of each cell",
-              columns=["cell", "test_acc", "majority_baseline", "test_loss", "train_acc", "params", "s_per_epoch",
-                       "what"])
-    rep.figure("cells_curves.png", "loss and accuracy per epoch for each cell")
+def reset_train_config(cfg: Config, n_examples: int) -> TrainConfig:
+    """The reset-gate demo's own TrainConfig (outside the `train` group): full-batch Adam at `reset_lr` for at
+    most `reset_steps` steps, fp32 everywhere (a handful of sentences: nothing to gain from bf16)."""
+    return TrainConfig(epochs=cfg.reset_steps, batch_size=n_examples, eval_batch_size=n_examples, optimizer="adam",
+                       lr=cfg.reset_lr, amp=False, channels_last=False, cpu_fusion=False)
 
-    # F1: truncated BPTT, trained and measured per position
-    fixed = _fixed_length_batch(te_seqs, te_y, cfg.grad_length)
-    tb_rows, grad_series_x, grad_series_h = [], {}, {}
-    longer = {t: sum(len(s) > t for s in tr_seqs) / max(len(tr_seqs), 1) for t in cfg.tbptt_compare if t}
-    tb_models: dict[int, RNNClassifier] = {}
-    for t in cfg.tbptt_compare:
-        if t == cfg.tbptt_steps and "elman" in models:
-            tb_models[t] = models["elman"]
-        else:
-            ctx.log(f"== elman with tbptt_steps={t or 'full'}")
-            tb_models[t] = new_model("elman", cfg.seed)
-            train_classifier(tb_models[t], train_b, test_b, tcfg, tbptt_steps=t, log=ctx.log)
-        ev = evaluate(tb_models[t], test_b)
-        tb_rows.append({"tbptt_steps": t or "full", "test_acc": ev["acc"], "test_loss": ev["loss"],
-                        "train_sentences_longer_than_t": longer.get(t, 0.0)})
-    full_model = tb_models[cfg.tbptt_compare[0]]
-    if fixed is not None:
-        ids, lens, ys = (v.to(dev) for v in fixed)
-        positions = list(range(cfg.grad_length))
-        for t in cfg.tbptt_compare:
-            g = position_gradients(full_model, ids, lens, ys, t)
-            name = f"t = {t}" if t else "full BPTT"
-            # exact zeros become gaps on the log axis
-            grad_series_x[name] = (positions, [v if v > 0 else float("nan") for v in g["dx"].mean(0).tolist()])
-            grad_series_h[name] = (positions, [v if v > 0 else float("nan") for v in g["dh"].mean(0).tolist()])
-            zero_before = bool((g["dx"][:, : max(cfg.grad_length - t, 0)] == 0).all()) if t else True
-            tb_rows[cfg.tbptt_compare.index(t)]["zero_before_T_minus_t"] = zero_before
-        figures.line_plot(grad_series_x, ctx.run.figure_path("grad_dx"), "token position k",
-                          "mean ||dL/dx_k|| (embedding)", title=f"T = {cfg.grad_length}", logy=True)
-        figures.line_plot(grad_series_h, ctx.run.figure_path("grad_dh"), "token position k",
-                          "mean ||dL/dh_k||", title=f"T = {cfg.grad_length}", logy=True)
-    rep.heading("F1. Truncated backpropagation through time")
-    rep.text("tbptt_steps = t detaches the state entering step T - t of each sentence (T = its own length), so "
-             "the loss on the final state reaches exactly the last t tokens: positions T - t .. T - 1 get a "
-             "gradient, earlier ones get exactly zero (the test suite checks this for every cell and many t, T). "
-             f"Below: the Elman classifier trained with each window, and the gradient per position of the "
-             f"full-BPTT model on {0 if fixed is None else len(fixed[0])} test sentences cut to T = "
-             f"{cfg.grad_length} tokens. Missing points on the log axis are exact zeros; inside a window the curves "
-             "coincide, because truncation changes nothing about the gradient of the steps it keeps.")
-    rep.table(tb_rows, caption="Elman classifier trained with each truncation window")
-    if fixed is not None:
-        rep.figure("grad_dx.png", "||dL/dx_k|| at the embedding per position, for each truncation window")
-        rep.figure("grad_dh.png", "||dL/dh_k|| per position, for each truncation window")
-    else:
-        rep.warning(f"no test sentence has {cfg.grad_length} tokens; lower grad_length for the gradient plots")
 
-    # F3 (and the others): state norm along the sentence
-    if fixed is not None:
-        ids, lens, _ = (v.to(dev) for v in fixed)
-        norms = {}
-        for cell, model in models.items():
-            if cell == "torch":
-                continue  # fused: states not exposed
-            model.eval()
-            trace = Trace()
-            with torch.no_grad():
-                model.encode(ids, lens, trace=trace)
-            norms[cell] = (list(range(cfg.grad_length)), trace.state_norms().mean(0).tolist())
-        if norms:
-            figures.line_plot(norms, ctx.run.figure_path("state_norms"), "token position k", "mean ||h_k||",
-                              title="hidden state norm along the sentence (trained models)")
-            rep.heading("F3. Lipschitz RNN: hidden state norms")
-            rep.text("h_{t+1} = A h_t + tanh(W h_t + U x_{t+1} + b). The plain form has free A and W: nothing keeps "
-                     "A h from growing, so the state norm can drift along the sentence. The structured form builds "
-                     "A and W as (1 - beta)(M + M^T) + beta (M - M^T) - gamma I (nearly skew-symmetric, eigenvalues "
-                     "near the imaginary axis shifted left by gamma) and takes a small Euler step eps, so the state "
-                     "changes slowly and stays bounded. Elman states are squashed into (-1, 1)^H by tanh.")
-            rep.table([{"cell": c, **{f"||h|| at k={p}": v[1][p] for p in (0, cfg.grad_length // 2,
-                                                                           cfg.grad_length - 1)}}
-                       for c, v in norms.items()], caption="mean state norm at the start, middle and end")
-            rep.figure("state_norms.png", "mean ||h_k|| over test sentences of the same length, per cell")
-
-    # F2: the reset-gate cell overfits a handful of sentences; its gate read token by token
-    task = make_reset_task(train_pairs, cfg.reset_per_class, cfg.seed)
-    reset_model, hist = overfit(task, "reset", steps=cfg.reset_steps, seed=cfg.seed)
-    acc_all, acc_orig = accuracy(reset_model, task), accuracy(reset_model, task, only_originals=True)
-    elman_model, elman_hist = overfit(task, "elman", steps=cfg.reset_steps, seed=cfg.seed)  # control, no gate
-    spreads = {"reset": state_spread(reset_model, task), "elman": state_spread(elman_model, task)}
+def f2_reset_gate(data: TextData, cfg: Config, ctx: Context) -> dict[str, Any]:
+    """F2: the reset-gate cell overfits a handful of sentences (stage `reset-overfit`), an Elman cell the same
+    examples as the control without a gate (`reset-control-elman`); its gate is read token by token."""
+    task = make_reset_task(data.pairs["train"], cfg.reset_per_class, cfg.seed)
+    tcfg = reset_train_config(cfg, len(task.examples))
+    fits = {}
+    for cell, stage in (("reset", "reset-overfit"), ("elman", "reset-control-elman")):
+        # quiet: one console line per full-batch step would be hundreds of lines; one summary line instead
+        fits[cell] = overfit(task, tcfg, cell, seed=cfg.seed, device=ctx.device, stage=stage, run=ctx.run,
+                             resume=ctx.resume, verbose=False)
+        h = fits[cell][1].history
+        ctx.log(f"[{stage}] {len(h)} steps: train_loss {h[-1]['train_loss']:.4f} train_acc "
+                f"{h[-1]['train_acc']:.4f}" + (" (target reached)" if fits[cell][1].stopped_early else ""))
+    (reset_model, res), (elman_model, elman_res) = fits["reset"], fits["elman"]
     example = next(t for t, _ in task.examples if RESET in t)
     g = read_gate(reset_model, example, task.vocab)
     r_at = example.index(RESET)
-    others = [v for j, v in enumerate(g["gate_mean"]) if j != r_at]
+    hist = res.history
+    out = {"train_acc": accuracy(reset_model, task), "originals_acc": accuracy(reset_model, task, True),
+           "steps": len(hist), "reached_target": res.stopped_early, "final_loss": hist[-1]["train_loss"],
+           "gate_at_reset": g["gate_mean"][r_at],
+           "gate_elsewhere": statistics.mean(v for j, v in enumerate(g["gate_mean"]) if j != r_at),
+           "norm_before": g["state_norm"][r_at - 1], "norm_at": g["state_norm"][r_at],
+           "elman_train_acc": accuracy(elman_model, task), "elman_steps": len(elman_res.history)}
     gate_map(g["tokens"], g["gate"], g["state_norm"], ctx.run.figure_path("reset_gate"),
              title="reset-gate cell: R_t per unit and token, and ||h_t||")
-    figures.line_plot({"loss": ([r["step"] for r in hist], [r["loss"] for r in hist])},
-                      ctx.run.figure_path("reset_overfit"), "step (full batch)", "cross-entropy", logy=True,
-                      title=f"overfitting {len(task.examples)} examples")
-    norm_before, norm_at = g["state_norm"][r_at - 1], g["state_norm"][r_at]
+    figures.line_plot({"reset cell": ([r["epoch"] for r in hist], [r["train_loss"] for r in hist]),
+                       "elman control": ([r["epoch"] for r in elman_res.history],
+                                         [r["train_loss"] for r in elman_res.history])},
+                      ctx.run.figure_path("reset_overfit"), "step (full batch = one epoch)", "cross-entropy",
+                      logy=True, title=f"overfitting {len(task.examples)} examples")
+    spreads = {"reset": state_spread(reset_model, task), "elman": state_spread(elman_model, task)}
+    _report_reset(task, out, spreads, tcfg, cfg, ctx)
+    return {**out, "spread_ratio": spreads["reset"]["ratio"], "elman_spread_ratio": spreads["elman"]["ratio"]}
+
+
+def _report_reset(task: ResetTask, out: dict[str, Any], spreads: dict[str, dict[str, float]], tcfg: TrainConfig,
+                  cfg: Config, ctx: Context) -> None:
+    rep = ctx.report
     rep.heading("F2. The reset-gate cell")
     rep.text("Candidate c_t = tanh(W_ih x_t + W_hh h_{t-1} + b) as in an Elman cell; reset R_t = sigmoid(W_r x_t "
              "+ b_r), a function of the current token only; h_t = c_t * R_t. Why sigmoid: the gate must reach 0 "
@@ -281,40 +422,53 @@ def _study(cfg: Config, ctx: Context) -> dict[str, Any]:
              "1 (the candidate passes unchanged), smoothly so it can be learned by gradient descent, and never "
              "flip the state's sign; tanh would allow a negative 'reset' that inverts the state, ReLU is unbounded "
              "above and has no gradient once it is off.")
-    rep.text(f"The handful: {len(task.sentences)} training sentences ({cfg.reset_per_class} per class), each alone "
-             f"and each after a sentence of the other class with a {RESET} token between them, labelled like the "
-             f"part after {RESET}: {len(task.examples)} examples. Full-batch Adam reached {acc_all:.0%} training "
-             f"accuracy ({acc_orig:.0%} on the original sentences) in {len(hist)} steps, final loss "
-             f"{hist[-1]['loss']:.4f}. On the example below, mean R_t at {RESET} is {g['gate_mean'][r_at]:.3f} vs "
-             f"{statistics.mean(others):.3f} on the other tokens; ||h|| goes from {norm_before:.3f} before it to "
-             f"{norm_at:.3f} at it. (When the gate stays open, the cell solved the task without wiping the state: "
-             "with this few sentences, memorising them is as easy as forgetting.)")
+    reached = "reached" if out["reached_target"] else f"did not reach, within {cfg.reset_steps} steps,"
+    rep.text(f"The handful: {len(task.sentences)} sentences of the training part ({cfg.reset_per_class} per "
+             f"class), each alone and each after a sentence of the other class with a {RESET} token between "
+             f"them, labelled like the part after {RESET}: {len(task.examples)} examples, all of them training "
+             f"data (no validation or test split here: the point is what the gate learns). Full-batch Adam "
+             f"(lr {cfg.reset_lr}, stage reset-overfit) {reached} the target of 100% training accuracy with a "
+             f"training loss under 0.01 in {out['steps']} steps; final loss {out['final_loss']:.4f}, training "
+             f"accuracy {out['train_acc']:.0%} ({out['originals_acc']:.0%} on the original sentences). On the "
+             f"example below, mean R_t at {RESET} is {out['gate_at_reset']:.3f} vs {out['gate_elsewhere']:.3f} on "
+             f"the other tokens; ||h|| goes from {out['norm_before']:.3f} before it to {out['norm_at']:.3f} at it. "
+             "(When the gate stays open, the cell solved the task without wiping the state: with this few "
+             "sentences, memorising them is as easy as forgetting.)")
     rep.text("Does the state still depend on what came before the reset? Over all compositions, the spread of "
              "the state (mean distance to the mean state) just before and at the reset token; a ratio near 0 "
-             "means the prefix is forgotten. The Elman cell, overfitted on the same examples "
-             f"({accuracy(elman_model, task):.0%} in {len(elman_hist)} steps), is the control without a gate.")
+             "means the prefix is forgotten. The Elman cell, overfitted on the same examples (stage "
+             f"reset-control-elman: {out['elman_train_acc']:.0%} training accuracy in {out['elman_steps']} "
+             "steps), is the control without a gate.")
     rep.table([{"cell": c, "spread_before": v["before"], "spread_at_reset": v["at_reset"], "ratio": v["ratio"]}
                for c, v in spreads.items()], caption="prefix dependence of the state at the reset token")
+    rep.table([{"setting": k, "value": v} for k, v in hyper_parameters(tcfg).items()],
+              caption="what both overfitting stages trained with (the demo's own reset_* settings)")
     rep.figure("reset_gate.png", "R_t per hidden unit and token (top); mean R_t and ||h_t|| per token (bottom)")
-    rep.figure("reset_overfit.png", "training loss while overfitting the handful of sentences")
+    rep.figure("reset_overfit.png", "training loss per full-batch step while overfitting the handful of sentences")
 
-    # F4: gradient clipping
+
+def f4_clipping(data: TextData, cfg: Config, ctx: Context) -> list[dict[str, Any]]:
+    """F4: no clipping vs clipping by norm vs by value, from the same exploding initial weights. Its own SGD
+    loop (the raw gradient before clipping is the subject) and its own `clip_*` settings, no `train.*` ones."""
     ctx.log("== clipping study")
-    runs = clipping_study(train_b, test_b, len(vocab), k, radius=cfg.clip_radius, lr=cfg.clip_lr,
-                          max_steps=cfg.clip_steps, norm_threshold=cfg.clip_norm, value_threshold=cfg.clip_value,
-                          seed=cfg.seed, device=dev)
-    for key, label, logy in (("loss", "training loss", True), ("raw_norm", "||g|| before clipping", True),
-                             ("cos", "cos(raw g, applied g)", False), ("scale", "||applied|| / ||raw||", True)):
-        figures.line_plot({r.name: ([s["step"] for s in r.steps], [s[key] for s in r.steps]) for r in runs},
-                          ctx.run.figure_path(f"clip_{key}"), "SGD step", label, logy=logy)
-    clip_rows = [r.summary() for r in runs]
+    dev = ctx.device
+    runs = clipping_study(data.batches("train", cfg.clip_batch_size, cfg.seed, dev),
+                          data.batches("test", cfg.clip_batch_size, cfg.seed, dev), len(data.vocab),
+                          len(data.classes), radius=cfg.clip_radius, lr=cfg.clip_lr, max_steps=cfg.clip_steps,
+                          norm_threshold=cfg.clip_norm, value_threshold=cfg.clip_value, seed=cfg.seed, device=dev)
+    _clip_figures(runs, ctx)
+    rows = [r.summary() for r in runs]
+    rep = ctx.report
     rep.heading("F4. Gradient clipping")
     rep.text(f"Exploding setting: the Elman classifier with ReLU and its recurrent matrix set to {cfg.clip_radius} x "
              f"a random orthogonal matrix, so states and gradients grow like {cfg.clip_radius}^T over a sentence "
-             f"(up to {cfg.max_len} tokens). Plain SGD, lr {cfg.clip_lr}, {cfg.clip_steps} steps, from the same "
-             f"initial weights: no clipping, clipping the global norm at {cfg.clip_norm}, clipping each entry to "
-             f"[-{cfg.clip_value}, {cfg.clip_value}]. With SGD the applied gradient is the step itself.")
-    rep.table(clip_rows, caption="clipping study (median/min over steps; sum_cos = cos between the sum of raw "
+             f"(up to {cfg.max_len} tokens). Plain SGD, lr {cfg.clip_lr}, {cfg.clip_steps} steps of "
+             f"{cfg.clip_batch_size} training sentences, from the same initial weights: no clipping, clipping the "
+             f"global norm at {cfg.clip_norm}, clipping each entry to [-{cfg.clip_value}, {cfg.clip_value}]. With "
+             "SGD the applied gradient is the step itself. The study has its own loop and clip_* settings (none "
+             "of train.*): it reads the raw gradient between backward and clipping. test_acc is on the test split "
+             "after the last step (none when the run diverged).")
+    rep.table(rows, caption="clipping study (median/min over steps; sum_cos = cos between the sum of raw "
               "gradients and the sum of applied ones over the run)")
     rep.figure("clip_loss.png", "training loss per step: what clipping prevents")
     rep.figure("clip_raw_norm.png", "raw gradient norm per step (before clipping)")
@@ -324,16 +478,36 @@ def _study(cfg: Config, ctx: Context) -> dict[str, Any]:
              "||applied||/||raw||, so steps with large gradients count for less and the sum of updates is a biased "
              "estimate of the sum of gradients (sum_cos < 1); value clipping also bounds the step but changes its "
              "direction (cos < 1), most when a few coordinates dominate the gradient.")
-
-    summary = {"dataset": data.name, "majority_acc": majority_acc, "vocab": len(vocab),
-               "padding_bucketed": pad_bucket, "padding_random": pad_random,
-               "cells": {r["cell"]: {"test_acc": r["test_acc"], "test_loss": r["test_loss"]} for r in rows},
-               "tbptt": {str(r["tbptt_steps"]): r["test_acc"] for r in tb_rows},
-               "reset": {"train_acc": acc_all, "originals_acc": acc_orig, "steps": len(hist),
-                         "gate_at_reset": g["gate_mean"][r_at], "gate_elsewhere": statistics.mean(others),
-                         "spread_ratio": spreads["reset"]["ratio"], "elman_spread_ratio": spreads["elman"]["ratio"]},
-               "clipping": {r["run"]: {k2: v for k2, v in r.items() if isinstance(v, (int, float))}
-                            for r in clip_rows}}
-    return summary
+    return rows
 
 
+def _clip_figures(runs: list[ClipRun], ctx: Context) -> None:
+    for key, label, logy in (("loss", "training loss", True), ("raw_norm", "||g|| before clipping", True),
+                             ("cos", "cos(raw g, applied g)", False), ("scale", "||applied|| / ||raw||", True)):
+        figures.line_plot({r.name: ([s["step"] for s in r.steps], [s[key] for s in r.steps]) for r in runs},
+                          ctx.run.figure_path(f"clip_{key}"), "SGD step", label, logy=logy)
+
+
+def run(cfg: Config, ctx: Context) -> dict[str, Any]:
+    """The study, item by item; on CPU with one intra-op thread (restored afterwards)."""
+    # A recurrent step works on (B, H) = (64, 128) tensors: far too small for intra-op threads, whose
+    # synchronisation made a training step 35x slower in CPU time on a busy 2-core machine (measured).
+    threads = torch.get_num_threads()
+    if ctx.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        data = prepare_data(cfg, ctx)
+        padding = report_data(data, cfg, ctx)
+        cells = f1_cells(data, cfg, ctx)
+        windows = f1_truncated_bptt(data, cells, cfg, ctx)
+        f3_state_norms(data, cells, cfg, ctx)
+        reset = f2_reset_gate(data, cfg, ctx)
+        clipping = f4_clipping(data, cfg, ctx)
+    finally:
+        torch.set_num_threads(threads)
+    return {"dataset": data.name, "majority_acc": data.majority[1], "vocab": len(data.vocab),
+            "sentences": {s: len(data.labels[s]) for s in SPLITS}, **padding,
+            "cells": {c: t.row() for c, t in cells.items()},
+            "tbptt": {str(t or "full"): w.row() for t, w in windows.items()},
+            "reset": reset,
+            "clipping": {r["run"]: {k: v for k, v in r.items() if isinstance(v, (int, float))} for r in clipping}}

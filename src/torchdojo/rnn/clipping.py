@@ -6,6 +6,11 @@ trained with plain SGD (the update is exactly -lr * g, so the clipped gradient *
 no clipping, clipping by global norm, clipping by value. Each step records the raw gradient norm, the
 clipped one, and the cosine between them; over the run we also compare the sum of raw gradients with the
 sum of clipped ones (norm clipping down-weights the steps with large gradients: a biased average).
+
+The study keeps its explicit loop instead of `engine.fit`: the raw gradient between `backward()` and the
+clipping is what it measures, and fit clips inside its step. It reads none of the `train.*` settings: the
+optimizer (plain SGD at `lr`), the number of steps, the thresholds and the batches (the experiment builds them
+with its own `clip_batch_size`) all come from the experiment's `clip_*` fields.
 """
 
 import dataclasses

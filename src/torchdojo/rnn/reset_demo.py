@@ -3,7 +3,9 @@
 The task: a few real sentences, each alone and each appended after a sentence of the other class with a
 `<reset>` token between them (`s_j <reset> s_i`, labelled like s_i). Only the part after `<reset>` decides
 the label, so wiping the state at `<reset>` is the simplest solution; the gate R_t per token and the state
-norm ||h_t|| show whether the cell found it.
+norm ||h_t|| show whether the cell found it. The overfitting trains through `engine.fit` (one full batch per
+epoch, stopped by `until` once the handful is learned), with a `TrainConfig` the experiment builds from its
+own settings: it is a demo outside the `train` group.
 """
 
 import dataclasses
@@ -11,10 +13,13 @@ import random
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from torchdojo.config import TrainConfig
+from torchdojo.engine import FitResult, fit
 from torchdojo.rnn.model import RNNClassifier, Trace
-from torchdojo.text.batching import pad_batch
+from torchdojo.rnn.train import rnn_step
+from torchdojo.runs import Run
+from torchdojo.text.batching import TextBatches, pad_batch
 from torchdojo.text.vocab import Vocab, tokenize
 
 RESET = "<reset>"
@@ -44,39 +49,49 @@ def make_reset_task(pairs: list[tuple[str, int]], n_per_class: int, seed: int, m
     return ResetTask(picked, examples, vocab)
 
 
-def _tensors(task: ResetTask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    ids, lengths, _ = pad_batch([task.vocab.encode(t) for t, _ in task.examples])
-    return ids, lengths, torch.tensor([y for _, y in task.examples])
+def _tensors(task: ResetTask, device: torch.device | str = "cpu"
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All examples as one padded batch: ids (N, T), lengths (N,), mask (N, T), labels (N,), on `device`."""
+    ids, lengths, mask = pad_batch([task.vocab.encode(t) for t, _ in task.examples])
+    y = torch.tensor([y for _, y in task.examples])
+    return ids.to(device), lengths.to(device), mask.to(device), y.to(device)
 
 
-def overfit(task: ResetTask, cell: str = "reset", hidden: int = 32, steps: int = 400, lr: float = 1e-2,
-            seed: int = 0) -> tuple[RNNClassifier, list[dict[str, float]]]:
-    """Full-batch Adam on all examples until 100% accuracy and loss < 0.01 (or `steps`); history per step."""
+def overfitted(row: dict[str, Any]) -> bool:
+    """The demo's target: 100% training accuracy and a training loss under 0.01 (`fit`'s `until`)."""
+    return row["train_acc"] == 1.0 and row["train_loss"] < 0.01
+
+
+def overfit(task: ResetTask, cfg: TrainConfig, cell: str = "reset", hidden: int = 32, embed_dim: int = 16,
+            seed: int = 0, *, device: torch.device | str = "cpu", stage: str = "reset-overfit",
+            run: Run | None = None, resume: bool = False, verbose: bool = False
+            ) -> tuple[RNNClassifier, FitResult]:
+    """Training through `engine.fit` until `overfitted` (or `cfg.epochs` epochs), in batches of `cfg.batch_size`.
+
+    The experiment sets `cfg.batch_size` to the number of examples: one full batch per epoch, so an epoch is
+    one optimizer step and the history has one row per step. Without a validation split, fit keeps the
+    weights of the lowest training loss."""
+    device = torch.device(device)
     torch.manual_seed(seed)
     num_classes = 1 + max(y for _, y in task.examples)
-    model = RNNClassifier(len(task.vocab), num_classes, cell, embed_dim=16, hidden_size=hidden, dropout=0.0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    ids, lengths, y = _tensors(task)
-    history: list[dict[str, float]] = []
-    for step in range(1, steps + 1):
-        model.train()
-        logits = model(ids, lengths)
-        loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        acc = (logits.argmax(1) == y).float().mean().item()
-        history.append({"step": step, "loss": loss.item(), "acc": acc})
-        if acc == 1.0 and loss.item() < 0.01:
-            break
-    return model, history
+    model = RNNClassifier(len(task.vocab), num_classes, cell, embed_dim=embed_dim, hidden_size=hidden,
+                          dropout=0.0).to(device)
+    batches = TextBatches([task.vocab.encode(t) for t, _ in task.examples], [y for _, y in task.examples],
+                          cfg.batch_size, shuffle=False, bucket=False, device=device)  # the examples in order
+    result = fit(model, batches, None, cfg, device=device, stage=stage, run=run, resume=resume,
+                 step=rnn_step(0, cfg.label_smoothing), until=overfitted, verbose=verbose)
+    return model, result
+
+
+def _device(model: RNNClassifier) -> torch.device:
+    return next(model.parameters()).device
 
 
 @torch.no_grad()
 def accuracy(model: RNNClassifier, task: ResetTask, only_originals: bool = False) -> float:
     """Accuracy on the task's examples (or only its original sentences)."""
     model.eval()
-    ids, lengths, y = _tensors(task)
+    ids, lengths, _, y = _tensors(task, _device(model))
     n = len(task.sentences) if only_originals else len(y)
     return (model(ids[:n], lengths[:n]).argmax(1) == y[:n]).float().mean().item()
 
@@ -85,7 +100,7 @@ def accuracy(model: RNNClassifier, task: ResetTask, only_originals: bool = False
 def read_gate(model: RNNClassifier, tokens: list[str], vocab: Vocab) -> dict[str, Any]:
     """Per token: the mean gate R_t over hidden units (reset cells only), and ||h_t||, for one sentence."""
     model.eval()
-    ids = torch.tensor([vocab.encode(tokens)])
+    ids = torch.tensor([vocab.encode(tokens)], device=_device(model))
     trace = Trace()
     model.encode(ids, torch.tensor([len(tokens)]), trace=trace)
     out: dict[str, Any] = {"tokens": tokens, "state_norm": trace.state_norms()[0].tolist()}
@@ -110,7 +125,8 @@ def state_spread(model: RNNClassifier, task: ResetTask) -> dict[str, float]:
             continue
         r = tokens.index(RESET)
         trace = Trace()
-        model.encode(torch.tensor([task.vocab.encode(tokens[: r + 1])]), torch.tensor([r + 1]), trace=trace)
+        ids = torch.tensor([task.vocab.encode(tokens[: r + 1])], device=_device(model))
+        model.encode(ids, torch.tensor([r + 1]), trace=trace)
         before.append(trace.states[r - 1][0])
         at.append(trace.states[r][0])
 
