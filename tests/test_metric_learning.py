@@ -165,3 +165,34 @@ def test_zoo_backbone_option_runs_with_its_preprocessing(tmp_path: Path) -> None
     sep = summary["regimes"]["e2"]["separability"]
     assert "embedding" in sep and len(sep) >= 3  # generic main layers: evenly spaced convs of the trunk
     assert any(p.name.startswith("fmap_e2_conv") for p in (path / "figures").iterdir())
+
+
+def test_miner_choices_are_literals_checked_centrally() -> None:
+    from typing import get_args, get_type_hints
+
+    from torchdojo.metric.miners import MINERS
+
+    hints = get_type_hints(metric_learning.Config)
+    assert set(get_args(hints["miner"])) == set(MINERS)  # one list of miners
+    with pytest.raises(DojoError, match="bad value 'hardest' for miner"):
+        build_config(metric_learning, "smoke", overrides=["miner=hardest"])
+    with pytest.raises(DojoError, match="bad value 'faiss' for miner_impl"):
+        build_config(metric_learning, "smoke", overrides=["miner_impl=faiss"])
+    with pytest.raises(DojoError, match="train.label_smoothing is not used"):
+        build_config(metric_learning, "smoke", overrides=["train.label_smoothing=0.1"])
+
+
+def test_stage_configs_user_settings_win_over_the_head_stage_defaults(tmp_path: Path) -> None:
+    """E2's head stage: head_epochs/head_lr/no weight decay as its defaults, the user's train.* on top."""
+    common = {"dataset": "digits", "classes": "3,8", "regimes": "e2", "feature_map_epochs": "1"}
+    path = _run(tmp_path / "a", **common, head_epochs=2, head_lr=0.02)
+    stages = json.loads((path / "config.json").read_text())["stages"]
+    assert (stages["e2-head"]["epochs"], stages["e2-head"]["lr"], stages["e2-head"]["weight_decay"]) == (2, 0.02, 0)
+    assert stages["e2-triplet"]["lr"] == 2e-3 and stages["e2-triplet"]["epochs"] == 2  # the train group
+    path = _run(tmp_path / "b", **common, **{"train.lr": 0.0031, "train.epochs": 1, "train.weight_decay": 0.01})
+    stages = json.loads((path / "config.json").read_text())["stages"]
+    for stage in ("e2-triplet", "e2-head"):
+        assert (stages[stage]["lr"], stages[stage]["epochs"], stages[stage]["weight_decay"]) == (0.0031, 1, 0.01)
+    hp = [b for b in json.loads((path / "report.json").read_text())["blocks"]
+          if b["type"] == "table" and "stage" in b["columns"]]
+    assert hp and {r[hp[0]["columns"].index("lr")] for r in hp[0]["rows"]} == {0.0031}  # the report: resolved

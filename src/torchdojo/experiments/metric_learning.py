@@ -15,13 +15,13 @@ the pair needs fine features. Preset `cifar10` is the seed's airplane vs automob
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from torchdojo.config import TrainConfig, apply_overrides
-from torchdojo.data import ImageData, random_subset, stratified_split
+from torchdojo.config import TrainConfig, hyper_parameters
+from torchdojo.data import ImageData, Splits, random_subset, stratified_split
 from torchdojo.data.augment import build_augment
 from torchdojo.engine import evaluate
 from torchdojo.errors import DojoError
@@ -29,7 +29,7 @@ from torchdojo.experiments.base import Context
 from torchdojo.metric import featuremaps, projection
 from torchdojo.metric.collapse import CollapseDetector
 from torchdojo.metric.compare import report_comparison
-from torchdojo.metric.miners import MINERS, build_miner
+from torchdojo.metric.miners import build_miner
 from torchdojo.metric.model import MetricCNN, main_layers
 from torchdojo.metric.monitor import Probe, RepresentationMonitor
 from torchdojo.metric.probes import (
@@ -45,6 +45,11 @@ from torchdojo.report import figures
 
 MISSION_IDS = ("E1", "E2", "E3", "E4")
 SUMMARY = "metric learning: cross-entropy vs triplet loss (+ frozen FC) vs both, feature maps and embeddings"
+# TrainConfig settings no stage reads (setting one is refused):
+UNUSED = {
+    "train.label_smoothing": "E2's triplet stage has no cross-entropy to smooth, so no setting could apply to every "
+                             "regime alike; E3 compares the losses as E1/E2/E4 define them (plain cross-entropy)",
+}
 REGIMES = {
     "e1": "E1: cross-entropy, end to end",
     "e2": "E2: triplet loss on the extractor (no FC), then the FC head alone with cross-entropy (extractor frozen)",
@@ -69,13 +74,14 @@ class Config:
     channels: tuple[int, ...] = (32, 64, 128)  # metric-cnn only
     embedding_dim: int = 64  # metric-cnn only
     margin: float = 0.2  # triplet margin on L2-normalised embeddings (distances in [0, 2])
-    miner: str = "semi-hard"  # none (the TripletDataset's triplets as drawn), batch-hard, semi-hard
-    miner_impl: str = "torchdojo"  # torchdojo or pml (pytorch-metric-learning)
+    miner: Literal["none", "batch-hard", "semi-hard"] = "semi-hard"  # none: the TripletDataset's triplets as drawn
+    miner_impl: Literal["torchdojo", "pml"] = "torchdojo"  # pml: pytorch-metric-learning
     ce_weight: float = 1.0  # lambda of E4 (the seed: 1)
     augment: tuple[str, ...] = ("flip",)
     crop_padding: int = 2
     target_acc: float = 0.85  # validation accuracy that counts as "converged"
-    head_epochs: int = 3  # E2 stage 2
+    # E2 stage 2's own defaults, under the user's settings: --set train.epochs / train.lr set every stage
+    head_epochs: int = 3
     head_lr: float = 1e-2
     feature_map_epochs: tuple[int, ...] = ()  # () = first, middle and last (epoch 0 = init is always shown)
     feature_map_channels: int = 8
@@ -94,10 +100,6 @@ class Config:
                 raise DojoError(f"unknown regime {r!r}", f"regimes: {', '.join(REGIMES)}")
         if not self.regimes:
             raise DojoError("regimes is empty", f"pick one or more of {', '.join(REGIMES)}")
-        if self.miner not in MINERS:
-            raise DojoError(f"bad value {self.miner!r} for miner", f"allowed values: {', '.join(MINERS)}")
-        if self.miner_impl not in ("torchdojo", "pml"):
-            raise DojoError(f"bad value {self.miner_impl!r} for miner_impl", "allowed values: torchdojo, pml")
         if self.margin <= 0 or self.margin > 2:
             raise DojoError(f"margin must be in (0, 2] (unit embeddings), got {self.margin}")
         if len(self.classes) == 1:
@@ -155,26 +157,25 @@ def _build_model(cfg: Config, in_shape: tuple[int, int, int], k: int, download: 
     return build_model(cfg.model, in_shape, k)
 
 
-def _fm_epochs(cfg: Config) -> tuple[int, ...]:
-    e = cfg.train.epochs
-    return cfg.feature_map_epochs or tuple(sorted({1, (e + 1) // 2, e}))
+@dataclasses.dataclass
+class Prepared:
+    """The data every regime shares: splits and setup, the kNN/probe reference set, fixed feature-map inputs."""
+
+    data: Splits
+    setup: Setup
+    test: ImageData
+    ref: ImageData
+    in_shape: tuple[int, int, int]
+    fm_raw: torch.Tensor  # uint8 images shown under the feature maps
+    fm_names: list[str]
+    fm_x: torch.Tensor  # the same images, normalised
 
 
-def _train_regime(
-    name: str, cfg: Config, setup: Setup, monitor: RepresentationMonitor, model: torch.nn.Module
-) -> RegimeResult:
-    miner = build_miner(cfg.miner, cfg.margin, cfg.miner_impl)
-    if name == "e1":
-        return train_e1(model, setup, cfg.train, monitor)
-    if name == "e2":
-        head_cfg = apply_overrides(cfg.train, {"epochs": cfg.head_epochs, "lr": cfg.head_lr, "weight_decay": 0.0})
-        return train_e2(model, setup, cfg.train, head_cfg, cfg.margin, miner, monitor)
-    return train_e4(model, setup, cfg.train, cfg.margin, miner, cfg.ce_weight, monitor)
-
-
-def run(cfg: Config, ctx: Context) -> dict[str, Any]:
+def prepare(cfg: Config, ctx: Context) -> Prepared:
+    """The two classes, a stratified seeded validation split, optional seeded subsets, the input preprocessing
+    (a backbone's own size, mean/std and RGB) and the first `feature_map_inputs` training images per class."""
     data = ctx.load_data(cfg.dataset, list(cfg.classes) or None)
-    dev, k, classes = ctx.device, len(data.classes), data.classes
+    dev, k = ctx.device, len(data.classes)
     mean, std = data.mean_std()
     size, channels = cfg.image_size or None, None
     if cfg.backbone:  # the backbone's own preprocessing: its input size, ImageNet mean/std, RGB
@@ -184,8 +185,7 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         mean, std, channels = prep.mean, prep.std, 3
         size = cfg.image_size or prep.input_size
     tr_idx, va_idx = stratified_split(data.train.y, cfg.val_fraction, cfg.seed)
-    train = data.train.take(tr_idx)
-    train = random_subset(train, cfg.train_subset, cfg.seed)
+    train = random_subset(data.train.take(tr_idx), cfg.train_subset, cfg.seed)
     val = random_subset(data.train.take(va_idx), cfg.val_subset, cfg.seed + 1)
     test = random_subset(data.test, cfg.test_subset, cfg.seed)
     if len(val) == 0:
@@ -194,27 +194,39 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     train, val, test, ref = train.to(dev), val.to(dev), test.to(dev), ref.to(dev)
     aug = build_augment(cfg.augment, cfg.crop_padding)
     setup = Setup(train, val, mean, std, dev, cfg.seed, aug, ctx.run, ctx.resume, ctx.verbose, size, channels)
-
-    # Fixed inputs for the feature maps: the first `feature_map_inputs` training images of each class.
     fm_idx = torch.cat([torch.nonzero(train.y == c).flatten()[: cfg.feature_map_inputs] for c in range(k)])
-    fm_raw = train.x[fm_idx].cpu()
-    fm_names = [classes[int(c)] for c in train.y[fm_idx]]
     fm_x = next(iter(setup.batches(train.take(fm_idx), len(fm_idx), False)))[0]
+    in_shape = (channels or data.train.shape[0], size or data.train.shape[1], size or data.train.shape[2])
+    return Prepared(data, setup, test, ref, in_shape, train.x[fm_idx].cpu(),
+                    [data.classes[int(c)] for c in train.y[fm_idx]], fm_x)
 
+
+def stage_configs(cfg: Config, ctx: Context) -> dict[str, TrainConfig]:
+    """Every stage's TrainConfig: the `train` group as resolved; E2's head stage with its own defaults
+    (head_epochs, head_lr, no weight decay) under the user's `train.*` settings (the user wins)."""
+    tcfg = ctx.train_config()
+    head = ctx.train_config({"epochs": cfg.head_epochs, "lr": cfg.head_lr, "weight_decay": 0.0})
+    return {"e1": tcfg, "e2-triplet": tcfg, "e2-head": head, "e4": tcfg}
+
+
+def report_setup(p: Prepared, cfg: Config, tcfgs: dict[str, TrainConfig], ctx: Context) -> None:
+    """The data, what every regime shares, and the hyper-parameters each stage trains with."""
+    data, setup, bs = p.data, p.setup, tcfgs["e1"].batch_size
     ctx.report.heading("Setup")
     ctx.report.text(
-        f"{data.name}: {len(train):,} training, {len(val):,} validation (stratified, seed {cfg.seed}) and "
-        f"{len(test):,} test images of shape {'x'.join(map(str, data.train.shape))}, classes "
-        f"{' vs '.join(classes)}. Every regime starts from the same initial weights of "
-        f"`{cfg.backbone or cfg.model}` and sees "
-        f"about {len(train):,} images per epoch in steps of {cfg.train.batch_size} (triplet regimes: "
-        f"{cfg.train.batch_size // 3} triplets per step, drawn by `TripletDataset`"
+        f"{data.name}: {len(setup.train):,} training, {len(setup.val):,} validation (stratified, seed {cfg.seed}) "
+        f"and {len(p.test):,} test images of shape {'x'.join(map(str, data.train.shape))}, classes "
+        f"{' vs '.join(data.classes)}. Every regime starts from the same initial weights of "
+        f"`{cfg.backbone or cfg.model}` and sees about {len(setup.train):,} images per epoch in steps of {bs} "
+        f"(triplet regimes: {bs // 3} triplets per step, drawn by `TripletDataset`"
         + (f", then re-mined in the batch ({cfg.miner}, {cfg.miner_impl})" if cfg.miner != "none" else "")
         + f"). Triplet margin {cfg.margin} on L2-normalised embeddings; E4's lambda = {cfg.ce_weight}. "
-        f"Optimizer {cfg.train.optimizer}, lr {cfg.train.lr}, {cfg.train.schedule} schedule, "
-        f"{cfg.train.epochs} epochs; E2's head: {cfg.head_epochs} epochs at lr {cfg.head_lr}. Augmentation: "
-        f"{', '.join(cfg.augment) or 'none'}. Target validation accuracy for convergence: {cfg.target_acc}."
+        f"Augmentation: {', '.join(cfg.augment) or 'none'}. Target validation accuracy for convergence: "
+        f"{cfg.target_acc}."
     )
+    stages = [s for s in tcfgs if s.partition("-")[0] in cfg.regimes]
+    ctx.report.table([{"stage": s, **hyper_parameters(tcfgs[s])} for s in stages],
+                     caption="the hyper-parameters each stage trains with")
     if cfg.dataset == "fashion-mnist" and set(cfg.classes) == {"T-shirt/top", "Shirt"}:
         ctx.report.text(
             "Why these two classes: in Fashion-MNIST confusion matrices Shirt is the hardest class "
@@ -223,73 +235,47 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
             "length), which is what the feature maps and the separability numbers should show."
         )
 
-    results: dict[str, RegimeResult] = {}
-    evals: dict[str, dict[str, Any]] = {}
-    layer_names: list[str] = []
-    for i, name in enumerate(cfg.regimes):
-        torch.manual_seed(cfg.seed)  # the same initial weights for every regime
-        in_shape = (channels or data.train.shape[0], size or data.train.shape[1], size or data.train.shape[2])
-        model = _build_model(cfg, in_shape, k, ctx.download).to(dev)
-        layers = main_layers(model)
-        layer_names = list(layers)
-        monitor = RepresentationMonitor(
-            Probe(ref, val, mean, std, dev, cfg.knn_k, size, channels),
-            layers,
-            fm_x.to(dev),
-            _fm_epochs(cfg),
-            CollapseDetector(cfg.margin),
-            channels=cfg.feature_map_channels,
-            state_path=ctx.run.checkpoint_dir(f"monitor-{name}") / "state.pt" if ctx.run.is_main else None,
-        )
-        ctx.log(f"== regime {i + 1}/{len(cfg.regimes)}: {REGIMES[name]}")
-        res = _train_regime(name, cfg, setup, monitor, model)
-        results[name] = res
-        evals[name] = _evaluate_regime(res, cfg, ctx, setup, test, ref, layers, classes, fm_raw, fm_names)
-        ctx.report.save(ctx.run.path)  # readable after every regime, even if a later one is interrupted
 
-    pixels = _pixel_baseline(ref, test, cfg.seed)
-    report_comparison(ctx.report, ctx.run, results, evals, layer_names, pixels, cfg.target_acc, cfg.probe_images)
-    return {
-        "dataset": cfg.dataset,
-        "classes": list(cfg.classes),
-        "target_acc": cfg.target_acc,
-        "pixels": pixels,
-        "regimes": evals,
-    }
+def train_regime(name: str, cfg: Config, ctx: Context, p: Prepared, tcfgs: dict[str, TrainConfig]
+                 ) -> tuple[RegimeResult, dict[str, Any]]:
+    """E1/E2/E4: one regime from the shared initial weights, watched by a representation monitor (kNN,
+    spread, Fisher ratio per layer, feature-map snapshots); returns it and its main layers."""
+    torch.manual_seed(cfg.seed)  # the same initial weights for every regime
+    setup, tcfg = p.setup, tcfgs["e1"]
+    model = _build_model(cfg, p.in_shape, len(p.data.classes), ctx.download).to(setup.device)
+    layers = main_layers(model)
+    monitor = RepresentationMonitor(
+        Probe(p.ref, setup.val, setup.mean, setup.std, setup.device, cfg.knn_k, setup.size, setup.channels),
+        layers,
+        p.fm_x.to(setup.device),
+        cfg.feature_map_epochs or tuple(sorted({1, (tcfg.epochs + 1) // 2, tcfg.epochs})),
+        CollapseDetector(cfg.margin),
+        channels=cfg.feature_map_channels,
+        state_path=ctx.run.checkpoint_dir(f"monitor-{name}") / "state.pt" if ctx.run.is_main else None,
+    )
+    if name == "e1":
+        return train_e1(model, setup, tcfg, monitor), layers
+    miner = build_miner(cfg.miner, cfg.margin, cfg.miner_impl)
+    if name == "e2":
+        return train_e2(model, setup, tcfgs["e2-triplet"], tcfgs["e2-head"], cfg.margin, miner, monitor), layers
+    return train_e4(model, setup, tcfgs["e4"], cfg.margin, miner, cfg.ce_weight, monitor), layers
 
 
-def _evaluate_regime(
-    res: RegimeResult,
-    cfg: Config,
-    ctx: Context,
-    setup: Setup,
-    test: ImageData,
-    ref: ImageData,
-    layers: dict[str, Any],
-    classes: list[str],
-    fm_raw: torch.Tensor,
-    fm_names: list[str],
-) -> dict[str, Any]:
-    """Test accuracy, kNN, separability per layer, projections, feature maps, curves, collapse: one regime."""
-    name, model, dev = res.name, res.model, setup.device
-    bs = cfg.train.eval_batch_size
-    ev = {
-        s: evaluate(model, setup.batches(d, bs, False), device=dev)
-        for s, d in (("train", setup.train), ("val", setup.val), ("test", test))
-    }
+def measure_regime(res: RegimeResult, cfg: Config, p: Prepared, layers: dict[str, Any], eval_batch_size: int
+                   ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], torch.Tensor]:
+    """E3's numbers for one regime: accuracy per split, kNN on the embedding, separability (Fisher ratio,
+    linear probe) per layer, spread, and epochs/seconds to the target accuracy. Also the per-split
+    evaluation and the test embeddings."""
+    model, setup, test, ref = res.model, p.setup, p.test, p.ref
+    ev = {s: evaluate(model, setup.batches(d, eval_batch_size, False), device=setup.device)
+          for s, d in (("train", setup.train), ("val", setup.val), ("test", test))}
     prep = {"size": setup.size, "channels": setup.channels}
-    e_ref = embed(model, ref, setup.mean, setup.std, device=dev, layers=layers, **prep)
-    e_test = embed(model, test, setup.mean, setup.std, device=dev, layers=layers, **prep)
+    e_ref = embed(model, ref, setup.mean, setup.std, device=setup.device, layers=layers, **prep)
+    e_test = embed(model, test, setup.mean, setup.std, device=setup.device, layers=layers, **prep)
     ref_y, test_y = ref.y.cpu(), test.y.cpu()
-    knn = knn_accuracy(e_ref["embedding"], ref_y, e_test["embedding"], test_y, cfg.knn_k)
-    sep = {
-        ln: {
-            "fisher": fisher_ratio(e_test[ln], test_y),
-            "probe": linear_probe_accuracy(e_ref[ln], ref_y, e_test[ln], test_y, cfg.seed),
-        }
-        for ln in [*layers, "embedding"]
-    }
-    spread = mean_pairwise_distance(e_test["embedding"])
+    sep = {ln: {"fisher": fisher_ratio(e_test[ln], test_y),
+                "probe": linear_probe_accuracy(e_ref[ln], ref_y, e_test[ln], test_y, cfg.seed)}
+           for ln in [*layers, "embedding"]}
     ep, sec = classifier_epochs_to(res, cfg.target_acc)
     kep, ksec = res.monitor.epochs_to("knn_val_acc", cfg.target_acc)
     out = {
@@ -297,8 +283,8 @@ def _evaluate_regime(
         "test_loss": ev["test"]["loss"],
         "val_acc": ev["val"]["acc"],
         "train_acc": ev["train"]["acc"],
-        "knn_test_acc": knn,
-        "spread": spread,
+        "knn_test_acc": knn_accuracy(e_ref["embedding"], ref_y, e_test["embedding"], test_y, cfg.knn_k),
+        "spread": mean_pairwise_distance(e_test["embedding"]),
         "separability": sep,
         "epochs_to_target": ep,
         "seconds_to_target": sec,
@@ -306,24 +292,28 @@ def _evaluate_regime(
         "knn_seconds_to_target": ksec,
         "train_seconds": res.train_seconds,
     }
+    return out, ev, e_test["embedding"]
 
+
+CURVE_NOTES = {
+    "e2": "; the triplet stage's loss is the triplet loss and, having no head yet, its accuracy is a leave-one-out "
+          "nearest-class-centroid vote on the embedding within each batch (its best epoch by that validation "
+          "accuracy is kept); the head stage's loss is cross-entropy",
+    "e4": "; train loss = triplet + lambda * CE, validation loss = CE",
+}
+
+
+def report_regime(res: RegimeResult, out: dict[str, Any], ev: dict[str, dict[str, Any]], layers: dict[str, Any],
+                  n_test: int, ctx: Context) -> None:
+    """E1/E2/E4: the regime's curves, its best model per split, and its representation epoch by epoch."""
+    name = res.name
     ctx.report.heading(REGIMES[name])
     figures.curves(res.stages, ctx.run.figure_path(f"curves_{name}"), title=REGIMES[name].split(":")[0])
-    ctx.report.figure(
-        f"curves_{name}.png",
-        "loss and accuracy per epoch, train (solid) and validation (dashed)"
-        + (
-            "; the triplet stage's loss is the triplet loss and, having no head yet, its accuracy is a "
-            "leave-one-out nearest-class-centroid vote on the embedding within each batch (its best epoch by that "
-            "validation accuracy is kept); the head stage's loss is cross-entropy"
-            if name == "e2"
-            else ""
-        )
-        + ("; train loss = triplet + lambda * CE, validation loss = CE" if name == "e4" else ""),
-    )
+    ctx.report.figure(f"curves_{name}.png", "loss and accuracy per epoch, train (solid) and validation (dashed)"
+                      + CURVE_NOTES.get(name, ""))
     ctx.report.table(
         [{"split": s, "accuracy": ev[s]["acc"], "CE loss": ev[s]["loss"], "images": ev[s]["n"]} for s in ev]
-        + [{"split": "test, kNN on the embedding", "accuracy": knn, "images": len(test)}],
+        + [{"split": "test, kNN on the embedding", "accuracy": out["knn_test_acc"], "images": n_test}],
         caption=f"{name}: best model",
     )
     ctx.report.table(
@@ -341,45 +331,72 @@ def _evaluate_regime(
         caption=f"{name}: the representation per epoch (validation set; epoch 0 = initial weights). "
         "spread = mean pairwise distance of the unit embeddings",
     )
-    views = {}
-    pts = min(cfg.projection_points, len(test))
-    xy, share = projection.pca_2d(e_test["embedding"][:pts])
-    views[f"PCA ({share:.0%} of variance)"] = xy
+
+
+def report_embeddings(name: str, emb: torch.Tensor, p: Prepared, cfg: Config, ctx: Context) -> None:
+    """E3: 2-D projections (PCA, optionally t-SNE) of the regime's test embeddings, coloured by class."""
+    pts = min(cfg.projection_points, len(p.test))
+    xy, share = projection.pca_2d(emb[:pts])
+    views = {f"PCA ({share:.0%} of variance)": xy}
     if cfg.tsne:
-        ts = projection.tsne_2d(e_test["embedding"][:pts], cfg.seed)
+        ts = projection.tsne_2d(emb[:pts], cfg.seed)
         if ts is not None:
             views["t-SNE"] = ts
-    projection.scatter(
-        views,
-        test_y[:pts],
-        classes,
-        ctx.run.figure_path(f"embedding_{name}"),
-        title=f"{name}: test embeddings",
-    )
+    projection.scatter(views, p.test.y.cpu()[:pts], p.data.classes, ctx.run.figure_path(f"embedding_{name}"),
+                       title=f"{name}: test embeddings")
     ctx.report.figure(f"embedding_{name}.png", f"{name}: 2-D projections of {pts} test embeddings, by class")
+
+
+def report_feature_maps(res: RegimeResult, layers: dict[str, Any], p: Prepared, ctx: Context) -> None:
+    """E3: each main layer's feature maps of the fixed training images at the snapshot epochs."""
+    name, snaps = res.name, res.monitor.snapshots
     for ln in layers:
-        if all(ln in s for s in res.monitor.snapshots.values()):
-            featuremaps.grid(
-                res.monitor.snapshots,
-                fm_raw,
-                fm_names,
-                ln,
-                ctx.run.figure_path(f"fmap_{name}_{ln}"),
-                title=f"{name}: {ln}",
-            )
-            ctx.report.figure(
-                f"fmap_{name}_{ln}.png",
-                f"{name}: feature maps of {ln} for fixed training images "
-                f"at epochs {', '.join(map(str, sorted(res.monitor.snapshots)))} (each channel "
-                "min-max normalised)",
-            )
-    warnings = res.monitor.detector.warnings()
-    if spread < res.monitor.detector.min_spread and not res.monitor.detector.collapsed_spread():
+        if not all(ln in s for s in snaps.values()):
+            continue
+        featuremaps.grid(snaps, p.fm_raw, p.fm_names, ln, ctx.run.figure_path(f"fmap_{name}_{ln}"),
+                         title=f"{name}: {ln}")
+        ctx.report.figure(f"fmap_{name}_{ln}.png", f"{name}: feature maps of {ln} for fixed training images at "
+                          f"epochs {', '.join(map(str, sorted(snaps)))} (each channel min-max normalised)")
+
+
+def report_collapse(res: RegimeResult, spread: float, ctx: Context) -> list[str]:
+    """E2/E4: warnings when the embedding collapsed (during training, or on the test set); returns them."""
+    detector = res.monitor.detector
+    warnings = detector.warnings()
+    if spread < detector.min_spread and not detector.collapsed_spread():
         warnings.append(f"test embeddings collapsed: mean pairwise distance {spread:.4f}")
     for w in warnings:
-        ctx.report.warning(f"{name}: {w}")
-    out["collapse_warnings"] = warnings
-    return out
+        ctx.report.warning(f"{res.name}: {w}")
+    return warnings
+
+
+def run(cfg: Config, ctx: Context) -> dict[str, Any]:
+    p = prepare(cfg, ctx)
+    tcfgs = stage_configs(cfg, ctx)
+    report_setup(p, cfg, tcfgs, ctx)
+    results: dict[str, RegimeResult] = {}
+    evals: dict[str, dict[str, Any]] = {}
+    layer_names: list[str] = []
+    for i, name in enumerate(cfg.regimes):
+        ctx.log(f"== regime {i + 1}/{len(cfg.regimes)}: {REGIMES[name]}")
+        res, layers = train_regime(name, cfg, ctx, p, tcfgs)
+        layer_names = list(layers)
+        out, ev, emb = measure_regime(res, cfg, p, layers, tcfgs["e1"].eval_batch_size)
+        report_regime(res, out, ev, layers, len(p.test), ctx)
+        report_embeddings(name, emb, p, cfg, ctx)
+        report_feature_maps(res, layers, p, ctx)
+        out["collapse_warnings"] = report_collapse(res, out["spread"], ctx)
+        results[name], evals[name] = res, out
+        ctx.report.save(ctx.run.path)  # readable after every regime, even if a later one is interrupted
+    pixels = _pixel_baseline(p.ref, p.test, cfg.seed)
+    report_comparison(ctx.report, ctx.run, results, evals, layer_names, pixels, cfg.target_acc, cfg.probe_images)
+    return {
+        "dataset": cfg.dataset,
+        "classes": list(cfg.classes),
+        "target_acc": cfg.target_acc,
+        "pixels": pixels,
+        "regimes": evals,
+    }
 
 
 def _pixel_baseline(ref: ImageData, test: ImageData, seed: int) -> dict[str, float]:

@@ -19,7 +19,7 @@ from torchdojo.config import TrainConfig
 from torchdojo.data.augment import Aug
 from torchdojo.data.base import ImageData
 from torchdojo.data.loader import TensorBatches
-from torchdojo.engine import Batches, cross_entropy, fit
+from torchdojo.engine import Batches, LossFn, cross_entropy, fit
 from torchdojo.metric.losses import TripletObjective, head_only_cross_entropy
 from torchdojo.metric.miners import Miner
 from torchdojo.metric.monitor import RepresentationMonitor
@@ -149,6 +149,32 @@ def fit_head_frozen(
     return _fit(model, train, val, tcfg, setup, stage, params=params, loss_fn=head_only_cross_entropy)
 
 
+def _fit_triplet(
+    model: nn.Module,
+    setup: Setup,
+    tcfg: TrainConfig,
+    stage: str,
+    objective: TripletObjective,
+    monitor: RepresentationMonitor,
+    val: Batches,
+    val_loss_fn: LossFn,
+) -> list[dict[str, Any]]:
+    """E2 stage 1 and E4: `objective` on the training set's triplet batches (its per-epoch parts go to the
+    monitor's table), validated on `val` with `val_loss_fn`."""
+    monitor.objective = objective
+    return _fit(
+        model,
+        setup.triplet_batches(setup.train, tcfg.batch_size, True),
+        val,
+        tcfg,
+        setup,
+        stage,
+        monitor,
+        loss_fn=objective,
+        val_loss_fn=val_loss_fn,
+    )
+
+
 def train_e2(
     model: nn.Module,
     setup: Setup,
@@ -159,20 +185,10 @@ def train_e2(
     monitor: RepresentationMonitor,
 ) -> RegimeResult:
     """E2: triplet loss on the extractor (best epoch by validation nearest-centroid accuracy), then the head."""
-    objective = TripletObjective(margin, miner)
-    monitor.objective = objective
-    # best epoch by the validation nearest-centroid accuracy of the embedding (the stage has no head)
-    hist1 = _fit(
-        model,
-        setup.triplet_batches(setup.train, tcfg.batch_size, True),
-        setup.triplet_batches(setup.val, tcfg.batch_size, False),
-        tcfg,
-        setup,
-        "e2-triplet",
-        monitor,
-        loss_fn=objective,
-        val_loss_fn=TripletObjective(margin, None),
-    )
+    # validation: fixed triplets, the plain triplet loss, and the nearest-centroid accuracy (no head yet)
+    val = setup.triplet_batches(setup.val, tcfg.batch_size, False)
+    hist1 = _fit_triplet(model, setup, tcfg, "e2-triplet", TripletObjective(margin, miner), monitor, val,
+                         TripletObjective(margin, None))
     hist2 = fit_head_frozen(
         model,
         setup.batches(setup.train, head_cfg.batch_size, True),
@@ -193,19 +209,9 @@ def train_e4(
     monitor: RepresentationMonitor,
 ) -> RegimeResult:
     """E4: triplet + ce_weight * cross-entropy, whole model, one stage; validation loss is the CE part."""
-    objective = TripletObjective(margin, miner, ce_weight=ce_weight)
-    monitor.objective = objective
-    hist = _fit(
-        model,
-        setup.triplet_batches(setup.train, tcfg.batch_size, True),
-        setup.batches(setup.val, tcfg.eval_batch_size, False),
-        tcfg,
-        setup,
-        "e4",
-        monitor,
-        loss_fn=objective,
-        val_loss_fn=cross_entropy(),
-    )
+    val = setup.batches(setup.val, tcfg.eval_batch_size, False)
+    hist = _fit_triplet(model, setup, tcfg, "e4", TripletObjective(margin, miner, ce_weight=ce_weight), monitor, val,
+                        cross_entropy())
     return RegimeResult("e4", model, {"e4": hist}, monitor)
 
 
