@@ -65,6 +65,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "lr": (0, None, True, False),
     "head_lr": (0, None, True, False),
     "clip_lr": (0, None, True, False),
+    "reset_lr": (0, None, True, False),
+    "overfit_lr": (0, None, True, False),
     "margin": (0, None, True, False),
     "slope": (0, 1, True, True),
     "backbone_lr_mult": (0, None, False, False),

@@ -54,6 +54,8 @@ UNUSED: dict[str, str] = {
                      "the first epoch, then it runs eagerly anyway); measured 92 s instead of 1 s for 2 small "
                      "epochs on CPU",
 }
+# Stages sized by the experiment's own fields, not by the `train` group.
+OWN_STAGES = {"reset-*": "F2's full-batch overfit: reset_steps steps at reset_lr on the handful of sentences"}
 
 
 @dataclasses.dataclass

@@ -51,6 +51,8 @@ UNUSED: dict[str, str] = {
     "clf.channels_last": _NO_4D,
     "clf.cpu_fusion": _NO_FUSION,
 }
+# Stages sized by the experiment's own fields, not by a TrainConfig group.
+OWN_STAGES = {"dae-overfit": "one small batch, overfit_steps epochs at overfit_lr (overfit_sentences sentences)"}
 OVERFIT_GRAD_CLIP = 1.0  # the demo clips like the DAE does
 
 
