@@ -208,3 +208,17 @@ def test_render_html_is_deterministic(tmp_path):
     first = (tmp_path / "report.html").read_bytes()
     render_html(tmp_path)
     assert (tmp_path / "report.html").read_bytes() == first
+
+
+def test_table_columns_are_the_union_of_row_keys_in_first_seen_order():
+    r = Report("t")
+    r.table([{"a": 1, "b": 2}, {"c": 3, "a": 4}, {"b": 5, "d": 6}])
+    block = r.blocks[-1]
+    assert block["columns"] == ["a", "b", "c", "d"]
+    assert block["rows"] == [[1, 2, "", ""], [4, "", 3, ""], ["", 5, "", 6]]
+    r.table([{"a": 1, "b": 2}], columns=["b", "b", "a"])  # given columns: kept in their order, each once
+    assert r.blocks[-1]["columns"] == ["b", "a"] and r.blocks[-1]["rows"] == [[2, 1]]
+    r.table([{"x": 1}], columns=[])  # an empty list: every key, like no columns
+    assert r.blocks[-1]["columns"] == ["x"]
+    r.table([])
+    assert r.blocks[-1]["columns"] == [] and r.blocks[-1]["rows"] == []

@@ -39,8 +39,9 @@ class Report:
         self.blocks.append({"type": "code", "text": text})
 
     def table(self, rows: list[dict[str, Any]], caption: str = "", columns: list[str] | None = None) -> None:
-        cols = columns or [k for r in rows for k in r if True]
-        cols = list(dict.fromkeys(cols))
+        """A table of `rows`; its columns are `columns`, or else every key of the rows in first-seen order
+        (each once). A row without a column's key shows an empty cell."""
+        cols = list(dict.fromkeys(columns or (k for r in rows for k in r)))
         self.blocks.append({"type": "table", "caption": caption, "columns": cols,
                             "rows": [[r.get(c, "") for c in cols] for r in rows]})
 
