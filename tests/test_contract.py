@@ -27,6 +27,7 @@ from torchdojo.errors import DojoError
 from torchdojo.experiments import EXPERIMENTS
 from torchdojo.experiments import base as experiments_base
 from torchdojo.experiments.base import build_config, run_experiment
+from torchdojo.steps import batch_len
 
 # A distinctive, valid value for every TrainConfig field (none is a default of any experiment's group).
 DISTINCT: dict[str, Any] = {
@@ -88,7 +89,7 @@ class _Recorder:
         sizes: list[int] = []
         record.append(sizes)
         for batch in batches:
-            sizes.append(engine._batch_len(batch))
+            sizes.append(batch_len(batch))
             yield batch
 
 

@@ -188,3 +188,24 @@ def wrap(objective: nn.Module, device: torch.device, find_unused_parameters: boo
     ids = [device.index] if device.type == "cuda" else None
     return DDP(objective, device_ids=ids, output_device=device.index if ids else None,
                find_unused_parameters=find_unused_parameters)
+
+
+def shard_positions(batches: Any) -> tuple[torch.Tensor, int] | None:
+    """Under DDP: where this rank's samples sit in the epoch (padding: >= total), if `batches` tells."""
+    if not is_initialized() or not hasattr(batches, "positions"):
+        return None
+    return batches.positions(), int(batches.num_global)
+
+
+def gather_outputs(out: dict[str, Any], where: list[torch.Tensor] | None,
+                   device: torch.device) -> dict[str, Any]:
+    """All ranks' probabilities and targets; sorted back into the epoch's order when positions are known."""
+    k = out["probs"].shape[1] if out["probs"].ndim == 2 else 0
+    k = int(all_gather_cat(torch.tensor([k], device=device)).max().item())  # a rank may have none
+    probs = all_gather_cat(out["probs"].reshape(-1, k).to(device)).cpu()
+    targets = all_gather_cat(out["targets"].to(device)).cpu()
+    if where is not None:
+        pos = torch.cat(where) if where else torch.empty(0, dtype=torch.long)
+        order = all_gather_cat(pos.to(device)).cpu().argsort()
+        probs, targets = probs[order], targets[order]
+    return {**out, "probs": probs, "targets": targets}

@@ -14,7 +14,6 @@ import copy
 import ctypes
 import dataclasses
 import functools
-import inspect
 import itertools
 import math
 import os
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from torchdojo import distributed
@@ -34,31 +32,22 @@ from torchdojo.errors import DojoError, TrainingDiverged
 from torchdojo.fusion import fused_bn_relu_pool
 from torchdojo.optim import build_optimizer, build_scheduler
 from torchdojo.runs import Run, atomic_torch_save, load_checkpoint
+from torchdojo.steps import (
+    LossFn,
+    Step,
+    StepOutput,
+    as_step,
+    batch_len,
+    classification,
+    cross_entropy,
+    select_rows,
+    to_device,
+    xy_step,
+)
 
-# (model, x, y) -> (loss, logits or None): an objective on (images, labels) batches; logits give the accuracy
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
-
-
-@dataclasses.dataclass
-class StepOutput:
-    """What one step on one batch gives the engine.
-
-    `loss` is the mean over `count` items (images, sentences or tokens): backward goes through it and the
-    epoch's loss is the `count`-weighted mean. `metrics` are sums over the same items (e.g. `{"acc": number
-    correct}`), logged as means (`train_acc`, `val_acc`); a regression step has none, so none is logged.
-    `outputs`/`targets` (logits and labels) are only read by `evaluate(return_outputs=True)`.
-    """
-
-    loss: torch.Tensor
-    count: int
-    metrics: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
-    outputs: torch.Tensor | None = None
-    targets: torch.Tensor | None = None
-
-
-# (model, batch) -> StepOutput, for any batch type: (images, labels), padded token batches, ...
-Step = Callable[[nn.Module, Any], StepOutput]
-
+__all__ = ["Batches", "EpochCallback", "FitResult", "LossFn", "Step", "StepOutput", "classification",
+           "cross_entropy", "evaluate", "fit", "keep_freed_memory", "load_best", "to_device", "train_one_epoch",
+           "xy_step"]
 
 class Batches(Protocol):
     def __iter__(self) -> Any: ...
@@ -67,75 +56,6 @@ class Batches(Protocol):
 
 class EpochCallback(Protocol):
     def __call__(self, epoch: int, row: dict[str, Any], model: nn.Module) -> None: ...
-
-
-def classification(logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor | None = None,
-                   label_smoothing: float = 0.0) -> StepOutput:
-    """The StepOutput of a classifier: cross-entropy (unless `loss` is given), accuracy, logits and labels."""
-    if loss is None:
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-    correct = (logits.detach().argmax(1) == y).sum()
-    return StepOutput(loss, len(y), {"acc": correct}, outputs=logits, targets=y)
-
-
-def xy_step(loss_fn: LossFn) -> Step:
-    """A `Step` for (x, y) batches from an objective `loss_fn(model, x, y) -> (loss, logits or None)`."""
-
-    def step(model: nn.Module, batch: Any) -> StepOutput:
-        x, y = batch
-        loss, logits = loss_fn(model, x, y)
-        if logits is None:
-            return StepOutput(loss, len(y))
-        return classification(logits, y, loss)
-
-    step.uses_label_smoothing = getattr(loss_fn, "uses_label_smoothing", False)  # type: ignore[attr-defined]
-    return step
-
-
-def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
-    def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(x)
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
-
-    objective.uses_label_smoothing = True  # type: ignore[attr-defined]
-    return objective
-
-
-def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
-    """`batch` (a tensor, or tuples/lists/dicts of them) on `device`; 4-D float tensors in channels_last."""
-    if isinstance(batch, torch.Tensor):
-        batch = batch.to(device, non_blocking=True)
-        if channels_last and batch.ndim == 4:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(b, device, channels_last) for b in batch)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
-    return batch
-
-
-def _batch_len(batch: Any) -> int:
-    """The number of samples in a batch: the first dimension of its first tensor."""
-    if isinstance(batch, torch.Tensor):
-        return len(batch)
-    items = batch.values() if isinstance(batch, dict) else batch
-    for b in items:
-        n = _batch_len(b)
-        if n >= 0:
-            return n
-    return -1
-
-
-def _select(batch: Any, keep: torch.Tensor, n: int) -> Any:
-    """The rows `keep` (bool, length n) of every tensor in `batch` whose first dimension is n."""
-    if isinstance(batch, torch.Tensor):
-        return batch[keep.to(batch.device)] if batch.ndim and len(batch) == n else batch
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_select(b, keep, n) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _select(v, keep, n) for k, v in batch.items()}
-    return batch
 
 
 @functools.cache
@@ -218,31 +138,10 @@ def train_one_epoch(
     `step(model, batch) -> StepOutput` (default: cross-entropy on (x, y) batches); `loss_fn(model, x, y)`
     is the older (x, y) form. On CPU, `fuse` runs BN -> ReLU -> max-pool blocks as one op
     (`torchdojo.fusion`; same maths)."""
-    step = _as_step(step, loss_fn)
+    step = as_step(step, loss_fn)
     with fused_bn_relu_pool(model, enabled=fuse and device.type == "cpu"):
         return _train_one_epoch(model, batches, optimizer, step, device, scheduler, grad_clip, max_batches,
                                 progress, autocast_dtype, channels_last)
-
-
-def _as_step(step: Step | LossFn | None, loss_fn: LossFn | None = None, label_smoothing: float = 0.0) -> Step:
-    """A Step from whichever form was given (an (x, y) objective takes 3 arguments, a Step 2); the default is
-    cross-entropy with `label_smoothing`."""
-    if step is not None and loss_fn is not None:
-        raise TypeError("give step or loss_fn, not both")
-    if step is None:
-        return xy_step(loss_fn or cross_entropy(label_smoothing))
-    if _takes_three(step):
-        return xy_step(step)  # type: ignore[arg-type]
-    return step  # type: ignore[return-value]
-
-
-def _takes_three(fn: Callable[..., Any]) -> bool:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-               for p in params) == 3
 
 
 def _train_one_epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Optimizer, step: Step,
@@ -284,13 +183,6 @@ def _train_one_epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.
     return {**means, "n": n, "seconds": time.perf_counter() - start}
 
 
-def _shard_positions(batches: Any) -> tuple[torch.Tensor, int] | None:
-    """Under DDP: where this rank's samples sit in the epoch (padding: >= total), if `batches` tells."""
-    if not distributed.is_initialized() or not hasattr(batches, "positions"):
-        return None
-    return batches.positions(), int(batches.num_global)
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -309,7 +201,7 @@ def evaluate(
     targets (from the step's outputs/targets). Default step: cross-entropy on (x, y) batches.
 
     On CPU, `fuse` runs BN -> ReLU -> max-pool blocks as one op (`torchdojo.fusion`; same maths)."""
-    step = _as_step(step, loss_fn)
+    step = as_step(step, loss_fn)
     with fused_bn_relu_pool(model, enabled=fuse and device.type == "cpu"):
         return _evaluate(model, batches, device, step, max_batches, return_outputs, autocast_dtype,
                          channels_last)
@@ -323,15 +215,15 @@ def _evaluate(model: nn.Module, batches: Iterable[Any], device: torch.device, st
     sums: dict[str, torch.Tensor] = {}
     n = 0
     probs, targets, where = [], [], []
-    shard, seen = _shard_positions(batches), 0
+    shard, seen = distributed.shard_positions(batches), 0
     for batch in itertools.islice(batches, max_batches or None):
         if shard is not None:  # DDP: drop the padding that evened out the shards, so each sample counts once
-            size = _batch_len(batch)
+            size = batch_len(batch)
             pos = shard[0][seen : seen + size]
             seen += size
             keep = pos < shard[1]
             if not keep.all():
-                batch, pos = _select(batch, keep, size), pos[keep]
+                batch, pos = select_rows(batch, keep, size), pos[keep]
             if not keep.any():
                 continue
         batch = to_device(batch, device, channels_last)
@@ -352,22 +244,8 @@ def _evaluate(model: nn.Module, batches: Iterable[Any], device: torch.device, st
         result["probs"] = torch.cat(probs) if probs else torch.empty(0)
         result["targets"] = torch.cat(targets) if targets else torch.empty(0, dtype=torch.long)
         if distributed.is_initialized():  # every rank gets all outputs, in the epoch's order when known
-            result = _gather_outputs(result, where if shard is not None else None, device)
+            result = distributed.gather_outputs(result, where if shard is not None else None, device)
     return result
-
-
-def _gather_outputs(out: dict[str, Any], where: list[torch.Tensor] | None,
-                    device: torch.device) -> dict[str, Any]:
-    """All ranks' probabilities and targets; sorted back into the epoch's order when positions are known."""
-    k = out["probs"].shape[1] if out["probs"].ndim == 2 else 0
-    k = int(distributed.all_gather_cat(torch.tensor([k], device=device)).max().item())  # a rank may have none
-    probs = distributed.all_gather_cat(out["probs"].reshape(-1, k).to(device)).cpu()
-    targets = distributed.all_gather_cat(out["targets"].to(device)).cpu()
-    if where is not None:
-        pos = torch.cat(where) if where else torch.empty(0, dtype=torch.long)
-        order = distributed.all_gather_cat(pos.to(device)).cpu().argsort()
-        probs, targets = probs[order], targets[order]
-    return {**out, "probs": probs, "targets": targets}
 
 
 @dataclasses.dataclass
@@ -418,7 +296,7 @@ def fit(
     Without `val`, the best epoch is the one with the lowest training loss.
     """
     custom_objective = step is not None or loss_fn is not None or params is not None
-    step = _as_step(step, loss_fn, cfg.label_smoothing)
+    step = as_step(step, loss_fn, cfg.label_smoothing)
     val_step = val_step or (xy_step(val_loss_fn) if val_loss_fn is not None else step)
     if cfg.label_smoothing and not getattr(step, "uses_label_smoothing", False):
         raise DojoError(f"train.label_smoothing={cfg.label_smoothing} has no effect on stage {stage!r}: its loss "
