@@ -8,6 +8,9 @@ HELP = "run an experiment end to end and write its run folder and report.html"
 DESCRIPTION = """Run an experiment (see `torchdojo list`) at a scale:
   smoke  seconds, for tests;  small  minutes on a 2-core CPU (default);  full  the seed's own settings.
 Override any config field with --set key=value (nested: --set train.lr=0.01; lists: --set rungs=mlp,cnn).
+Your settings win over every default (scale, preset, a stage's or rung's own); a setting the experiment does
+not use, an out-of-range value, NaN or inf is refused before anything runs. config.json records, under
+"stages", the training config each stage really ran with.
 Examples:
   torchdojo run ladder
   torchdojo run ladder --scale smoke --rungs logreg,cnn --set train.epochs=2
@@ -22,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, help="a named preset of the experiment (e.g. ladder's cifar10)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field; repeatable")
-    p.add_argument("--rungs", default=None, help="comma-separated subset of rungs (same as --set rungs=...)")
+    p.add_argument("--rungs", default=None,
+                   help="comma-separated subset of rungs: the same as --set rungs=... (giving both is an error)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
     p.add_argument("--data-dir", default=None, help="folder with datasets (looked at first)")
     p.add_argument("--download", action="store_true", help="allow downloading a dataset that is not found locally")
@@ -54,6 +58,9 @@ def main(args: argparse.Namespace) -> int:
     if args.config:
         cfg = build_config(module, args.scale or "small", args.preset, overrides)
         print(json.dumps(to_dict(cfg), indent=2))
+        unused = getattr(module, "UNUSED", {})
+        if unused:
+            print(f"not used by {args.experiment} (refused if set): {', '.join(unused)}", file=sys.stderr)
         return 0
     keep_freed_memory()  # process-wide allocator tuning: the CLI's choice, never the library's
     path = run_experiment(module, scale=args.scale, preset=args.preset, overrides=overrides, device=args.device,
