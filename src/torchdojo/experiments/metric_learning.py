@@ -212,12 +212,13 @@ def stage_configs(cfg: Config, ctx: Context) -> dict[str, TrainConfig]:
 def report_setup(p: Prepared, cfg: Config, tcfgs: dict[str, TrainConfig], ctx: Context) -> None:
     """The data, what every regime shares, and the hyper-parameters each stage trains with."""
     data, setup, bs = p.data, p.setup, tcfgs["e1"].batch_size
+    init = "ImageNet weights" if cfg.pretrained and cfg.backbone else "random init"  # pretrained: backbones only
     ctx.report.heading("Setup")
     ctx.report.text(
         f"{data.name}: {len(setup.train):,} training, {len(setup.val):,} validation (stratified, seed {cfg.seed}) "
         f"and {len(p.test):,} test images of shape {'x'.join(map(str, data.train.shape))}, classes "
         f"{' vs '.join(data.classes)}. Every regime starts from the same initial weights of "
-        f"`{cfg.backbone or cfg.model}` and sees about {len(setup.train):,} images per epoch in steps of {bs} "
+        f"`{cfg.backbone or cfg.model}` ({init}) and sees about {len(setup.train):,} images per epoch in steps of {bs} "
         f"(triplet regimes: {bs // 3} triplets per step, drawn by `TripletDataset`"
         + (f", then re-mined in the batch ({cfg.miner}, {cfg.miner_impl})" if cfg.miner != "none" else "")
         + f"). Triplet margin {cfg.margin} on L2-normalised embeddings; E4's lambda = {cfg.ce_weight}. "

@@ -185,8 +185,9 @@ def train_e2(
     monitor: RepresentationMonitor,
 ) -> RegimeResult:
     """E2: triplet loss on the extractor (best epoch by validation nearest-centroid accuracy), then the head."""
-    # validation: fixed triplets, the plain triplet loss, and the nearest-centroid accuracy (no head yet)
-    val = setup.triplet_batches(setup.val, tcfg.batch_size, False)
+    # validation: fixed triplets (eval_batch_size // 3 per batch), the plain triplet loss, and the
+    # nearest-centroid accuracy (no head yet)
+    val = setup.triplet_batches(setup.val, tcfg.eval_batch_size, False)
     hist1 = _fit_triplet(model, setup, tcfg, "e2-triplet", TripletObjective(margin, miner), monitor, val,
                          TripletObjective(margin, None))
     hist2 = fit_head_frozen(
