@@ -251,7 +251,10 @@ def run_frozen(name: str, backbone: str, cfg: Config, ctx: Context, data: Data, 
     # The cost of the run = extraction (as recorded when the cache was built, so a cache hit from an earlier
     # run does not make the frozen regime look free) + head training.
     seconds = time.perf_counter() - start - lookup_s + cache.extract_seconds
-    ev = {s: evaluate(model.head, mk[s], device=ctx.device, return_outputs=s == "test") for s in mk}
+    # evaluated in eval_batch_size batches of the first view, in order (the arrays are in RAM already: no copy)
+    evb = {s: CachedBatches(mk[s].views[:1], labels[s], tcfg.eval_batch_size, device=ctx.device, in_memory=False)
+           for s in mk}
+    ev = {s: evaluate(model.head, evb[s], device=ctx.device, return_outputs=s == "test") for s in evb}
     total, trainable = count_params(model)
     return {"model": model, "result": result, "eval": ev, "seconds": seconds, "extract_s": cache.extract_seconds,
             "params": total, "trainable": trainable, "trunk_unchanged": module_hash(model.features) == before,
