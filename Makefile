@@ -9,6 +9,8 @@ test:  ## the test suite (what CI runs)
 	@scripts/setup.sh --test
 	.venv/bin/python -m pytest -q -p no:cacheprovider
 	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff format --check src tests benchmarks
 
 lint:
 	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff format --check src tests benchmarks

@@ -29,14 +29,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     r = conv_speed(args.batch, args.cin, args.cout, args.size, args.repeats, args.device)
-    print(f"input {r['input']}, 3x3 kernel, {r['channels']} channels, {r['device']}, {r['threads']} threads, "
-          f"median of {args.repeats}")
+    print(
+        f"input {r['input']}, 3x3 kernel, {r['channels']} channels, {r['device']}, {r['threads']} threads, "
+        f"median of {args.repeats}"
+    )
     print(f"  {'':<22}{'forward':>10}{'fwd+bwd':>10}")
     for name, key in (("torchdojo.nn.Conv2d", "scratch"), ("torch.nn.Conv2d", "torch")):
         print(f"  {name:<22}{r[f'{key}_forward_s']:>9.3f}s{r[f'{key}_fwd_bwd_s']:>9.3f}s")
     verdict = "within" if r["ratio_fwd_bwd"] <= 3 else "NOT within"
-    print(f"  scratch / torch: {r['ratio_forward']:.2f}x forward, {r['ratio_fwd_bwd']:.2f}x forward+backward "
-          f"({verdict} the 3x target)")
+    print(
+        f"  scratch / torch: {r['ratio_forward']:.2f}x forward, {r['ratio_fwd_bwd']:.2f}x forward+backward "
+        f"({verdict} the 3x target)"
+    )
     print(json.dumps(r))
 
 

@@ -86,16 +86,22 @@ def main() -> None:
         t0 = time.perf_counter()
         cached = {}
         for split, d in (("train", train), ("test", test)):
-            key = cache.key(trunk=model.features, backbone="efficientnet_lite0", data=d, split=split,
-                            preprocessing={"size": args.size})
+            key = cache.key(
+                trunk=model.features,
+                backbone="efficientnet_lite0",
+                data=d,
+                split=split,
+                preprocessing={"size": args.size},
+            )
             cached[split] = cache.get_or_extract(key, model.features, batches(d), len(d), dev)
         build = time.perf_counter() - t0
         tr = CachedBatches([cached["train"][0]], cached["train"][1], args.batch, shuffle=True)
         opt = build_optimizer(model.head.parameters(), cfg)
         for e in range(1, args.epochs + 1):
             train_one_epoch(model.head, tr.set_epoch(e), opt, cross_entropy(), device=dev)
-        acc_cached = evaluate(model.head, CachedBatches([cached["test"][0]], cached["test"][1], args.batch),
-                              device=dev)["acc"]
+        acc_cached = evaluate(
+            model.head, CachedBatches([cached["test"][0]], cached["test"][1], args.batch), device=dev
+        )["acc"]
         cached_total = time.perf_counter() - t0
 
     # Naive: the same head from the same init, the frozen trunk run on every batch of every epoch.
@@ -108,18 +114,36 @@ def main() -> None:
     acc_naive = evaluate(model, batches(test), device=dev)["acc"]
     naive_total = time.perf_counter() - t0
 
-    r = {"dataset": args.dataset, "head": args.head, "train": len(train), "test": len(test), "size": args.size,
-         "epochs": args.epochs, "threads": torch.get_num_threads(), "one_pass_s": round(one_pass, 2),
-         "cache_build_s": round(build, 2), "cached_total_s": round(cached_total, 2),
-         "naive_total_s": round(naive_total, 2), "cached_x_pass": round(cached_total / one_pass, 3),
-         "naive_x_pass": round(naive_total / one_pass, 3), "test_acc_cached": acc_cached, "test_acc_naive": acc_naive}
-    print(f"frozen EfficientNet-Lite0 + {args.head} head, {len(train)} train + {len(test)} test images at "
-          f"{args.size} px, E = {args.epochs} head epochs, {r['threads']} threads")
+    r = {
+        "dataset": args.dataset,
+        "head": args.head,
+        "train": len(train),
+        "test": len(test),
+        "size": args.size,
+        "epochs": args.epochs,
+        "threads": torch.get_num_threads(),
+        "one_pass_s": round(one_pass, 2),
+        "cache_build_s": round(build, 2),
+        "cached_total_s": round(cached_total, 2),
+        "naive_total_s": round(naive_total, 2),
+        "cached_x_pass": round(cached_total / one_pass, 3),
+        "naive_x_pass": round(naive_total / one_pass, 3),
+        "test_acc_cached": acc_cached,
+        "test_acc_naive": acc_naive,
+    }
+    print(
+        f"frozen EfficientNet-Lite0 + {args.head} head, {len(train)} train + {len(test)} test images at "
+        f"{args.size} px, E = {args.epochs} head epochs, {r['threads']} threads"
+    )
     print(f"  one extraction pass (train + test): {one_pass:8.1f} s  = 1.00x")
-    print(f"  cached  (extract once + {args.epochs} head epochs): {cached_total:8.1f} s  = {r['cached_x_pass']:.2f}x"
-          f"  (cache build {build:.1f} s; test acc {acc_cached:.3f})")
-    print(f"  naive   (trunk every epoch):          {naive_total:8.1f} s  = {r['naive_x_pass']:.2f}x"
-          f"  (test acc {acc_naive:.3f})")
+    print(
+        f"  cached  (extract once + {args.epochs} head epochs): {cached_total:8.1f} s  = {r['cached_x_pass']:.2f}x"
+        f"  (cache build {build:.1f} s; test acc {acc_cached:.3f})"
+    )
+    print(
+        f"  naive   (trunk every epoch):          {naive_total:8.1f} s  = {r['naive_x_pass']:.2f}x"
+        f"  (test acc {acc_naive:.3f})"
+    )
     verdict = "meets" if r["cached_x_pass"] <= 1.2 else "does NOT meet"
     print(f"  cached {verdict} the <= 1.2x target; naive / cached = {naive_total / cached_total:.1f}x")
     print(json.dumps(r))

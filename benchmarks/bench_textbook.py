@@ -82,8 +82,12 @@ def run_torchdojo(epochs: int, seed: int, fusion: bool = True) -> dict:
     acc = evaluate(model, test, device=dev, channels_last=True, fuse=fusion)["acc"]
     eval_s = time.perf_counter() - t
     train_s = sum(r["seconds"] for r in result.history)
-    return {"seconds_per_epoch": (elapsed + eval_s * epochs) / epochs, "train_seconds_per_epoch": train_s / epochs,
-            "test_accuracy": acc, "steps_per_epoch": len(train)}
+    return {
+        "seconds_per_epoch": (elapsed + eval_s * epochs) / epochs,
+        "train_seconds_per_epoch": train_s / epochs,
+        "test_accuracy": acc,
+        "steps_per_epoch": len(train),
+    }
 
 
 def run_textbook(script: Path, epochs: int, seed: int) -> dict:
@@ -91,16 +95,24 @@ def run_textbook(script: Path, epochs: int, seed: int) -> dict:
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     src = Path(load_dataset("fashion-mnist").source)
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         if (src / stem).exists():
             shutil.copy(src / stem, raw / stem)
         else:
             with gzip.open(src / f"{stem}.gz") as f, open(raw / stem, "wb") as out:
                 shutil.copyfileobj(f, out)
     try:
-        out = subprocess.run([sys.executable, str(script), "--root", str(root), "--epochs", str(epochs),
-                              "--seed", str(seed)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, str(script), "--root", str(root), "--epochs", str(epochs), "--seed", str(seed)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(out.stdout.strip(), file=sys.stderr)
@@ -111,9 +123,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=1,
-                   help="alternate torchdojo and textbook runs this many times, pair r with seed SEED+r (the same for "
-                        "both); the speed-up is the median of the pairs' ratios, the accuracies are compared as means")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="alternate torchdojo and textbook runs this many times, pair r with seed SEED+r (the same for "
+        "both); the speed-up is the median of the pairs' ratios, the accuracies are compared as means",
+    )
     p.add_argument("--textbook", type=Path, default=Path(__file__).with_name("textbook_fashion_mnist.py"))
     p.add_argument("--skip-textbook", action="store_true")
     p.add_argument("--no-fusion", action="store_true", help="run BN, ReLU and max-pool as separate modules")
@@ -131,18 +147,25 @@ def main() -> None:
         print(f"pair {r + 1}/{a.repeats}, seed {seed}", flush=True)
         ours = run_torchdojo(a.epochs, seed, fusion=not a.no_fusion)
         gflops = flops * ours["steps_per_epoch"] / ours["train_seconds_per_epoch"] / 1e9
-        print(f"torchdojo : {ours['seconds_per_epoch']:.1f} s/epoch (train {ours['train_seconds_per_epoch']:.1f} s), "
-              f"test accuracy {ours['test_accuracy']:.4f}")
-        print(f"achieved  : {gflops:.1f} GFLOP/s training = {gflops / peak:.1%} of the measured fp32 matmul peak "
-              f"({peak:.1f} GFLOP/s; {flops / 128 / 1e6:.1f} MFLOP per image fwd+bwd)")
+        print(
+            f"torchdojo : {ours['seconds_per_epoch']:.1f} s/epoch (train {ours['train_seconds_per_epoch']:.1f} s), "
+            f"test accuracy {ours['test_accuracy']:.4f}"
+        )
+        print(
+            f"achieved  : {gflops:.1f} GFLOP/s training = {gflops / peak:.1%} of the measured fp32 matmul peak "
+            f"({peak:.1f} GFLOP/s; {flops / 128 / 1e6:.1f} MFLOP per image fwd+bwd)"
+        )
         pair = {"seed": seed, "torchdojo": ours, "gflops": gflops}
         if not a.skip_textbook:
             tb = run_textbook(a.textbook, a.epochs, seed)
             ratio = tb["seconds_per_epoch"] / ours["seconds_per_epoch"]
             diff = (ours["test_accuracy"] - tb["test_accuracy"]) * 100
             print(f"textbook  : {tb['seconds_per_epoch']:.1f} s/epoch, test accuracy {tb['test_accuracy']:.4f}")
-            print(f"speed-up  : {ratio:.2f}x per epoch (target >= 3x); accuracy difference {diff:+.2f} points "
-                  f"(target within 0.5)", flush=True)
+            print(
+                f"speed-up  : {ratio:.2f}x per epoch (target >= 3x); accuracy difference {diff:+.2f} points "
+                f"(target within 0.5)",
+                flush=True,
+            )
             pair.update(textbook=tb, speedup=ratio, accuracy_diff_points=diff)
         pairs.append(pair)
     result = {"peak_gflops": peak, "runs": pairs}
@@ -154,11 +177,15 @@ def main() -> None:
         result["mean_accuracy"] = {"torchdojo": statistics.mean(ours_acc), "textbook": statistics.mean(tb_acc)}
         diff = (result["mean_accuracy"]["torchdojo"] - result["mean_accuracy"]["textbook"]) * 100
         result["mean_accuracy_diff_points"] = diff
-        print(f"median    : {result['median_speedup']:.2f}x over {a.repeats} alternated pairs "
-              f"({', '.join(f'{x:.2f}' for x in ratios)})")
-        print(f"accuracy  : mean over seeds {result['mean_accuracy']['torchdojo']:.4f} "
-              f"({', '.join(f'{x:.4f}' for x in ours_acc)}) vs textbook {result['mean_accuracy']['textbook']:.4f} "
-              f"({', '.join(f'{x:.4f}' for x in tb_acc)}): {diff:+.2f} points (target within 0.5)")
+        print(
+            f"median    : {result['median_speedup']:.2f}x over {a.repeats} alternated pairs "
+            f"({', '.join(f'{x:.2f}' for x in ratios)})"
+        )
+        print(
+            f"accuracy  : mean over seeds {result['mean_accuracy']['torchdojo']:.4f} "
+            f"({', '.join(f'{x:.4f}' for x in ours_acc)}) vs textbook {result['mean_accuracy']['textbook']:.4f} "
+            f"({', '.join(f'{x:.4f}' for x in tb_acc)}): {diff:+.2f} points (target within 0.5)"
+        )
     print(json.dumps(result))
 
 

@@ -53,11 +53,13 @@ def throughput(name: str, device: torch.device, steps: int, batch: int, compile_
         model = _resnet18()
     model = model.to(device)
     n = steps * batch
-    data = ImageData(torch.randint(0, 256, (n, *shape), dtype=torch.uint8), torch.randint(0, 10, (n,)),
-                     [str(i) for i in range(10)]).to(device)
+    data = ImageData(
+        torch.randint(0, 256, (n, *shape), dtype=torch.uint8), torch.randint(0, 10, (n,)), [str(i) for i in range(10)]
+    ).to(device)
     mean, std = (0.5,) * shape[0], (0.25,) * shape[0]
-    train = TensorBatches(data, batch, mean, std, shuffle=True, augment=build_augment(["crop", "flip"], 2),
-                          size=size, channels_last=True)
+    train = TensorBatches(
+        data, batch, mean, std, shuffle=True, augment=build_augment(["crop", "flip"], 2), size=size, channels_last=True
+    )
     cfg = TrainConfig(epochs=2, batch_size=batch, optimizer="adamw", lr=1e-3, compile=compile_)
     history = fit(model, train, None, cfg, device=device, verbose=False).history  # epoch 1 warms up
     train_ips = n / history[-1]["seconds"]
@@ -70,13 +72,26 @@ def throughput(name: str, device: torch.device, steps: int, batch: int, compile_
     evaluate(model, test, device=device, autocast_dtype=autocast, channels_last=True)
     _sync(device)
     eval_ips = n / (time.perf_counter() - t)
-    return {"model": name, "device": device_name(device), "batch": batch, "train_img_s": round(train_ips, 1),
-            "eval_img_s": round(eval_ips, 1), "amp": "bf16" if device.type == "cuda" else "fp32",
-            "compile": compile_}
+    return {
+        "model": name,
+        "device": device_name(device),
+        "batch": batch,
+        "train_img_s": round(train_ips, 1),
+        "eval_img_s": round(eval_ips, 1),
+        "amp": "bf16" if device.type == "cuda" else "fp32",
+        "compile": compile_,
+    }
 
 
-def fashion_mnist(device: torch.device, epochs: int, batch: int, target: float, compile_: bool,
-                  model_kw: dict | None = None, lr: float = 3e-3) -> dict:
+def fashion_mnist(
+    device: torch.device,
+    epochs: int,
+    batch: int,
+    target: float,
+    compile_: bool,
+    model_kw: dict | None = None,
+    lr: float = 3e-3,
+) -> dict:
     """Seconds per Fashion-MNIST epoch of a CNN (the ladder's by default), and training seconds to `target`."""
     model_kw = model_kw or LADDER_CNN
     data = load_dataset("fashion-mnist")
@@ -84,24 +99,51 @@ def fashion_mnist(device: torch.device, epochs: int, batch: int, target: float, 
     train, test = data.train.to(device), data.test.to(device)  # uint8, resident: 47 MB for 60,000 images
     torch.manual_seed(0)
     model = build_model("cnn", data.train.shape, 10, **model_kw).to(device)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch, eval_batch_size=2048, optimizer="adamw", lr=lr,
-                      weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, compile=compile_)
-    batches = TensorBatches(train, batch, mean, std, shuffle=True, augment=build_augment(["crop", "flip"], 2),
-                            channels_last=True, drop_last=True)  # one batch shape: cuDNN autotunes once
-    result = fit(model, batches, TensorBatches(test, 2048, mean, std, channels_last=True), cfg, device=device,
-                 verbose=False)
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch,
+        eval_batch_size=2048,
+        optimizer="adamw",
+        lr=lr,
+        weight_decay=5e-4,
+        schedule="onecycle",
+        label_smoothing=0.1,
+        compile=compile_,
+    )
+    batches = TensorBatches(
+        train,
+        batch,
+        mean,
+        std,
+        shuffle=True,
+        augment=build_augment(["crop", "flip"], 2),
+        channels_last=True,
+        drop_last=True,
+    )  # one batch shape: cuDNN autotunes once
+    result = fit(
+        model, batches, TensorBatches(test, 2048, mean, std, channels_last=True), cfg, device=device, verbose=False
+    )
     elapsed, reached = 0.0, None
     for row in result.history:
         elapsed += row["seconds"]
         if reached is None and row["val_acc"] >= target:
             reached = {"epoch": row["epoch"], "train_seconds": round(elapsed, 2), "test_acc": row["val_acc"]}
     secs = [r["seconds"] for r in result.history]
-    return {"device": device_name(device), "model": model_kw, "epochs": epochs, "batch": batch, "lr": lr,
-            "compile": compile_,
-            "first_epoch_s": round(secs[0], 2), "epoch_s": round(min(secs[1:] or secs), 2),
-            "train_img_s": round(len(train) / min(secs[1:] or secs), 1),
-            "final_test_acc": result.history[-1]["val_acc"], "best_test_acc": result.best_value,
-            f"reached_{target}": reached, "total_train_s": round(sum(secs), 2)}
+    return {
+        "device": device_name(device),
+        "model": model_kw,
+        "epochs": epochs,
+        "batch": batch,
+        "lr": lr,
+        "compile": compile_,
+        "first_epoch_s": round(secs[0], 2),
+        "epoch_s": round(min(secs[1:] or secs), 2),
+        "train_img_s": round(len(train) / min(secs[1:] or secs), 1),
+        "final_test_acc": result.history[-1]["val_acc"],
+        "best_test_acc": result.best_value,
+        f"reached_{target}": reached,
+        "total_train_s": round(sum(secs), 2),
+    }
 
 
 def device_name(device: torch.device) -> str:
@@ -125,8 +167,11 @@ def main() -> None:
     p.add_argument("--convs-per-block", type=int, default=1, help="Fashion-MNIST CNN: convolutions per block")
     p.add_argument("--skip-throughput", action="store_true", help="only the Fashion-MNIST run")
     args = p.parse_args()
-    model_kw = {**LADDER_CNN, "channels": tuple(int(c) for c in args.channels.split(",")),
-                "convs_per_block": args.convs_per_block}
+    model_kw = {
+        **LADDER_CNN,
+        "channels": tuple(int(c) for c in args.channels.split(",")),
+        "convs_per_block": args.convs_per_block,
+    }
     if args.device == "all":
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     else:
@@ -138,8 +183,10 @@ def main() -> None:
             for name, batch in (("ladder-cnn", 512 if cuda else 256), ("resnet18-224", 128 if cuda else 16)):
                 print(json.dumps(throughput(name, dev, steps, batch, args.compile)), flush=True)
         if args.fashion_mnist:
-            print(json.dumps(fashion_mnist(dev, args.epochs, args.batch, args.target, args.compile, model_kw,
-                                             args.lr)), flush=True)
+            print(
+                json.dumps(fashion_mnist(dev, args.epochs, args.batch, args.target, args.compile, model_kw, args.lr)),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

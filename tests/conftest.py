@@ -74,9 +74,7 @@ def write_idx() -> Callable[..., dict[str, np.ndarray]]:
 def cifar_batch(images: np.ndarray, labels: list[int]) -> bytes:
     """A CIFAR-10 python batch: 'data' rows of 3072 bytes (R plane, G plane, B plane), 'labels'."""
     rows = images.reshape(len(images), 3 * 32 * 32)
-    return pickle.dumps(
-        {"batch_label": "fixture", "labels": labels, "data": rows, "filenames": []}, protocol=2
-    )
+    return pickle.dumps({"batch_label": "fixture", "labels": labels, "data": rows, "filenames": []}, protocol=2)
 
 
 @pytest.fixture
@@ -109,17 +107,29 @@ def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = tmp_path_factory.mktemp("runs")
     common = ["dataset=digits", "train.max_batches=3"]
     return [
-        run_experiment(ladder, scale="smoke", overrides=[*common, "rungs=logreg,mlp"], device="cpu",
-                       runs_root=root, verbose=False),
-        run_experiment(ladder, scale="smoke", overrides=[*common, "rungs=logreg", "seed=1"], device="cpu",
-                       runs_root=root, verbose=False),
+        run_experiment(
+            ladder, scale="smoke", overrides=[*common, "rungs=logreg,mlp"], device="cpu", runs_root=root, verbose=False
+        ),
+        run_experiment(
+            ladder,
+            scale="smoke",
+            overrides=[*common, "rungs=logreg", "seed=1"],
+            device="cpu",
+            runs_root=root,
+            verbose=False,
+        ),
     ]
 
 
 def _cli(args: list[str], runs: Path) -> "subprocess.Popen[str]":
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count in both runs: bit-identical CPU maths
-    return subprocess.Popen([sys.executable, "-m", "torchdojo", *args, "--runs-dir", str(runs)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "torchdojo", *args, "--runs-dir", str(runs)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _only_run(runs: Path) -> Path:

@@ -13,9 +13,7 @@ from torchdojo.data.augment import (
 from torchdojo.errors import DojoError
 
 
-def _batch(
-    dtype: torch.dtype = torch.uint8, b: int = 16, c: int = 3, h: int = 12, w: int = 10
-) -> torch.Tensor:
+def _batch(dtype: torch.dtype = torch.uint8, b: int = 16, c: int = 3, h: int = 12, w: int = 10) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(1, 256, (b, c, h, w), generator=g)  # no zeros: padding/erasing shows as zeros
     return x.to(dtype)
@@ -60,9 +58,7 @@ def test_crop_is_a_shifted_window_with_zero_padding():
     y = random_crop(padding=2)(x, _gen())
     xp = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(64):  # each output equals one of the 25 windows of its padded input
-        assert any(
-            torch.equal(y[i], xp[i, :, dy : dy + 12, dx : dx + 10]) for dy in range(5) for dx in range(5)
-        )
+        assert any(torch.equal(y[i], xp[i, :, dy : dy + 12, dx : dx + 10]) for dy in range(5) for dx in range(5))
 
 
 def test_crop_padding_zero_is_identity():

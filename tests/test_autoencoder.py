@@ -56,8 +56,10 @@ def test_fc_mirror_shapes(depth: int) -> None:
     hs = model.encode_all(torch.randn(5, 1, 8, 8))
     for i in range(depth):
         assert model.invert(i, hs[i + 1]).shape == hs[i].shape
-    assert model.decoders[0].weight is None or model.decoders[0].weight.shape == (dims[-2] if depth > 1 else 64,
-                                                                                  dims[-1])
+    assert model.decoders[0].weight is None or model.decoders[0].weight.shape == (
+        dims[-2] if depth > 1 else 64,
+        dims[-1],
+    )
 
 
 def test_leaky_relu_inverse_is_exact_and_relu_loses_negatives() -> None:
@@ -106,9 +108,11 @@ def test_inverse_metric_overcomplete_conv_and_matrices_match_the_ops() -> None:
     assert torch.allclose((x.flatten(1).double() @ a.t()).float(), pre, atol=1e-5)
     h = torch.randn(3, 8, 3, 3)
     w = model.decoder_weight(0)
-    assert torch.allclose((h.flatten(1).double() @ b.t()).float(),
-                          torch.nn.functional.conv_transpose2d(h, w, None, 2, 1, enc.output_padding).flatten(1),
-                          atol=1e-5)
+    assert torch.allclose(
+        (h.flatten(1).double() @ b.t()).float(),
+        torch.nn.functional.conv_transpose2d(h, w, None, 2, 1, enc.output_padding).flatten(1),
+        atol=1e-5,
+    )
     rows = layer_report(model, torch.randn(32, 1, 6, 6))
     assert rows[0]["pinv_rel_err"] < 1e-8  # a full-column-rank conv has an exact (pseudo-)inverse
     assert rows[0]["rel_err"] > 1e-2  # ... which the random ConvTranspose is not
@@ -126,8 +130,14 @@ def test_autoencoder_experiment_smoke(tmp_path) -> None:  # noqa: ANN001
     from torchdojo.experiments import autoencoder
     from torchdojo.experiments.base import run_experiment
 
-    run_dir = run_experiment(autoencoder, scale="smoke", overrides=["variants=fc-lam0,fc,conv-pool"],
-                             runs_root=tmp_path, device="cpu", verbose=False)
+    run_dir = run_experiment(
+        autoencoder,
+        scale="smoke",
+        overrides=["variants=fc-lam0,fc,conv-pool"],
+        runs_root=tmp_path,
+        device="cpu",
+        verbose=False,
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary["variants"]) == {"fc-lam0", "fc", "conv-pool"}
     for v in summary["variants"].values():
@@ -141,16 +151,27 @@ def test_autoencoder_logs_losses_only_and_reports_the_resolved_settings(tmp_path
     from torchdojo.experiments import autoencoder
     from torchdojo.experiments.base import run_experiment
 
-    run_dir = run_experiment(autoencoder, scale="smoke", overrides=["variants=fc", "train.lr=0.00123"],
-                             runs_root=tmp_path, device="cpu", verbose=False)
+    run_dir = run_experiment(
+        autoencoder,
+        scale="smoke",
+        overrides=["variants=fc", "train.lr=0.00123"],
+        runs_root=tmp_path,
+        device="cpu",
+        verbose=False,
+    )
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(not any(k.endswith("acc") for k in r) for r in rows)  # a regression model: no accuracy
     assert {"train_loss", "val_loss"} <= set(rows[0])
     config = json.loads((run_dir / "config.json").read_text())
     assert config["stages"]["fc"]["lr"] == 0.00123
     report = json.loads((run_dir / "report.json").read_text())
-    lrs = [row[1] for b in report["blocks"] if b["type"] == "table" and b["columns"] == ["setting", "value"]
-           for row in b["rows"] if row[0] == "lr"]
+    lrs = [
+        row[1]
+        for b in report["blocks"]
+        if b["type"] == "table" and b["columns"] == ["setting", "value"]
+        for row in b["rows"]
+        if row[0] == "lr"
+    ]
     assert lrs == [0.00123]  # the hyper-parameter table shows what the stage trained with
 
 
@@ -165,8 +186,21 @@ def test_autoencoder_refuses_unused_settings(key: str) -> None:
 
 @pytest.mark.slow
 def test_autoencoder_sigkill_mid_epoch_then_resume(tmp_path, kill_and_resume) -> None:  # noqa: ANN001
-    args = ["run", "autoencoder", "--scale", "smoke", "--device", "cpu", "--quiet", "--set", "variants=fc,conv",
-            "--set", "train.epochs=3", "--set", "train.max_batches=0"]
+    args = [
+        "run",
+        "autoencoder",
+        "--scale",
+        "smoke",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--set",
+        "variants=fc,conv",
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "train.max_batches=0",
+    ]
     ref_run, run = kill_and_resume(args, tmp_path, wait_for="fc")
     ref = json.loads((ref_run / "summary.json").read_text())["variants"]
     got = json.loads((run / "summary.json").read_text())["variants"]

@@ -64,14 +64,19 @@ def test_efficientnet_lite0_weights_are_the_published_file():
 def test_torchvision_loading_paths(name, where, weight_env, tmp_path):
     spec = BACKBONES.get(name)
     state = _fixture_state(name, seed=3)
-    target = {"explicit": tmp_path / "my.pth", "env": weight_env["weights"] / spec.weights.filename,
-              "user_cache": weight_env["cache"] / "torchdojo" / "weights" / spec.weights.filename,
-              "hub": weight_env["hub"] / spec.weights.filename}[where]
+    target = {
+        "explicit": tmp_path / "my.pth",
+        "env": weight_env["weights"] / spec.weights.filename,
+        "user_cache": weight_env["cache"] / "torchdojo" / "weights" / spec.weights.filename,
+        "hub": weight_env["hub"] / spec.weights.filename,
+    }[where]
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, target)
     model = load_backbone(name, weights_path=target if where == "explicit" else None, verify=False)
-    got = {**{f"features.{k}": v for k, v in model.features.state_dict().items()},
-           **{f"head.{k}": v for k, v in model.head.state_dict().items()}}
+    got = {
+        **{f"features.{k}": v for k, v in model.features.state_dict().items()},
+        **{f"head.{k}": v for k, v in model.head.state_dict().items()},
+    }
     assert sum(v.numel() for v in got.values()) == sum(v.numel() for v in state.values())
     fresh = spec.build()
     fresh.load_state_dict(state)

@@ -32,8 +32,11 @@ class CountingTrunk(nn.Module):
 
 def _data(seed: int = 0, n: int = 20) -> ImageData:
     g = torch.Generator().manual_seed(seed)
-    return ImageData(torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g),
-                     torch.randint(0, 3, (n,), generator=g), ["a", "b", "c"])
+    return ImageData(
+        torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g),
+        torch.randint(0, 3, (n,), generator=g),
+        ["a", "b", "c"],
+    )
 
 
 def _extract(cache: FeatureCache, trunk: nn.Module, data: ImageData, prep: dict | None = None):

@@ -14,8 +14,11 @@ from torchdojo.engine import fit
 
 def _batches(n: int = 32, size: int = 32, seed: int = 0) -> TensorBatches:
     g = torch.Generator().manual_seed(seed)
-    data = ImageData(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
-                     torch.randint(0, 3, (n,), generator=g), ["a", "b", "c"])
+    data = ImageData(
+        torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+        torch.randint(0, 3, (n,), generator=g),
+        ["a", "b", "c"],
+    )
     return TensorBatches(data, 16, (0.5,) * 3, (0.25,) * 3, shuffle=True)
 
 
@@ -41,8 +44,14 @@ def test_unfrozen_bn_would_move():
     """The control for the test above: the same training with the trunk trainable changes BN statistics."""
     model = build_classifier("efficientnet_lite0", 3, regime="finetune", head="linear", bn_eval=False)
     before = trunk_state(model)
-    fit(model, _batches(), None, TrainConfig(epochs=1, batch_size=16, lr=1e-3), device=torch.device("cpu"),
-        verbose=False)
+    fit(
+        model,
+        _batches(),
+        None,
+        TrainConfig(epochs=1, batch_size=16, lr=1e-3),
+        device=torch.device("cpu"),
+        verbose=False,
+    )
     after = model.features.state_dict()
     assert any(not torch.equal(after[k], v) for k, v in before.items() if "running_mean" in k)
 
@@ -50,8 +59,14 @@ def test_unfrozen_bn_would_move():
 def test_finetune_bn_eval_keeps_statistics_but_trains_weights():
     model = build_classifier("efficientnet_lite0", 3, regime="finetune", head="linear")  # bn_eval=True default
     before = trunk_state(model)
-    fit(model, _batches(), None, TrainConfig(epochs=1, batch_size=16, lr=1e-3), device=torch.device("cpu"),
-        verbose=False)
+    fit(
+        model,
+        _batches(),
+        None,
+        TrainConfig(epochs=1, batch_size=16, lr=1e-3),
+        device=torch.device("cpu"),
+        verbose=False,
+    )
     after = model.features.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items() if "running_" in k)
     assert not torch.equal(after["stem.1.weight"], before["stem.1.weight"])  # BN scale still learns

@@ -39,9 +39,7 @@ layer = st.tuples(st.integers(1, 5), st.integers(1, 2), st.integers(1, 2), st.in
 
 @settings(max_examples=12, deadline=None)
 @given(st.lists(layer, min_size=1, max_size=3), st.booleans())
-def test_random_chains_match_analytic_and_gradient(
-    layers: list[tuple[int, int, int, int]], pool: bool
-) -> None:
+def test_random_chains_match_analytic_and_gradient(layers: list[tuple[int, int, int, int]], pool: bool) -> None:
     torch.manual_seed(0)
     mods: list[nn.Module] = []
     spec = []
@@ -83,9 +81,7 @@ class Inception(nn.Module):
     def __init__(self, c: int):
         super().__init__()
         self.a = nn.Conv2d(c, c, 3, padding=1)
-        self.b = nn.Sequential(
-            nn.Conv2d(c, c, (7, 1), padding=(3, 0)), nn.Conv2d(c, c, (1, 7), padding=(0, 3))
-        )
+        self.b = nn.Sequential(nn.Conv2d(c, c, (7, 1), padding=(3, 0)), nn.Conv2d(c, c, (1, 7), padding=(0, 3)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.a(x), self.b(x)], dim=1)

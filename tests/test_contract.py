@@ -32,10 +32,23 @@ from torchdojo.steps import batch_len
 # A distinctive, valid value for every TrainConfig field (none is a default of any experiment's group; batch
 # sizes are multiples of 3 so that triplet batches, whole triplets, have them too).
 DISTINCT: dict[str, Any] = {
-    "epochs": 2, "batch_size": 24, "eval_batch_size": 42, "optimizer": "sgd", "lr": 0.0123, "momentum": 0.77,
-    "weight_decay": 0.00123, "schedule": "step", "warmup_epochs": 0.5, "label_smoothing": 0.05,
-    "grad_clip": 0.75, "early_stop_patience": 5, "monitor": "val_loss", "max_batches": 2,
-    "channels_last": False, "amp": False, "cpu_fusion": False,
+    "epochs": 2,
+    "batch_size": 24,
+    "eval_batch_size": 42,
+    "optimizer": "sgd",
+    "lr": 0.0123,
+    "momentum": 0.77,
+    "weight_decay": 0.00123,
+    "schedule": "step",
+    "warmup_epochs": 0.5,
+    "label_smoothing": 0.05,
+    "grad_clip": 0.75,
+    "early_stop_patience": 5,
+    "monitor": "val_loss",
+    "max_batches": 2,
+    "channels_last": False,
+    "amp": False,
+    "cpu_fusion": False,
 }
 # torch.compile costs 10-30 s per stage on this CPU; `fit` compiling the step is tested in test_engine.py.
 NOT_RUN = {"compile": True}
@@ -54,8 +67,12 @@ def _groups(module: Any) -> list[str]:
 
 
 def _cases() -> list[tuple[str, str, str]]:
-    return [(name, group, field) for name in EXPERIMENTS.names() for group in _groups(EXPERIMENTS.get(name))
-            for field in [*DISTINCT, *NOT_RUN]]
+    return [
+        (name, group, field)
+        for name in EXPERIMENTS.names()
+        for group in _groups(EXPERIMENTS.get(name))
+        for field in [*DISTINCT, *NOT_RUN]
+    ]
 
 
 @pytest.mark.parametrize(("experiment", "group", "field"), _cases())
@@ -81,9 +98,16 @@ class _Recorder:
 
     def audit(self, stage: str, cfg: TrainConfig, optimizer: Any, scheduler: Any, train: Any, val: Any) -> None:
         self.current = stage
-        self.stages[stage] = {"cfg": cfg, "optimizer": optimizer, "scheduler": scheduler, "epochs": 0,
-                              "train_batches": [], "val_batches": [], "train_len": len(train),
-                              "val_len": len(val) if val is not None else 0}
+        self.stages[stage] = {
+            "cfg": cfg,
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+            "epochs": 0,
+            "train_batches": [],
+            "val_batches": [],
+            "train_len": len(train),
+            "val_len": len(val) if val is not None else 0,
+        }
 
     def counting(self, batches: Any, key: str) -> Any:
         record = self.stages[self.current][key] if self.current in self.stages else []
@@ -94,8 +118,9 @@ class _Recorder:
             yield batch
 
 
-def _run_instrumented(module: Any, overrides: dict[str, Any], tmp_path: Path,
-                      monkeypatch: pytest.MonkeyPatch) -> tuple[_Recorder, set[str], Path]:
+def _run_instrumented(
+    module: Any, overrides: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[_Recorder, set[str], Path]:
     rec, reads = _Recorder(), set()
     train_epoch, evaluate = engine._train_one_epoch, engine._evaluate
 
@@ -121,8 +146,7 @@ def _run_instrumented(module: Any, overrides: dict[str, Any], tmp_path: Path,
 
     monkeypatch.setattr(experiments_base, "build_config", tracked_build)
     monkeypatch.setattr(module, "run", tracked_run)
-    path = run_experiment(module, scale="smoke", overrides=overrides, runs_root=tmp_path, device="cpu",
-                          verbose=False)
+    path = run_experiment(module, scale="smoke", overrides=overrides, runs_root=tmp_path, device="cpu", verbose=False)
     return rec, reads, path
 
 
@@ -153,8 +177,9 @@ def test_every_setting_reaches_what_runs(experiment: str, tmp_path: Path, monkey
     unused = getattr(module, "UNUSED", {})
     asked = {f"{g}.{k}": v for g in _groups(module) for k, v in DISTINCT.items() if f"{g}.{k}" not in unused}
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
-    rec, reads, path = _run_instrumented(module, {**asked, **SMOKE_OVERRIDES.get(experiment, {})}, tmp_path,
-                                         monkeypatch)
+    rec, reads, path = _run_instrumented(
+        module, {**asked, **SMOKE_OVERRIDES.get(experiment, {})}, tmp_path, monkeypatch
+    )
 
     # Every own field of the Config is read while the experiment runs (one that is never read cannot matter).
     own = {f.name for f in dataclasses.fields(module.Config)} - set(_groups(module))
@@ -170,8 +195,10 @@ def test_every_setting_reaches_what_runs(experiment: str, tmp_path: Path, monkey
         if _own_stage(module, stage):
             continue
         # the stage belongs to the group whose every setting it carries; it must carry all of one group's
-        mismatch = {g: [f for f in DISTINCT if f"{g}.{f}" in asked and getattr(cfg, f) != asked[f"{g}.{f}"]]
-                    for g in _groups(module)}
+        mismatch = {
+            g: [f for f in DISTINCT if f"{g}.{f}" in asked and getattr(cfg, f) != asked[f"{g}.{f}"]]
+            for g in _groups(module)
+        }
         assert min(map(len, mismatch.values())) == 0, f"{experiment}/{stage} ignores settings: {mismatch}"
         _check_optimizer(experiment, stage, got["optimizer"])
         assert got["epochs"] == 2, f"{experiment}/{stage}: train.epochs=2, trained {got['epochs']}"

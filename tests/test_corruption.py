@@ -43,7 +43,7 @@ def test_local_shuffle_rate_and_locality(rate: float, window: int) -> None:
     windows = N // window
     changed = 0
     for w in range(windows):
-        a, b = IDS[w * window: (w + 1) * window], out[w * window: (w + 1) * window]
+        a, b = IDS[w * window : (w + 1) * window], out[w * window : (w + 1) * window]
         assert sorted(a) == sorted(b)  # no token leaves its window
         changed += a != b
     assert _within(changed / windows, rate, windows)
@@ -54,8 +54,11 @@ def test_seeded_and_different_seeds_differ() -> None:
     seqs = [list(range(i, i + 20)) for i in range(50)]
     assert c.batch(seqs, MASK, seed=7) == c.batch(seqs, MASK, seed=7)
     assert c.batch(seqs, MASK, seed=7) != c.batch(seqs, MASK, seed=8)
-    for f in (lambda r: drop_tokens(IDS[:200], 0.3, r), lambda r: mask_tokens(IDS[:200], 0.3, MASK, r),
-              lambda r: local_shuffle(IDS[:200], 0.5, r)):
+    for f in (
+        lambda r: drop_tokens(IDS[:200], 0.3, r),
+        lambda r: mask_tokens(IDS[:200], 0.3, MASK, r),
+        lambda r: local_shuffle(IDS[:200], 0.5, r),
+    ):
         assert f(random.Random(5)) == f(random.Random(5))
         assert f(random.Random(5)) != f(random.Random(6))
 

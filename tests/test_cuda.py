@@ -18,8 +18,9 @@ MEAN, STD = (0.3,), (0.4,)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _fit(digits, device: torch.device, run: Run | None = None, epochs: int = 2, max_batches: int | None = 6,
-         **train) -> tuple[torch.nn.Module, list[dict]]:
+def _fit(
+    digits, device: torch.device, run: Run | None = None, epochs: int = 2, max_batches: int | None = 6, **train
+) -> tuple[torch.nn.Module, list[dict]]:
     torch.manual_seed(0)
     data = digits.train.to(device)
     batches = TensorBatches(data, 64, MEAN, STD, shuffle=True, seed=1, augment=build_augment(["crop", "flip"], 1))
@@ -95,8 +96,15 @@ def test_fit_on_cuda_uses_bf16_autocast_and_channels_last(digits, tmp_path):
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
     seen.clear()
-    fit(model, batches, None, TrainConfig(epochs=1, max_batches=2, amp=False), device=dev, loss_fn=loss_fn,
-        verbose=False)
+    fit(
+        model,
+        batches,
+        None,
+        TrainConfig(epochs=1, max_batches=2, amp=False),
+        device=dev,
+        loss_fn=loss_fn,
+        verbose=False,
+    )
     assert set(seen) == {torch.float32}  # the switch: fp32 on the GPU too
 
 

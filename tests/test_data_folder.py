@@ -31,7 +31,7 @@ def test_folder_batches_shapes_labels_and_reproducible_epochs(tmp_path: Path) ->
     other = [x for x, _ in train.set_epoch(2)]
     assert not torch.equal(xs[0], other[0])
     test = FolderBatches(root, 100, train=False, size=32, workers=0)
-    (x, y), = list(test)
+    ((x, y),) = list(test)
     assert x.shape == (10, 3, 32, 32) and y.tolist() == [0] * 5 + [1] * 5
 
 

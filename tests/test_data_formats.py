@@ -278,16 +278,12 @@ def test_stratified_split_seed_changes_the_split_and_bad_fraction():
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.mark.skipif(
-    not REAL_FASHION.exists(), reason="Fashion-MNIST is not at /usr/share/datasets/fashion-mnist"
-)
+@pytest.mark.skipif(not REAL_FASHION.exists(), reason="Fashion-MNIST is not at /usr/share/datasets/fashion-mnist")
 def test_real_fashion_mnist_loads_with_checksums(data_env):
     s = load_dataset("fashion-mnist", verify=True)  # found in the system folder; md5s checked
     assert Path(s.source) == REAL_FASHION
     assert s.train.x.shape == (60000, 1, 28, 28) and s.test.x.shape == (10000, 1, 28, 28)
-    assert (
-        torch.bincount(s.train.y).tolist() == [6000] * 10 and torch.bincount(s.test.y).tolist() == [1000] * 10
-    )
+    assert torch.bincount(s.train.y).tolist() == [6000] * 10 and torch.bincount(s.test.y).tolist() == [1000] * 10
     assert s.classes == FASHION_CLASSES
     mean, std = s.mean_std()
     assert 0.25 < mean[0] < 0.32 and 0.3 < std[0] < 0.4  # Fashion-MNIST's well-known 0.286 / 0.353

@@ -27,8 +27,14 @@ from torchdojo.experiments import ladder
 from torchdojo.experiments.base import run_experiment
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
-SETTINGS = ["dataset=digits", "rungs=logreg,mlp,cnn", "train_subset=0", "train.max_batches=0", "train.epochs=2",
-            "train.batch_size=32"]
+SETTINGS = [
+    "dataset=digits",
+    "rungs=logreg,mlp,cnn",
+    "train_subset=0",
+    "train.max_batches=0",
+    "train.epochs=2",
+    "train.batch_size=32",
+]
 
 
 def _data(n: int) -> ImageData:
@@ -39,8 +45,15 @@ def _data(n: int) -> ImageData:
 @pytest.mark.parametrize("n,world,batch", [(40, 2, 8), (37, 2, 8), (50, 4, 12), (3, 4, 4)])
 def test_rank_batches_together_are_the_one_process_batch(n, world, batch):
     one = [y.tolist() for _, y in TensorBatches(_data(n), batch, [0.0], [1.0], shuffle=True, seed=5).set_epoch(2)]
-    ranks = [[y.tolist() for _, y in TensorBatches(_data(n), batch, [0.0], [1.0], shuffle=True, seed=5, rank=r,
-                                                   world_size=world).set_epoch(2)] for r in range(world)]
+    ranks = [
+        [
+            y.tolist()
+            for _, y in TensorBatches(
+                _data(n), batch, [0.0], [1.0], shuffle=True, seed=5, rank=r, world_size=world
+            ).set_epoch(2)
+        ]
+        for r in range(world)
+    ]
     assert all(len(r) == len(ranks[0]) for r in ranks)  # equal steps on every rank
     assert len(ranks[0]) == len(one)
     for b, expected in enumerate(one):
@@ -83,14 +96,31 @@ def _free_port() -> int:
 
 def _torchrun(runs: Path, *extra: str) -> subprocess.Popen:
     """`torchrun --nproc_per_node=2 -m torchdojo run ladder ...` on loopback, in its own process group."""
-    cmd = [str(TORCHRUN), "--nproc_per_node=2", "--nnodes=1", "--master-addr=127.0.0.1",
-           f"--master-port={_free_port()}", "-m", "torchdojo", "run", "ladder", "--scale", "smoke",
-           "--device", "cpu", "--runs-dir", str(runs), "--quiet", *extra]
+    cmd = [
+        str(TORCHRUN),
+        "--nproc_per_node=2",
+        "--nnodes=1",
+        "--master-addr=127.0.0.1",
+        f"--master-port={_free_port()}",
+        "-m",
+        "torchdojo",
+        "run",
+        "ladder",
+        "--scale",
+        "smoke",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        str(runs),
+        "--quiet",
+        *extra,
+    ]
     for s in SETTINGS:
         cmd += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def _finish(p: subprocess.Popen) -> str:
@@ -125,13 +155,11 @@ def test_two_processes_match_one_with_the_same_global_batch(two_process_run: Pat
     state = torch.load(run / "checkpoints" / "cnn" / "best.pt", weights_only=True)["model"]
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in state)  # plain keys: loads without DDP
     tables = [b for b in json.loads((run / "report.json").read_text())["blocks"] if b["type"] == "table"]
-    splits = [dict(zip(t["columns"], r, strict=True)) for t in tables if "images" in t["columns"]
-              for r in t["rows"]]
+    splits = [dict(zip(t["columns"], r, strict=True)) for t in tables if "images" in t["columns"] for r in t["rows"]]
     test_images = {r["images"] for r in splits if r["split"] == "test"}
     assert test_images == {359}  # each test image counted once: the padding of the odd shard is dropped
 
-    one = run_experiment(ladder, scale="smoke", overrides=SETTINGS, device="cpu", runs_root=tmp_path,
-                         verbose=False)
+    one = run_experiment(ladder, scale="smoke", overrides=SETTINGS, device="cpu", runs_root=tmp_path, verbose=False)
     ddp = json.loads((run / "summary.json").read_text())
     ref = json.loads((one / "summary.json").read_text())
     print(json.dumps({"2 processes": ddp["rungs"], "1 process": ref["rungs"]}))

@@ -90,11 +90,7 @@ def test_fit_learns_and_writes_checkpoints_atomically(tmp_path, loaders):
     assert res.history[-1]["val_acc"] > 0.85  # logistic regression on digits
     ckpt = tmp_path / "run" / "checkpoints" / "main"
     last, best = load_checkpoint(ckpt / "last.pt"), load_checkpoint(ckpt / "best.pt")
-    assert (
-        last["epoch"] == 3
-        and len(last["history"]) == 3
-        and {"optimizer", "scheduler", "rng_cpu"} <= set(last)
-    )
+    assert last["epoch"] == 3 and len(last["history"]) == 3 and {"optimizer", "scheduler", "rng_cpu"} <= set(last)
     assert best["epoch"] == res.best_epoch
     assert not _tmp_files(tmp_path)
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -130,9 +126,7 @@ def test_best_weights_are_restored(tmp_path, loaders, with_run):
 
 def test_monitor_val_loss(loaders):
     train, val = loaders
-    res = fit(
-        _model(), train, EpochLabels(val, good={3}), _cfg(monitor="val_loss"), device=CPU, verbose=False
-    )
+    res = fit(_model(), train, EpochLabels(val, good={3}), _cfg(monitor="val_loss"), device=CPU, verbose=False)
     assert res.best_epoch == 3 and res.best_value == min(r["val_loss"] for r in res.history)
 
 
@@ -189,9 +183,7 @@ def test_nan_in_a_fresh_run(loaders):
         fit(_model(), NaNFrom(train, start=1), val, _cfg(), device=CPU, verbose=False)
 
 
-@pytest.mark.parametrize(
-    "schedule,end_factor", [("none", 1.0), ("cosine", 0.0), ("onecycle", 0.0), ("step", 0.01)]
-)
+@pytest.mark.parametrize("schedule,end_factor", [("none", 1.0), ("cosine", 0.0), ("onecycle", 0.0), ("step", 0.01)])
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_schedules_label_smoothing_and_grad_clip_run(loaders, schedule, end_factor, optimizer):
     train, val = loaders

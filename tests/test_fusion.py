@@ -80,7 +80,8 @@ def test_wide_layers_with_a_large_mean_keep_the_variance(impl, c, size):
     ref = _block(c, relu_first=False)
     fused = copy.deepcopy(ref)
     x = (torch.randn(4, c, *size) * 0.5 + 200 + torch.arange(c).view(1, c, 1, 1)).contiguous(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
     grad = torch.randn(4, c, size[0] // 2, size[1] // 2)
     out_r, dx_r, g_r, buf_r = _run(ref, x, grad, fuse=False)
     out_f, dx_f, g_f, buf_f = _run(fused, x, grad, fuse=True)
@@ -166,8 +167,9 @@ def _stem_step(model: nn.Sequential, u: torch.Tensor, grad: torch.Tensor, fuse: 
     return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("cin,k,pad,size",
-                         [(1, 3, 1, (28, 28)), (3, 3, 1, (9, 11)), (2, 5, 2, (7, 8)), (1, 3, 0, (10, 9))])
+@pytest.mark.parametrize(
+    "cin,k,pad,size", [(1, 3, 1, (28, 28)), (3, 3, 1, (9, 11)), (2, 5, 2, (7, 8)), (1, 3, 0, (10, 9))]
+)
 @pytest.mark.parametrize("bias,relu_first,affine", [(True, False, True), (False, True, True), (True, True, False)])
 def test_stem_conv_block_matches_the_modules(cin, k, pad, size, bias, relu_first, affine):
     """First conv + BN + ReLU + pool, trained without dx: output, every gradient and the running statistics."""
@@ -242,8 +244,9 @@ def test_engine_trains_the_same_with_and_without_fusion():
             if isinstance(m, nn.Dropout):
                 m.p = 0.0  # no random masks: the two runs see identical maths
         opt = build_optimizer(list(model.parameters()), cfg)
-        tr = train_one_epoch(model, batches, opt, cross_entropy(), device=torch.device("cpu"), channels_last=True,
-                             fuse=fuse)
+        tr = train_one_epoch(
+            model, batches, opt, cross_entropy(), device=torch.device("cpu"), channels_last=True, fuse=fuse
+        )
         ev = evaluate(model, batches, device=torch.device("cpu"), channels_last=True, fuse=fuse)
         results.append((tr["loss"], ev["loss"], [p.detach().clone() for p in model.parameters()]))
     (tl_a, el_a, p_a), (tl_b, el_b, p_b) = results

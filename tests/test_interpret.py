@@ -16,14 +16,16 @@ from torchdojo.report import Report
 from torchdojo.runs import Run
 
 # 6 examples, 3 classes. Wrong: #1 (p=0.9 for class 2), #3 (0.6 for 0), #4 (0.7 for 1), #5 (0.7 for 1).
-PROBS = torch.tensor([
-    [0.80, 0.10, 0.10],  # true 0, right
-    [0.05, 0.05, 0.90],  # true 0, wrong -> 2 at 0.90
-    [0.10, 0.85, 0.05],  # true 1, right
-    [0.60, 0.30, 0.10],  # true 1, wrong -> 0 at 0.60
-    [0.20, 0.70, 0.10],  # true 2, wrong -> 1 at 0.70
-    [0.10, 0.70, 0.20],  # true 2, wrong -> 1 at 0.70 (tie with #4: lower index first)
-])
+PROBS = torch.tensor(
+    [
+        [0.80, 0.10, 0.10],  # true 0, right
+        [0.05, 0.05, 0.90],  # true 0, wrong -> 2 at 0.90
+        [0.10, 0.85, 0.05],  # true 1, right
+        [0.60, 0.30, 0.10],  # true 1, wrong -> 0 at 0.60
+        [0.20, 0.70, 0.10],  # true 2, wrong -> 1 at 0.70
+        [0.10, 0.70, 0.20],  # true 2, wrong -> 1 at 0.70 (tie with #4: lower index first)
+    ]
+)
 TARGETS = torch.tensor([0, 0, 1, 1, 2, 2])
 
 

@@ -44,9 +44,17 @@ def test_cifar10_preset_is_c4_ablation_and_runs_on_real_format(tmp_path: Path, d
     assert cfg.dataset == "cifar10" and cfg.rungs == ("baseline", "improved", "improved-bn", "improved-bn-dropout")
     assert cfg.train.epochs <= 30
     _write_cifar(data_env["data_dir"] / "cifar-10-batches-py")
-    run = run_experiment(ladder, scale="smoke", preset="cifar10", device="cpu", data_dir=data_env["data_dir"],
-                         verify=False, runs_root=tmp_path, verbose=False,
-                         overrides=["train_subset=0", "train.max_batches=2"])
+    run = run_experiment(
+        ladder,
+        scale="smoke",
+        preset="cifar10",
+        device="cpu",
+        data_dir=data_env["data_dir"],
+        verify=False,
+        runs_root=tmp_path,
+        verbose=False,
+        overrides=["train_subset=0", "train.max_batches=2"],
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert list(summary["rungs"]) == list(cfg.rungs)
     assert summary["rungs"]["baseline"]["params"] == 32 * 3 * 5 * 5 + 32 + 32 * 14 * 14 * 10 + 10
@@ -79,6 +87,13 @@ def test_a_run_that_fails_before_producing_anything_leaves_no_folder(tmp_path: P
     from torchdojo.errors import DataMissingError
 
     with pytest.raises(DataMissingError):
-        run_experiment(ladder, scale="smoke", overrides=["dataset=cifar10"], data_dir=data_env["data_dir"],
-                       device="cpu", runs_root=tmp_path / "runs", verbose=False)
+        run_experiment(
+            ladder,
+            scale="smoke",
+            overrides=["dataset=cifar10"],
+            data_dir=data_env["data_dir"],
+            device="cpu",
+            runs_root=tmp_path / "runs",
+            verbose=False,
+        )
     assert not list((tmp_path / "runs").rglob("config.json"))

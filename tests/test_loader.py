@@ -52,9 +52,7 @@ def test_augmentation_is_epoch_seeded():
     data = ImageData(torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8), torch.arange(20), ["a"] * 20)
 
     def mk() -> TensorBatches:
-        return TensorBatches(
-            data, 5, [0.5] * 3, [0.25] * 3, shuffle=True, augment=build_augment(["crop", "flip"])
-        )
+        return TensorBatches(data, 5, [0.5] * 3, [0.25] * 3, shuffle=True, augment=build_augment(["crop", "flip"]))
 
     a = [x for x, _ in mk().set_epoch(4)]
     b = [x for x, _ in mk().set_epoch(4)]
@@ -103,8 +101,7 @@ def test_shards_cover_the_epoch_and_are_disjoint(n, world, shuffle):
 
 def test_shards_with_drop_last_are_disjoint():
     shards = [
-        TensorBatches(_data(50), 4, [0.0], [1.0], shuffle=True, drop_last=True, rank=r, world_size=4)
-        for r in range(4)
+        TensorBatches(_data(50), 4, [0.0], [1.0], shuffle=True, drop_last=True, rank=r, world_size=4) for r in range(4)
     ]
     got = [set(_epoch(s, 1)) for s in shards]
     assert all(len(g) == 12 for g in got)  # 50 // 4, each in 3 full batches of 4

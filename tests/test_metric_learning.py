@@ -193,6 +193,9 @@ def test_stage_configs_user_settings_win_over_the_head_stage_defaults(tmp_path: 
     stages = json.loads((path / "config.json").read_text())["stages"]
     for stage in ("e2-triplet", "e2-head"):
         assert (stages[stage]["lr"], stages[stage]["epochs"], stages[stage]["weight_decay"]) == (0.0031, 1, 0.01)
-    hp = [b for b in json.loads((path / "report.json").read_text())["blocks"]
-          if b["type"] == "table" and "stage" in b["columns"]]
+    hp = [
+        b
+        for b in json.loads((path / "report.json").read_text())["blocks"]
+        if b["type"] == "table" and "stage" in b["columns"]
+    ]
     assert hp and {r[hp[0]["columns"].index("lr")] for r in hp[0]["rows"]} == {0.0031}  # the report: resolved

@@ -74,9 +74,7 @@ def test_gradcheck_float64(stride: Any, padding: Any, dilation: Any, groups: int
     x = torch.randn(2, 4, 7, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 4 // groups, 3, 2, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(
-        lambda x, w, b: conv2d(x, w, b, stride, padding, dilation, groups), (x, w, b)
-    )
+    assert torch.autograd.gradcheck(lambda x, w, b: conv2d(x, w, b, stride, padding, dilation, groups), (x, w, b))
 
 
 def test_manual_backward_is_used_not_autograd() -> None:
@@ -88,9 +86,7 @@ def test_manual_backward_is_used_not_autograd() -> None:
 def test_state_dict_swaps_with_nn_conv2d_and_init_matches() -> None:
     torch.manual_seed(0)
     ours, ref = Conv2d(3, 8, (3, 5), stride=2, padding=1), nn.Conv2d(3, 8, (3, 5), stride=2, padding=1)
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {
-        k: v.shape for k, v in ref.state_dict().items()
-    }
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
     x = torch.randn(2, 3, 11, 9)
     ref.load_state_dict(ours.state_dict())
     _close(ours(x), ref(x), 1e-5)
@@ -145,9 +141,7 @@ def test_bad_constructor_arguments() -> None:
 
 def test_no_torch_nn_maths_in_the_computation() -> None:
     tree = ast.parse(inspect.getsource(conv_module))
-    imported = {
-        a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names
-    }
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "torch.nn.functional" not in modules and "functional" not in imported
     attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}

@@ -46,9 +46,7 @@ def test_unknown_name_suggests_the_closest_and_lists_all():
     assert "did you mean" not in e.value.fix and "vgg16" in e.value.fix
 
 
-@pytest.mark.parametrize(
-    "registry,kind", [(DATASETS, "dataset"), (MODELS, "model"), (EXPERIMENTS, "experiment")]
-)
+@pytest.mark.parametrize("registry,kind", [(DATASETS, "dataset"), (MODELS, "model"), (EXPERIMENTS, "experiment")])
 def test_the_package_registries_suggest(registry, kind):
     name = registry.names()[0]
     with pytest.raises(DojoError, match=f"unknown {kind}") as e:

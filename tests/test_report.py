@@ -110,9 +110,7 @@ def test_every_block_renders(tmp_path):
 def test_all_text_is_escaped(tmp_path):
     run = tmp_path / "run"
     (run).mkdir()
-    (run / "config.json").write_text(
-        json.dumps({"experiment": EVIL, "scale": EVIL, "config": {"seed": EVIL}})
-    )
+    (run / "config.json").write_text(json.dumps({"experiment": EVIL, "scale": EVIL, "config": {"seed": EVIL}}))
     (run / "env.json").write_text(json.dumps({"device": EVIL, "torch": EVIL, "git_revision": EVIL}))
     _all_blocks(run, EVIL).save(run)
     page = (run / "report.html").read_text()

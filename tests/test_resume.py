@@ -7,9 +7,27 @@ from pathlib import Path
 
 import pytest
 
-ARGS = ["run", "ladder", "--scale", "smoke", "--device", "cpu", "--rungs", "mlp,cnn", "--set", "dataset=digits",
-        "--set", "train_subset=0", "--set", "train.max_batches=0", "--set", "train.epochs=3",
-        "--set", "train.batch_size=16", "--quiet"]
+ARGS = [
+    "run",
+    "ladder",
+    "--scale",
+    "smoke",
+    "--device",
+    "cpu",
+    "--rungs",
+    "mlp,cnn",
+    "--set",
+    "dataset=digits",
+    "--set",
+    "train_subset=0",
+    "--set",
+    "train.max_batches=0",
+    "--set",
+    "train.epochs=3",
+    "--set",
+    "train.batch_size=16",
+    "--quiet",
+]
 
 
 @pytest.mark.slow

@@ -81,8 +81,9 @@ def test_hand_stepped_elman_matches_fused_nn_rnn(t):
     ids, lens, _ = _batch([9, 2, 6, 4])
     y = torch.tensor([0, 2, 1, 1])
     torch.testing.assert_close(ours(ids, lens, t), ref(ids, lens, t))
-    torch.testing.assert_close(position_gradients(ours, ids, lens, y, t)["dx"],
-                               position_gradients(ref, ids, lens, y, t)["dx"])
+    torch.testing.assert_close(
+        position_gradients(ours, ids, lens, y, t)["dx"], position_gradients(ref, ids, lens, y, t)["dx"]
+    )
 
 
 @pytest.mark.parametrize("name", CELLS.names())
@@ -104,8 +105,12 @@ def test_reset_gate_depends_only_on_input_and_can_wipe_the_state():
     x = torch.randn(4, 3)
     h1, h2 = torch.randn(4, 5), 10 * torch.randn(4, 5)
     torch.testing.assert_close(cell.gate(x), torch.sigmoid(x @ cell.weight_r.T + cell.bias_r))
-    cand = torch.tanh(x @ cell.candidate.weight_ih.T + cell.candidate.bias_ih + h1 @ cell.candidate.weight_hh.T
-                      + cell.candidate.bias_hh)
+    cand = torch.tanh(
+        x @ cell.candidate.weight_ih.T
+        + cell.candidate.bias_ih
+        + h1 @ cell.candidate.weight_hh.T
+        + cell.candidate.bias_hh
+    )
     torch.testing.assert_close(cell(x, h1), cand * cell.gate(x))
     with torch.no_grad():
         cell.bias_r.fill_(-30.0)  # the reset button pressed for every input
@@ -153,8 +158,9 @@ def test_clip_by_norm_keeps_direction_clip_by_value_does_not():
 
 def _text_batches(n: int = 24, seed: int = 0, batch_size: int = 8, shuffle: bool = True) -> TextBatches:
     g = torch.Generator().manual_seed(seed)
-    seqs = [torch.randint(2, 30, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist()
-            for _ in range(n)]
+    seqs = [
+        torch.randint(2, 30, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(n)
+    ]
     return TextBatches(seqs, [s[0] % 2 for s in seqs], batch_size, shuffle=shuffle, seed=seed)
 
 
@@ -167,9 +173,15 @@ def test_rnn_step_is_the_engine_classification_with_label_smoothing():
     out = rnn_step(3, label_smoothing=0.1)(model, batch)
     torch.testing.assert_close(out.loss, F.cross_entropy(model(ids, lengths, 3), y, label_smoothing=0.1))
     assert out.count == len(y) and int(out.metrics["acc"]) == int((model(ids, lengths).argmax(1) == y).sum())
-    res = train_classifier(model, _text_batches(), _text_batches(shuffle=False), TrainConfig(
-        epochs=2, batch_size=8, label_smoothing=0.1, channels_last=False, cpu_fusion=False), device=torch.device(
-        "cpu"), tbptt_steps=3, verbose=False)
+    res = train_classifier(
+        model,
+        _text_batches(),
+        _text_batches(shuffle=False),
+        TrainConfig(epochs=2, batch_size=8, label_smoothing=0.1, channels_last=False, cpu_fusion=False),
+        device=torch.device("cpu"),
+        tbptt_steps=3,
+        verbose=False,
+    )
     assert [r["epoch"] for r in res.history] == [1, 2] and {"train_acc", "val_acc", "val_loss"} <= set(res.history[0])
     ev = evaluate(model, _text_batches(shuffle=False))
     assert ev["n"] == 24 and 0 <= ev["acc"] <= 1
@@ -177,8 +189,12 @@ def test_rnn_step_is_the_engine_classification_with_label_smoothing():
 
 def test_reset_overfit_trains_through_fit_and_stops_by_until(tmp_path):
     """Full batch (one step per epoch), stopped at the first epoch with 100% accuracy and loss < 0.01."""
-    pairs = [("good great fine nice film", 1), ("lovely happy sunny warm day", 1), ("bad awful sad grim film", 0),
-             ("dull cold rainy gray day", 0)]
+    pairs = [
+        ("good great fine nice film", 1),
+        ("lovely happy sunny warm day", 1),
+        ("bad awful sad grim film", 0),
+        ("dull cold rainy gray day", 0),
+    ]
     task = make_reset_task(pairs, 2, seed=0)
     run = Run(tmp_path / "run")
     cfg = TrainConfig(epochs=300, batch_size=len(task.examples), lr=1e-2, channels_last=False, cpu_fusion=False)

@@ -21,8 +21,14 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_rnn_experiment_smoke(tmp_path):
-    path = run_experiment(RNN, scale="smoke", runs_root=tmp_path, device="cpu", verbose=False,
-                          overrides=["cells=elman,reset,lipschitz-structured", "tbptt_compare=0,3"])
+    path = run_experiment(
+        RNN,
+        scale="smoke",
+        runs_root=tmp_path,
+        device="cpu",
+        verbose=False,
+        overrides=["cells=elman,reset,lipschitz-structured", "tbptt_compare=0,3"],
+    )
     summary = json.loads((path / "summary.json").read_text())
     assert set(summary["cells"]) == {"elman", "reset", "lipschitz-structured"}
     assert set(summary["tbptt"]) == {"full", "3"}
@@ -34,8 +40,14 @@ def test_rnn_experiment_smoke(tmp_path):
     assert summary["sentences"] == {"train": 360, "val": 40, "test": 200}
 
     # every stage trained through fit: metrics rows, best/last checkpoints, the config it ran in config.json
-    stages = ["cell-elman", "cell-reset", "cell-lipschitz-structured", "tbptt-3", "reset-overfit",
-              "reset-control-elman"]
+    stages = [
+        "cell-elman",
+        "cell-reset",
+        "cell-lipschitz-structured",
+        "tbptt-3",
+        "reset-overfit",
+        "reset-control-elman",
+    ]
     rows = _rows(path)
     assert list(dict.fromkeys(r["stage"] for r in rows)) == stages
     recorded = json.loads((path / "config.json").read_text())["stages"]
@@ -58,12 +70,30 @@ def test_rnn_experiment_smoke(tmp_path):
     assert recorded["reset-overfit"]["lr"] == 1e-2 and recorded["reset-overfit"]["epochs"] == 60
     assert recorded["reset-overfit"]["batch_size"] == 12  # all examples: 2 per class, each alone + 4 compositions
 
-    for fig in ("cells_curves", "grad_dx", "grad_dh", "state_norms", "reset_gate", "reset_overfit", "clip_loss",
-                "clip_cos", "clip_scale", "clip_raw_norm"):
+    for fig in (
+        "cells_curves",
+        "grad_dx",
+        "grad_dh",
+        "state_norms",
+        "reset_gate",
+        "reset_overfit",
+        "clip_loss",
+        "clip_cos",
+        "clip_scale",
+        "clip_raw_norm",
+    ):
         assert (path / "figures" / f"{fig}.png").stat().st_size > 1000, fig
     html = (path / "report.html").read_text()
-    for section in ("F1. Accuracy of each cell", "F1. Truncated backpropagation", "F2. The reset-gate cell",
-                    "F3. Lipschitz RNN", "F4. Gradient clipping", "Why sigmoid", "validation split", "test split"):
+    for section in (
+        "F1. Accuracy of each cell",
+        "F1. Truncated backpropagation",
+        "F2. The reset-gate cell",
+        "F3. Lipschitz RNN",
+        "F4. Gradient clipping",
+        "Why sigmoid",
+        "validation split",
+        "test split",
+    ):
         assert section in html, section
 
 
@@ -77,19 +107,33 @@ def test_validation_split_is_stratified_and_disjoint_from_train_and_test():
     assert abs(share["train"] - share["val"]) < 0.02  # stratified: each class's share kept
     again = rnn_exp.prepare_data(cfg, SimpleNamespace(data_dir=None, download=False))
     assert again.pairs == data.pairs  # seeded
-    other = rnn_exp.prepare_data(build_config(rnn_exp, "smoke", overrides=["train_subset=600", "val_fraction=0.2",
-                                                                           "seed=1"]),
-                                 SimpleNamespace(data_dir=None, download=False))
+    other = rnn_exp.prepare_data(
+        build_config(rnn_exp, "smoke", overrides=["train_subset=600", "val_fraction=0.2", "seed=1"]),
+        SimpleNamespace(data_dir=None, download=False),
+    )
     assert other.pairs["val"] != data.pairs["val"]
 
 
 def test_schedule_and_early_stopping_change_what_runs(tmp_path):
     """train.schedule and train.early_stop_patience reach the engine: the lr column follows the cosine, and a
     learning rate too small to change any prediction stops the stage after `patience` epochs without gain."""
-    path = run_experiment(RNN, scale="smoke", runs_root=tmp_path, device="cpu", verbose=False,
-                          overrides=["cells=elman", "tbptt_compare=0", "train.epochs=5", "train.schedule=cosine",
-                                     "train.early_stop_patience=1", "train.lr=1e-9", "reset_steps=3",
-                                     "clip_steps=1"])
+    path = run_experiment(
+        RNN,
+        scale="smoke",
+        runs_root=tmp_path,
+        device="cpu",
+        verbose=False,
+        overrides=[
+            "cells=elman",
+            "tbptt_compare=0",
+            "train.epochs=5",
+            "train.schedule=cosine",
+            "train.early_stop_patience=1",
+            "train.lr=1e-9",
+            "reset_steps=3",
+            "clip_steps=1",
+        ],
+    )
     rows = [r for r in _rows(path) if r["stage"] == "cell-elman"]
     assert len(rows) == 2  # epoch 2 did not beat epoch 1, patience 1: stopped, 3 of 5 epochs never ran
     assert rows[0]["lr"] > rows[1]["lr"] > 0  # cosine decay per step (constant lr without a schedule)
@@ -111,15 +155,30 @@ def test_functions_are_short():
     import inspect
 
     tree = ast.parse(inspect.getsource(rnn_exp))
-    long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 80]
+    long = [
+        (n.name, n.end_lineno - n.lineno + 1)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 80
+    ]
     assert not long
 
 
 def test_rnn_experiment_wordpiece_three_classes(tmp_path):
-    path = run_experiment(RNN, scale="smoke", runs_root=tmp_path, device="cpu", verbose=False,
-                          overrides=["cells=torch", "tbptt_compare=0", "classes=negative,neutral,positive",
-                                     "tokenizer=wordpiece", "clip_steps=2", "reset_steps=5"])
+    path = run_experiment(
+        RNN,
+        scale="smoke",
+        runs_root=tmp_path,
+        device="cpu",
+        verbose=False,
+        overrides=[
+            "cells=torch",
+            "tbptt_compare=0",
+            "classes=negative,neutral,positive",
+            "tokenizer=wordpiece",
+            "clip_steps=2",
+            "reset_steps=5",
+        ],
+    )
     summary = json.loads((path / "summary.json").read_text())
     assert summary["vocab"] == 30522 and set(summary["cells"]) == {"torch"}
     assert 0.3 < summary["majority_acc"] < 0.6  # three classes
@@ -127,9 +186,27 @@ def test_rnn_experiment_wordpiece_three_classes(tmp_path):
     assert "WordPiece" in (path / "report.html").read_text()
 
 
-ARGS = ["run", "rnn", "--scale", "smoke", "--device", "cpu", "--quiet", "--set", "cells=elman", "--set",
-        "tbptt_compare=0", "--set", "train.epochs=3", "--set", "train.max_batches=0", "--set", "train_subset=3000",
-        "--set", "hidden_size=32"]
+ARGS = [
+    "run",
+    "rnn",
+    "--scale",
+    "smoke",
+    "--device",
+    "cpu",
+    "--quiet",
+    "--set",
+    "cells=elman",
+    "--set",
+    "tbptt_compare=0",
+    "--set",
+    "train.epochs=3",
+    "--set",
+    "train.max_batches=0",
+    "--set",
+    "train_subset=3000",
+    "--set",
+    "hidden_size=32",
+]
 
 
 @pytest.mark.slow

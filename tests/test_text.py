@@ -118,8 +118,11 @@ def _write_glue(folder, rows_train, rows_dev):
 
 def test_sst2_loader_on_fixture_tsv(tmp_path, monkeypatch):
     monkeypatch.setattr("torchdojo.text.sst2.read_hf_cache", lambda: None)
-    train = [("a gorgeous , witty , seductive movie . ", 1),
-             ("the plot is nothing but boilerplate clichés", 0), ('it \'s a "masterpiece"', 1)]
+    train = [
+        ("a gorgeous , witty , seductive movie . ", 1),
+        ("the plot is nothing but boilerplate clichés", 0),
+        ('it \'s a "masterpiece"', 1),
+    ]
     _write_glue(tmp_path / "sst2", train, [("flat , misguided", 0)])
     d = load_text_dataset("sst2", data_dir=tmp_path)
     assert d.train == [(s.strip(), y) for s, y in train] and d.test == [("flat , misguided", 0)]

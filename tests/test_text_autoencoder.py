@@ -36,8 +36,14 @@ from torchdojo.engine import evaluate, fit
 from torchdojo.errors import DojoError
 from torchdojo.text import TextBatches
 
-TEXTS = ["the movie was great and fun", "i hate this awful phone", "what a great day with friends",
-         "the service was awful and slow", "great fun , great friends !", "this phone is slow and awful"] * 2
+TEXTS = [
+    "the movie was great and fun",
+    "i hate this awful phone",
+    "what a great day with friends",
+    "the service was awful and slow",
+    "great fun , great friends !",
+    "this phone is slow and awful",
+] * 2
 CPU = torch.device("cpu")
 
 
@@ -118,9 +124,16 @@ def test_dae_learns_a_tiny_batch_through_fit_and_generates() -> None:
     noise = Corruption(drop=0.1, mask=0.1, shuffle=0.2)
     mask_id = v.stoi["<mask>"]
     before = evaluate_dae(model, seqs, noise, mask_id, 0, CPU)
-    res = fit(model, DAEBatches(seqs, noise, mask_id, len(seqs), seed=0), None,
-              _tcfg(epochs=120, batch_size=6, lr=1e-2, grad_clip=1.0, monitor="val_loss"), device=CPU,
-              stage="dae-overfit", step=dae_step(0), verbose=False)
+    res = fit(
+        model,
+        DAEBatches(seqs, noise, mask_id, len(seqs), seed=0),
+        None,
+        _tcfg(epochs=120, batch_size=6, lr=1e-2, grad_clip=1.0, monitor="val_loss"),
+        device=CPU,
+        stage="dae-overfit",
+        step=dae_step(0),
+        verbose=False,
+    )
     rows = res.history
     assert "train_token_acc" in rows[0] and "train_acc" not in rows[0]
     assert rows[-1]["train_loss"] < 0.3 * rows[0]["train_loss"]
@@ -145,8 +158,16 @@ def test_classifier_modes_train_the_right_parameters(mode: str) -> None:
     model.encoder.register_forward_hook(lambda m, i, o: modes.append(m.training))
     train_b = TextBatches(seqs, labels, 4, seed=0)
     tcfg = _tcfg(epochs=30, batch_size=4, lr=1e-2, label_smoothing=0.05)
-    res = fit(model, train_b, TextBatches(seqs, labels, 8, shuffle=False), tcfg, device=CPU, params=groups,
-              step=clf_step(tcfg.label_smoothing), verbose=False)
+    res = fit(
+        model,
+        train_b,
+        TextBatches(seqs, labels, 8, shuffle=False),
+        tcfg,
+        device=CPU,
+        params=groups,
+        step=clf_step(tcfg.label_smoothing),
+        verbose=False,
+    )
     changed = any(not torch.equal(a, b) for a, b in zip(enc_before, model.encoder.parameters(), strict=True))
     assert changed == (mode == "train")
     assert any(modes) == (mode == "train")  # a frozen encoder stays in eval mode while the head trains
@@ -248,8 +269,7 @@ def test_text_autoencoder_experiment_smoke(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(tae.Config, "__getattribute__", getattribute)
     monkeypatch.setattr(tae, "run", run)
     overrides = ["train.lr=0.0031", "clf.lr=0.0037", "classifiers=dae-frozen,dae-finetune,scratch"]
-    run_dir = run_experiment(tae, scale="smoke", overrides=overrides, runs_root=tmp_path, device="cpu",
-                             verbose=False)
+    run_dir = run_experiment(tae, scale="smoke", overrides=overrides, runs_root=tmp_path, device="cpu", verbose=False)
     s = json.loads((run_dir / "summary.json").read_text())
     assert set(s["sentiment"]) == {"dae-frozen", "dae-finetune", "scratch"}
     assert 0 <= s["heldout_token_acc"] <= 1 and 0 < s["copy_baseline_acc"] < 1
@@ -280,11 +300,25 @@ def test_text_autoencoder_experiment_smoke(tmp_path: Path, monkeypatch: pytest.M
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path, kill_and_resume) -> None:  # noqa: ANN001
-    args = ["run", "text-autoencoder", "--scale", "smoke", "--device", "cpu", "--quiet", "--set", "train.epochs=3",
-            "--set", "train.max_batches=0", "--set", "dae_subset=512"]
+    args = [
+        "run",
+        "text-autoencoder",
+        "--scale",
+        "smoke",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "train.max_batches=0",
+        "--set",
+        "dae_subset=512",
+    ]
     ref_run, run = kill_and_resume(args, tmp_path, wait_for="dae")
     ref, got = (json.loads((r / "summary.json").read_text()) for r in (ref_run, run))
     for key in ("heldout_token_acc", "heldout_clean_token_acc", "sentiment", "dae_best_epoch", "overfit_final_loss"):
         assert got[key] == ref[key], key
-    assert len([1 for line in (run / "metrics.jsonl").read_text().splitlines()
-                if json.loads(line)["stage"] == "dae"]) == 3
+    assert (
+        len([1 for line in (run / "metrics.jsonl").read_text().splitlines() if json.loads(line)["stage"] == "dae"]) == 3
+    )

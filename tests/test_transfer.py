@@ -13,15 +13,26 @@ from torchdojo.errors import DojoError
 from torchdojo.experiments import EXPERIMENTS, transfer
 from torchdojo.experiments.base import build_config, run_experiment
 
-TINY = {"dataset": "digits", "runs": "logreg,efficientnet_lite0:frozen,efficientnet_lite0:finetune",
-        "train_subset": 80, "test_subset": 40, "image_size": 32, "mistakes": 5, "unfreeze_phases": 2,
-        "train.epochs": 2, "train.batch_size": 16, "train.max_batches": 1, "head_train.epochs": 3}
+TINY = {
+    "dataset": "digits",
+    "runs": "logreg,efficientnet_lite0:frozen,efficientnet_lite0:finetune",
+    "train_subset": 80,
+    "test_subset": 40,
+    "image_size": 32,
+    "mistakes": 5,
+    "unfreeze_phases": 2,
+    "train.epochs": 2,
+    "train.batch_size": 16,
+    "train.max_batches": 1,
+    "head_train.epochs": 3,
+}
 
 
 def test_transfer_tiny_run(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHDOJO_FEATURE_CACHE", str(tmp_path / "cache"))
-    path = run_experiment(transfer, scale="smoke", overrides=TINY, device="cpu", runs_root=tmp_path / "runs",
-                          verbose=False)
+    path = run_experiment(
+        transfer, scale="smoke", overrides=TINY, device="cpu", runs_root=tmp_path / "runs", verbose=False
+    )
     summary = json.loads((path / "summary.json").read_text())["runs"]
     assert set(summary) == {"logreg", "efficientnet_lite0:frozen", "efficientnet_lite0:finetune"}
     frozen = summary["efficientnet_lite0:frozen"]
@@ -31,14 +42,26 @@ def test_transfer_tiny_run(tmp_path, monkeypatch):
     for run in ("logreg", "efficientnet_lite0_frozen", "efficientnet_lite0_finetune"):
         assert f"mistakes_{run}.png" in figs and f"cm_{run}.png" in figs
     html = (path / "report.html").read_text()
-    for needle in ("Which would you prefer?", "most confident mistakes", "Input adaptation", "replicated to 3 channels",
-                   "bit-identical after training: yes", "per-class test accuracy"):
+    for needle in (
+        "Which would you prefer?",
+        "most confident mistakes",
+        "Input adaptation",
+        "replicated to 3 channels",
+        "bit-identical after training: yes",
+        "per-class test accuracy",
+    ):
         assert needle in html, needle
     stages = {p.name for p in (path / "checkpoints").iterdir()}
     assert {"efficientnet_lite0_finetune_p1", "efficientnet_lite0_finetune_p2"} <= stages  # gradual unfreezing
     # A second run reuses the cached features: the report says so.
-    path2 = run_experiment(transfer, scale="smoke", overrides={**TINY, "runs": "efficientnet_lite0:frozen"},
-                           device="cpu", runs_root=tmp_path / "runs", verbose=False)
+    path2 = run_experiment(
+        transfer,
+        scale="smoke",
+        overrides={**TINY, "runs": "efficientnet_lite0:frozen"},
+        device="cpu",
+        runs_root=tmp_path / "runs",
+        verbose=False,
+    )
     assert "3 hit(s), 0 miss(es)" in (path2 / "report.html").read_text()
 
 
@@ -54,13 +77,24 @@ def test_transfer_epochs_run_on_across_phases_and_user_settings_reach_every_stag
         return curves(histories, path, **kw)
 
     monkeypatch.setattr(transfer.figures, "curves", spy)
-    overrides = {**TINY, "runs": "efficientnet_lite0:frozen,efficientnet_lite0:finetune,logreg",
-                 "train.lr": "0.00037", "head_train.lr": "0.0021", "train.epochs": 2, "head_train.epochs": 2}
-    path = run_experiment(transfer, scale="smoke", overrides=overrides, device="cpu", runs_root=tmp_path / "runs",
-                          verbose=False)
+    overrides = {
+        **TINY,
+        "runs": "efficientnet_lite0:frozen,efficientnet_lite0:finetune,logreg",
+        "train.lr": "0.00037",
+        "head_train.lr": "0.0021",
+        "train.epochs": 2,
+        "head_train.epochs": 2,
+    }
+    path = run_experiment(
+        transfer, scale="smoke", overrides=overrides, device="cpu", runs_root=tmp_path / "runs", verbose=False
+    )
     stages = json.loads((path / "config.json").read_text())["stages"]
-    assert set(stages) == {"efficientnet_lite0_frozen", "efficientnet_lite0_finetune_p1",
-                           "efficientnet_lite0_finetune_p2", "logreg"}
+    assert set(stages) == {
+        "efficientnet_lite0_frozen",
+        "efficientnet_lite0_finetune_p1",
+        "efficientnet_lite0_finetune_p2",
+        "logreg",
+    }
     for stage in ("efficientnet_lite0_finetune_p1", "efficientnet_lite0_finetune_p2"):
         assert stages[stage]["lr"] == 0.00037 and stages[stage]["epochs"] == 2  # each phase: the user's schedule
     for stage in ("efficientnet_lite0_frozen", "logreg"):  # the head and the cheap baseline: head_train
@@ -92,8 +126,9 @@ def test_transfer_history_numbers_epochs_across_phases(monkeypatch):
     class Ctx:
         device, run, resume, verbose = torch.device("cpu"), None, False, False
 
-    result, notes = transfer.train_phases(torch.nn.Linear(1, 1), "bb_finetune", "finetune", [], [], cfg.train, cfg,
-                                          Ctx())
+    result, notes = transfer.train_phases(
+        torch.nn.Linear(1, 1), "bb_finetune", "finetune", [], [], cfg.train, cfg, Ctx()
+    )
     assert calls == ["bb_finetune_p1", "bb_finetune_p2", "bb_finetune_p3"] and len(notes) == 3
     assert [r["epoch"] for r in result.history] == list(range(1, 10))
     assert result.best_epoch == 6 + 2

@@ -91,9 +91,14 @@ def status(out: str) -> dict[str, str]:
     return {m.group(2): m.group(1) for m in re.finditer(r"^(PASS|FAIL)  (.+?)\s+\d+/\d+ passed", out, re.M)}
 
 
-@pytest.mark.parametrize("target,spec", [("conv2d", "torchdojo.nn.conv:Conv2d"),
-                                         ("conv-transpose", "torchdojo.nn.conv_transpose:ConvTranspose2d"),
-                                         ("rnn-cell", "torchdojo.nn.elman:ElmanCell")])
+@pytest.mark.parametrize(
+    "target,spec",
+    [
+        ("conv2d", "torchdojo.nn.conv:Conv2d"),
+        ("conv-transpose", "torchdojo.nn.conv_transpose:ConvTranspose2d"),
+        ("rnn-cell", "torchdojo.nn.elman:ElmanCell"),
+    ],
+)
 def test_our_layers_pass(capsys: pytest.CaptureFixture, target: str, spec: str) -> None:
     rc, out = check(capsys, target, spec, "--examples", "25")
     assert rc == 0, out
@@ -109,27 +114,29 @@ def test_our_conv2d_passes_from_its_file_path(capsys: pytest.CaptureFixture) -> 
 
 
 def test_padding_on_one_side_only_fails(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    rc, out = check(capsys, "conv2d", write(tmp_path, "one_side.py", ONE_SIDE_PADDING) + ":OneSidePadding",
-                    "--examples", "10")
+    rc, out = check(
+        capsys, "conv2d", write(tmp_path, "one_side.py", ONE_SIDE_PADDING) + ":OneSidePadding", "--examples", "10"
+    )
     assert rc == 1
     assert status(out)["forward"] == "FAIL" and status(out)["parameters"] == "PASS"
     assert re.search(r"problem: output has shape \(\d+, \d+, \d+, \d+\), torch gives", out)
-    assert "first failing: edge case \"batch 1\"" in out  # the first edge case already has padding 1
+    assert 'first failing: edge case "batch 1"' in out  # the first edge case already has padding 1
 
 
 def test_stride_ignored_fails(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    rc, out = check(capsys, "conv2d", write(tmp_path, "stride.py", STRIDE_IGNORED) + ":StrideIgnored",
-                    "--examples", "10")
+    rc, out = check(
+        capsys, "conv2d", write(tmp_path, "stride.py", STRIDE_IGNORED) + ":StrideIgnored", "--examples", "10"
+    )
     assert rc == 1 and status(out)["forward"] == "FAIL"
     first = re.search(r"FAIL  forward .*\n\s+first failing: (.*)", out).group(1)
     assert "stride=1" not in first  # the first failure is a strided configuration
     assert "output has shape" in out
 
 
-def test_kernel_not_flipped_in_backward_fails_only_the_input_gradient(capsys: pytest.CaptureFixture,
-                                                                     tmp_path: Path) -> None:
-    rc, out = check(capsys, "conv2d", write(tmp_path, "noflip.py", KERNEL_NOT_FLIPPED) + ":NoFlip",
-                    "--examples", "10")
+def test_kernel_not_flipped_in_backward_fails_only_the_input_gradient(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    rc, out = check(capsys, "conv2d", write(tmp_path, "noflip.py", KERNEL_NOT_FLIPPED) + ":NoFlip", "--examples", "10")
     assert rc == 1
     s = status(out)
     assert s["grad x"] == "FAIL"
@@ -153,27 +160,51 @@ def test_failure_reproduces_with_the_printed_case(capsys: pytest.CaptureFixture,
     assert rc == 1 and "1 configurations (one --case)" in again and status(again)["forward"] == "FAIL"
 
 
-@pytest.mark.parametrize("source,spec_class,rc_expected,message", [
-    ("import not_a_real_package_xyz\n", "Conv", 2,
-     "FAIL  load: importing .*bad.py failed: ModuleNotFoundError: No module named 'not_a_real_package_xyz' "
-     r"\(bad.py, line 1\)"),
-    ("def broken(:\n", "Conv", 2, r"SyntaxError: .*\(bad.py, line 1\)"),
-    ("import torch\nclass Other(torch.nn.Module):\n    pass\n", "Conv", 2,
-     "has no 'Conv'; classes defined there: Other"),
-    ("def Conv():\n    pass\n", "Conv", 2, "is a function, not an nn.Module subclass"),
-    ("import torch\nclass Conv(torch.nn.Module):\n    def __init__(self, cin, cout, k):\n"
-     "        super().__init__()\n", "Conv", 1,
-     r"FAIL  constructor: Conv\(cin, cout, k\) cannot be called with keywords in_channels, "),
-    ("import torch\nclass Conv(torch.nn.Module):\n    def __init__(self, **kw):\n        super().__init__()\n"
-     "        self.weight = torch.nn.Parameter(torch.zeros(1))\n"
-     "    def forward(self, x):\n        print('debug output')\n        raise NotImplementedError('todo')\n",
-     "Conv", 1, r"problem: forward raised NotImplementedError: todo \(bad.py, line 8\)"),
-    ("import torch\nclass Conv(torch.nn.Module):\n    def __init__(self, **kw):\n        super().__init__()\n"
-     "        raise RuntimeError('half written')\n", "Conv", 1,
-     r"constructor Conv\(in_channels=.*\) raised RuntimeError"),
-])
-def test_broken_submissions_become_readable_failures(capsys: pytest.CaptureFixture, tmp_path: Path, source: str,
-                                                     spec_class: str, rc_expected: int, message: str) -> None:
+@pytest.mark.parametrize(
+    "source,spec_class,rc_expected,message",
+    [
+        (
+            "import not_a_real_package_xyz\n",
+            "Conv",
+            2,
+            "FAIL  load: importing .*bad.py failed: ModuleNotFoundError: No module named 'not_a_real_package_xyz' "
+            r"\(bad.py, line 1\)",
+        ),
+        ("def broken(:\n", "Conv", 2, r"SyntaxError: .*\(bad.py, line 1\)"),
+        (
+            "import torch\nclass Other(torch.nn.Module):\n    pass\n",
+            "Conv",
+            2,
+            "has no 'Conv'; classes defined there: Other",
+        ),
+        ("def Conv():\n    pass\n", "Conv", 2, "is a function, not an nn.Module subclass"),
+        (
+            "import torch\nclass Conv(torch.nn.Module):\n    def __init__(self, cin, cout, k):\n"
+            "        super().__init__()\n",
+            "Conv",
+            1,
+            r"FAIL  constructor: Conv\(cin, cout, k\) cannot be called with keywords in_channels, ",
+        ),
+        (
+            "import torch\nclass Conv(torch.nn.Module):\n    def __init__(self, **kw):\n        super().__init__()\n"
+            "        self.weight = torch.nn.Parameter(torch.zeros(1))\n"
+            "    def forward(self, x):\n        print('debug output')\n        raise NotImplementedError('todo')\n",
+            "Conv",
+            1,
+            r"problem: forward raised NotImplementedError: todo \(bad.py, line 8\)",
+        ),
+        (
+            "import torch\nclass Conv(torch.nn.Module):\n    def __init__(self, **kw):\n        super().__init__()\n"
+            "        raise RuntimeError('half written')\n",
+            "Conv",
+            1,
+            r"constructor Conv\(in_channels=.*\) raised RuntimeError",
+        ),
+    ],
+)
+def test_broken_submissions_become_readable_failures(
+    capsys: pytest.CaptureFixture, tmp_path: Path, source: str, spec_class: str, rc_expected: int, message: str
+) -> None:
     rc, out = check(capsys, "conv2d", write(tmp_path, "bad.py", source) + f":{spec_class}", "--examples", "3")
     assert rc == rc_expected, out
     assert re.search(message, out), out

@@ -7,8 +7,18 @@ import sys
 from torchdojo.errors import DojoError
 
 # Explicit list: the CLI is generated from it (one module per command).
-COMMAND_MODULES = ["list_cmd", "run_cmd", "report_cmd", "compare_cmd", "data_cmd", "calc_cmd", "predict_cmd",
-                   "describe_cmd", "check_cmd", "explain_cmd"]
+COMMAND_MODULES = [
+    "list_cmd",
+    "run_cmd",
+    "report_cmd",
+    "compare_cmd",
+    "data_cmd",
+    "calc_cmd",
+    "predict_cmd",
+    "describe_cmd",
+    "check_cmd",
+    "explain_cmd",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,8 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         mod = importlib.import_module(f"torchdojo.commands.{name}")
-        p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            mod.NAME,
+            help=mod.HELP,
+            description=getattr(mod, "DESCRIPTION", mod.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         mod.add_arguments(p)
         p.set_defaults(_main=mod.main)
     return parser

@@ -46,8 +46,10 @@ class TrainConfig:
         _check_range("train.momentum", self.momentum, lo=0, hi=1, hi_open=True)
         _check_range("train.label_smoothing", self.label_smoothing, lo=0, hi=1, hi_open=True)
         if self.warmup_epochs > self.epochs:
-            raise DojoError(f"train.warmup_epochs={self.warmup_epochs} is longer than train.epochs={self.epochs}",
-                            "warm up for at most the whole run, e.g. --set train.warmup_epochs=1")
+            raise DojoError(
+                f"train.warmup_epochs={self.warmup_epochs} is longer than train.epochs={self.epochs}",
+                "warm up for at most the whole run, e.g. --set train.warmup_epochs=1",
+            )
 
 
 # Ranges of fields by name, for every config (experiments' own fields included): (lo, hi, lo_open, hi_open).
@@ -79,8 +81,14 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
 }
 
 
-def _check_range(key: str, value: float, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-                 hi_open: bool = False) -> None:
+def _check_range(
+    key: str,
+    value: float,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
     low_bad = lo is not None and (value <= lo if lo_open else value < lo)
     high_bad = hi is not None and (value >= hi if hi_open else value > hi)
     if low_bad or high_bad:
@@ -198,7 +206,8 @@ def apply_overrides(cfg: C, overrides: dict[str, Any] | list[str], prefix: str =
         if head not in names:
             known = field_names(cfg, prefix)
             close = get_close_matches(prefix + key, known, n=1) or [
-                n for n in known if n.endswith("." + key.split(".")[-1])]
+                n for n in known if n.endswith("." + key.split(".")[-1])
+            ]
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise DojoError(f"unknown config key {prefix + key!r}", f"{hint}known keys: {', '.join(known)}")
         if rest:
@@ -209,8 +218,9 @@ def apply_overrides(cfg: C, overrides: dict[str, Any] | list[str], prefix: str =
                 nested.setdefault(head, {}).update(value)
                 continue
             if dataclasses.is_dataclass(current):
-                raise DojoError(f"{prefix + key!r} is a group of settings",
-                                f"set one of its fields, e.g. {prefix + key}.<field>")
+                raise DojoError(
+                    f"{prefix + key!r} is a group of settings", f"set one of its fields, e.g. {prefix + key}.<field>"
+                )
             if not isinstance(value, str) and get_origin(hints[head]) is Literal:
                 value = str(value)  # Python values are checked against the choices too
             flat[head] = _coerce(value, hints[head], prefix + key) if isinstance(value, str) else value
@@ -218,8 +228,9 @@ def apply_overrides(cfg: C, overrides: dict[str, Any] | list[str], prefix: str =
     for head, sub in nested.items():
         current = getattr(cfg, head)
         if not dataclasses.is_dataclass(current):
-            raise DojoError(f"unknown config key {prefix + head + '.' + next(iter(sub))!r}",
-                            f"{prefix + head} has no sub-fields")
+            raise DojoError(
+                f"unknown config key {prefix + head + '.' + next(iter(sub))!r}", f"{prefix + head} has no sub-fields"
+            )
         flat[head] = apply_overrides(current, sub, f"{prefix}{head}.")
     return dataclasses.replace(cfg, **flat)
 
@@ -227,9 +238,18 @@ def apply_overrides(cfg: C, overrides: dict[str, Any] | list[str], prefix: str =
 def hyper_parameters(cfg: TrainConfig) -> dict[str, Any]:
     """The settings of a stage's TrainConfig that a report's hyper-parameter table shows (what it trained with)."""
     keys = ["optimizer", "lr", "weight_decay", "schedule", "epochs", "batch_size"]
-    keys += [k for k, on in (("momentum", cfg.optimizer == "sgd"), ("warmup_epochs", cfg.warmup_epochs),
-                             ("label_smoothing", cfg.label_smoothing), ("grad_clip", cfg.grad_clip),
-                             ("early_stop_patience", cfg.early_stop_patience), ("max_batches", cfg.max_batches)) if on]
+    keys += [
+        k
+        for k, on in (
+            ("momentum", cfg.optimizer == "sgd"),
+            ("warmup_epochs", cfg.warmup_epochs),
+            ("label_smoothing", cfg.label_smoothing),
+            ("grad_clip", cfg.grad_clip),
+            ("early_stop_patience", cfg.early_stop_patience),
+            ("max_batches", cfg.max_batches),
+        )
+        if on
+    ]
     return {k: getattr(cfg, k) for k in keys}
 
 

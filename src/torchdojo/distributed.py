@@ -54,11 +54,13 @@ def is_main() -> bool:
 def env_info() -> DistInfo:
     """The rank layout torchrun put in the environment (1 process when not launched by torchrun)."""
     try:
-        return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-                        int(os.environ.get("WORLD_SIZE", 1)))
+        return DistInfo(
+            int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        )
     except ValueError as e:
-        raise DojoError(f"bad torchrun environment ({e})",
-                        "launch with torchrun --nproc_per_node=N -m torchdojo run ...") from None
+        raise DojoError(
+            f"bad torchrun environment ({e})", "launch with torchrun --nproc_per_node=N -m torchdojo run ..."
+        ) from None
 
 
 def init_from_env(device: torch.device) -> tuple[torch.device, bool]:
@@ -70,17 +72,26 @@ def init_from_env(device: torch.device) -> tuple[torch.device, bool]:
     if info.world_size <= 1 or is_initialized():
         return device, False
     if not dist.is_available():
-        raise DojoError("torchrun started several processes but this PyTorch has no torch.distributed",
-                        "install a PyTorch build with distributed support, or run one process")
+        raise DojoError(
+            "torchrun started several processes but this PyTorch has no torch.distributed",
+            "install a PyTorch build with distributed support, or run one process",
+        )
     if device.type == "cuda":
         if info.local_rank >= torch.cuda.device_count():
-            raise DojoError(f"LOCAL_RANK {info.local_rank} but only {torch.cuda.device_count()} GPUs here",
-                            "pass --nproc_per_node at most the number of GPUs on each machine")
+            raise DojoError(
+                f"LOCAL_RANK {info.local_rank} but only {torch.cuda.device_count()} GPUs here",
+                "pass --nproc_per_node at most the number of GPUs on each machine",
+            )
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method="env://", rank=info.rank, world_size=info.world_size,
-                            **({"device_id": device} if device.type == "cuda" else {}))
+    dist.init_process_group(
+        backend,
+        init_method="env://",
+        rank=info.rank,
+        world_size=info.world_size,
+        **({"device_id": device} if device.type == "cuda" else {}),
+    )
     return device, True
 
 
@@ -186,8 +197,12 @@ def wrap(objective: nn.Module, device: torch.device, find_unused_parameters: boo
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
-    return DDP(objective, device_ids=ids, output_device=device.index if ids else None,
-               find_unused_parameters=find_unused_parameters)
+    return DDP(
+        objective,
+        device_ids=ids,
+        output_device=device.index if ids else None,
+        find_unused_parameters=find_unused_parameters,
+    )
 
 
 def shard_positions(batches: Any) -> tuple[torch.Tensor, int] | None:
@@ -197,8 +212,7 @@ def shard_positions(batches: Any) -> tuple[torch.Tensor, int] | None:
     return batches.positions(), int(batches.num_global)
 
 
-def gather_outputs(out: dict[str, Any], where: list[torch.Tensor] | None,
-                   device: torch.device) -> dict[str, Any]:
+def gather_outputs(out: dict[str, Any], where: list[torch.Tensor] | None, device: torch.device) -> dict[str, Any]:
     """All ranks' probabilities and targets; sorted back into the epoch's order when positions are known."""
     k = out["probs"].shape[1] if out["probs"].ndim == 2 else 0
     k = int(all_gather_cat(torch.tensor([k], device=device)).max().item())  # a rank may have none

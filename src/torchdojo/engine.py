@@ -45,9 +45,24 @@ from torchdojo.steps import (
     xy_step,
 )
 
-__all__ = ["Batches", "EpochCallback", "FitResult", "LossFn", "Step", "StepOutput", "classification",
-           "cross_entropy", "evaluate", "fit", "keep_freed_memory", "load_best", "to_device", "train_one_epoch",
-           "xy_step"]
+__all__ = [
+    "Batches",
+    "EpochCallback",
+    "FitResult",
+    "LossFn",
+    "Step",
+    "StepOutput",
+    "classification",
+    "cross_entropy",
+    "evaluate",
+    "fit",
+    "keep_freed_memory",
+    "load_best",
+    "to_device",
+    "train_one_epoch",
+    "xy_step",
+]
+
 
 class Batches(Protocol):
     def __iter__(self) -> Any: ...
@@ -94,15 +109,22 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                 TextColumn("{task.fields[info]}"), transient=True)
+    p = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        transient=True,
+    )
     p.start()
     p.add_task(desc, total=total, info="")
     return p
 
 
-def _sums_to_means(loss_sum: torch.Tensor, sums: dict[str, torch.Tensor], n: int | torch.Tensor,
-                   device: torch.device) -> tuple[dict[str, float], int]:
+def _sums_to_means(
+    loss_sum: torch.Tensor, sums: dict[str, torch.Tensor], n: int | torch.Tensor, device: torch.device
+) -> tuple[dict[str, float], int]:
     """Means of the summed loss and metrics; under DDP summed over all ranks first (one all-reduce)."""
     names = sorted(sums)
     if distributed.is_initialized():
@@ -140,14 +162,34 @@ def train_one_epoch(
     (`torchdojo.fusion`; same maths)."""
     step = as_step(step, loss_fn)
     with fused_bn_relu_pool(model, enabled=fuse and device.type == "cpu"):
-        return _train_one_epoch(model, batches, optimizer, step, device, scheduler, grad_clip, max_batches,
-                                progress, autocast_dtype, channels_last)
+        return _train_one_epoch(
+            model,
+            batches,
+            optimizer,
+            step,
+            device,
+            scheduler,
+            grad_clip,
+            max_batches,
+            progress,
+            autocast_dtype,
+            channels_last,
+        )
 
 
-def _train_one_epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Optimizer, step: Step,
-                     device: torch.device, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-                     grad_clip: float, max_batches: int, progress: str, autocast_dtype: torch.dtype | None,
-                     channels_last: bool) -> dict[str, Any]:
+def _train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[Any],
+    optimizer: torch.optim.Optimizer,
+    step: Step,
+    device: torch.device,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    grad_clip: float,
+    max_batches: int,
+    progress: str,
+    autocast_dtype: torch.dtype | None,
+    channels_last: bool,
+) -> dict[str, Any]:
     model.train()
     total = len(batches) if hasattr(batches, "__len__") else 0  # type: ignore[arg-type]
     if max_batches:
@@ -203,12 +245,19 @@ def evaluate(
     On CPU, `fuse` runs BN -> ReLU -> max-pool blocks as one op (`torchdojo.fusion`; same maths)."""
     step = as_step(step, loss_fn)
     with fused_bn_relu_pool(model, enabled=fuse and device.type == "cpu"):
-        return _evaluate(model, batches, device, step, max_batches, return_outputs, autocast_dtype,
-                         channels_last)
+        return _evaluate(model, batches, device, step, max_batches, return_outputs, autocast_dtype, channels_last)
 
 
-def _evaluate(model: nn.Module, batches: Iterable[Any], device: torch.device, step: Step, max_batches: int,
-              return_outputs: bool, autocast_dtype: torch.dtype | None, channels_last: bool) -> dict[str, Any]:
+def _evaluate(
+    model: nn.Module,
+    batches: Iterable[Any],
+    device: torch.device,
+    step: Step,
+    max_batches: int,
+    return_outputs: bool,
+    autocast_dtype: torch.dtype | None,
+    channels_last: bool,
+) -> dict[str, Any]:
     model.eval()
     # Sums stay on the device (one sync at the end, not one per batch); float64 is Python's float maths.
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -299,8 +348,11 @@ def fit(
     step = as_step(step, loss_fn, cfg.label_smoothing)
     val_step = val_step or (xy_step(val_loss_fn) if val_loss_fn is not None else step)
     if cfg.label_smoothing and not getattr(step, "uses_label_smoothing", False):
-        raise DojoError(f"train.label_smoothing={cfg.label_smoothing} has no effect on stage {stage!r}: its loss "
-                        "is not a cross-entropy over labels", "leave train.label_smoothing at 0 for this stage")
+        raise DojoError(
+            f"train.label_smoothing={cfg.label_smoothing} has no effect on stage {stage!r}: its loss "
+            "is not a cross-entropy over labels",
+            "leave train.label_smoothing at 0 for this stage",
+        )
     if autocast_dtype is None and cfg.amp and device.type == "cuda":
         autocast_dtype = torch.bfloat16
     if cfg.channels_last:
@@ -312,9 +364,24 @@ def fit(
     if run is not None and run.is_main:
         run.record_stage(stage, to_dict(cfg))
     _audit(stage, cfg, optimizer, scheduler, train, val)
-    loop = _Loop(model, train, val, cfg, device, stage, run, optimizer, scheduler, step, val_step,
-                 _training_objective(model, step, cfg, device, find_unused=custom_objective), callbacks, until,
-                 verbose and distributed.is_main(), autocast_dtype)
+    loop = _Loop(
+        model,
+        train,
+        val,
+        cfg,
+        device,
+        stage,
+        run,
+        optimizer,
+        scheduler,
+        step,
+        val_step,
+        _training_objective(model, step, cfg, device, find_unused=custom_objective),
+        callbacks,
+        until,
+        verbose and distributed.is_main(),
+        autocast_dtype,
+    )
     with _cudnn_benchmark(device.type == "cuda"):  # fixed shapes: let cuDNN pick its fastest kernels
         if resume:
             loop.resume()
@@ -322,8 +389,14 @@ def fit(
     return loop.result()
 
 
-def _audit(stage: str, cfg: TrainConfig, optimizer: torch.optim.Optimizer,
-           scheduler: torch.optim.lr_scheduler.LRScheduler, train: Batches, val: Batches | None) -> None:
+def _audit(
+    stage: str,
+    cfg: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train: Batches,
+    val: Batches | None,
+) -> None:
     """Called by `fit` with everything a stage trains with, before its first epoch. A no-op: tests replace it
     to check that the settings a user gave are the ones that run."""
 
@@ -331,11 +404,25 @@ def _audit(stage: str, cfg: TrainConfig, optimizer: torch.optim.Optimizer,
 class _Loop:
     """The state of one `fit` call: epochs, best weights, early stopping, checkpoints and resume."""
 
-    def __init__(self, model: nn.Module, train: Batches, val: Batches | None, cfg: TrainConfig,
-                 device: torch.device, stage: str, run: Run | None, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, step: Step, val_step: Step, train_step: Step,
-                 callbacks: Sequence[EpochCallback], until: Callable[[dict[str, Any]], bool] | None,
-                 verbose: bool, autocast_dtype: torch.dtype | None):
+    def __init__(
+        self,
+        model: nn.Module,
+        train: Batches,
+        val: Batches | None,
+        cfg: TrainConfig,
+        device: torch.device,
+        stage: str,
+        run: Run | None,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        step: Step,
+        val_step: Step,
+        train_step: Step,
+        callbacks: Sequence[EpochCallback],
+        until: Callable[[dict[str, Any]], bool] | None,
+        verbose: bool,
+        autocast_dtype: torch.dtype | None,
+    ):
         self.model, self.train_b, self.val_b, self.cfg, self.device = model, train, val, cfg, device
         self.stage, self.run, self.optimizer, self.scheduler = stage, run, optimizer, scheduler
         self.step, self.val_step, self.train_step = step, val_step, train_step
@@ -392,10 +479,20 @@ class _Loop:
         for b in (self.train_b, self.val_b):
             if b is not None and hasattr(b, "set_epoch"):
                 b.set_epoch(epoch)
-        tr = train_one_epoch(self.model, self.train_b, self.optimizer, self.train_step, device=self.device,
-                             scheduler=self.scheduler, grad_clip=cfg.grad_clip, max_batches=cfg.max_batches,
-                             progress=f"[{stage}] epoch {epoch}/{cfg.epochs}" if self.verbose else "",
-                             autocast_dtype=self.autocast_dtype, channels_last=cfg.channels_last, fuse=self.fuse)
+        tr = train_one_epoch(
+            self.model,
+            self.train_b,
+            self.optimizer,
+            self.train_step,
+            device=self.device,
+            scheduler=self.scheduler,
+            grad_clip=cfg.grad_clip,
+            max_batches=cfg.max_batches,
+            progress=f"[{stage}] epoch {epoch}/{cfg.epochs}" if self.verbose else "",
+            autocast_dtype=self.autocast_dtype,
+            channels_last=cfg.channels_last,
+            fuse=self.fuse,
+        )
         if not math.isfinite(tr["loss"]):
             raise TrainingDiverged(
                 f"[{stage}] the training loss became {tr['loss']} in epoch {epoch}; stopped. The last good "
@@ -407,8 +504,16 @@ class _Loop:
         row: dict[str, Any] = {"stage": stage, "epoch": epoch}
         row.update({f"train_{k}": v for k, v in tr.items() if k not in ("n", "seconds")})
         if self.val_b is not None:
-            va = evaluate(self.model, self.val_b, self.val_step, device=self.device, max_batches=cfg.max_batches,
-                          autocast_dtype=self.autocast_dtype, channels_last=cfg.channels_last, fuse=self.fuse)
+            va = evaluate(
+                self.model,
+                self.val_b,
+                self.val_step,
+                device=self.device,
+                max_batches=cfg.max_batches,
+                autocast_dtype=self.autocast_dtype,
+                channels_last=cfg.channels_last,
+                fuse=self.fuse,
+            )
             row.update({f"val_{k}": v for k, v in va.items() if k != "n"})
         row.update(lr=self.optimizer.param_groups[0]["lr"], seconds=tr["seconds"])
         self.history.append(row)
@@ -420,8 +525,10 @@ class _Loop:
             return -row["train_loss"] if monitor.endswith("acc") else row["train_loss"]
         if monitor not in row:
             logged = ", ".join(k for k in row if k.startswith("val_"))
-            raise DojoError(f"train.monitor={monitor} is not measured by stage {self.stage!r} (it logs {logged})",
-                            f"pick one of those, e.g. --set train.monitor={logged.split(', ')[0]}")
+            raise DojoError(
+                f"train.monitor={monitor} is not measured by stage {self.stage!r} (it logs {logged})",
+                f"pick one of those, e.g. --set train.monitor={logged.split(', ')[0]}",
+            )
         return row[monitor]
 
     def keep_best(self, epoch: int, row: dict[str, Any]) -> None:
@@ -431,22 +538,31 @@ class _Loop:
             return
         self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
         if self.ckpt_dir is not None and self.writes:
-            atomic_torch_save({"model": self.model.state_dict(), "epoch": epoch, "metrics": row},
-                              self.ckpt_dir / "best.pt")
+            atomic_torch_save(
+                {"model": self.model.state_dict(), "epoch": epoch, "metrics": row}, self.ckpt_dir / "best.pt"
+            )
         else:
             self.best_state = copy.deepcopy(self.model.state_dict())
 
     def save_last(self, epoch: int) -> None:
         if self.ckpt_dir is None or not self.writes:
             return
-        atomic_torch_save({
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "epoch": epoch, "history": self.history,
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "best_value": self.best_value, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
-            "stopped": self.stopped_early,
-        }, self.ckpt_dir / "last.pt")
+        atomic_torch_save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "epoch": epoch,
+                "history": self.history,
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "best_value": self.best_value,
+                "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs,
+                "stopped": self.stopped_early,
+            },
+            self.ckpt_dir / "last.pt",
+        )
 
     def result(self) -> FitResult:
         """Restore the best weights (under DDP once rank 0 has written them) and sum up."""
@@ -457,12 +573,12 @@ class _Loop:
             self.model.load_state_dict(self.best_state)
         secs = [r["seconds"] for r in self.history]
         mean_secs = sum(secs) / max(len(secs), 1)
-        return FitResult(self.history, self.best_epoch, float(self.best_value or 0.0), mean_secs,
-                         self.stopped_early)
+        return FitResult(self.history, self.best_epoch, float(self.best_value or 0.0), mean_secs, self.stopped_early)
 
 
-def _training_objective(model: nn.Module, step: Step, cfg: TrainConfig, device: torch.device,
-                        find_unused: bool) -> Step:
+def _training_objective(
+    model: nn.Module, step: Step, cfg: TrainConfig, device: torch.device, find_unused: bool
+) -> Step:
     """`step` as the training loop sees it: through DDP under torchrun, compiled with `cfg.compile`.
 
     The wrappers hold `model` and never replace it, so checkpoints keep plain state-dict keys (no
@@ -483,8 +599,7 @@ def _training_objective(model: nn.Module, step: Step, cfg: TrainConfig, device: 
     return through_wrappers
 
 
-def load_best(model: nn.Module, run_dir: Path, stage: str,
-              device: torch.device | str = "cpu") -> dict[str, Any]:
+def load_best(model: nn.Module, run_dir: Path, stage: str, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Load `stage`'s best weights from a run folder into `model`; returns the checkpoint's metrics."""
     state = load_checkpoint(Path(run_dir) / "checkpoints" / stage / "best.pt", map_location=device)
     model.load_state_dict(state["model"])

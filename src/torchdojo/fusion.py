@@ -71,8 +71,20 @@ def _kernel_grad_sums(ctx, grad, pooled, y, alpha, mean, invstd):
     g = grad.float().contiguous(memory_format=torch.channels_last)
     sum_g, sum_g_xhat = pooled.new_empty(c), pooled.new_empty(c)  # = dL/d(bias), dL/d(weight)
     g_max = torch.empty_like(pooled)
-    if lib.brp_grad_sums(_ptr(g), _ptr(y), _ptr(pooled), n * (h // 2), w // 2, c, _ptr(mean), _ptr(invstd),
-                         _ptr(alpha), _ptr(sum_g), _ptr(sum_g_xhat), _ptr(g_max)):
+    if lib.brp_grad_sums(
+        _ptr(g),
+        _ptr(y),
+        _ptr(pooled),
+        n * (h // 2),
+        w // 2,
+        c,
+        _ptr(mean),
+        _ptr(invstd),
+        _ptr(alpha),
+        _ptr(sum_g),
+        _ptr(sum_g_xhat),
+        _ptr(g_max),
+    ):
         raise MemoryError("torchdojo.fusion: out of memory for per-thread BN gradient sums")
     count = n * h * w
     a = -alpha * invstd * sum_g_xhat / count
@@ -85,8 +97,7 @@ class _BatchNormReLUPoolKernel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):  # type: ignore[override]
-        pooled, y, alpha, mean, invstd = _kernel_forward(ctx, x, weight, bias, running_mean, running_var, momentum,
-                                                         eps)
+        pooled, y, alpha, mean, invstd = _kernel_forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps)
         ctx.save_for_backward(x, pooled, y, alpha, mean, invstd)
         return y
 
@@ -117,13 +128,25 @@ class _StemConvBatchNormReLUPoolKernel(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u, conv_weight, conv_bias, weight, bias, running_mean, running_var, momentum: float,  # type: ignore[override]
-                eps: float, padding: tuple[int, int]):
+    def forward(
+        ctx,
+        u,
+        conv_weight,
+        conv_bias,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        momentum: float,  # type: ignore[override]
+        eps: float,
+        padding: tuple[int, int],
+    ):
         x = F.conv2d(u, conv_weight, conv_bias, padding=padding).contiguous(memory_format=torch.channels_last)
         n, c, h, w = x.shape
         code = torch.empty((n, c, h // 2, w // 2), dtype=torch.int32, memory_format=torch.channels_last)
-        pooled, y, alpha, mean, invstd = _kernel_forward(ctx, x, weight, bias, running_mean, running_var, momentum,
-                                                         eps, code)
+        pooled, y, alpha, mean, invstd = _kernel_forward(
+            ctx, x, weight, bias, running_mean, running_var, momentum, eps, code
+        )
         ctx.save_for_backward(u, conv_weight, pooled, code, y, alpha, mean, invstd)
         ctx.padding, ctx.has_conv_bias = padding, conv_bias is not None
         return y
@@ -143,8 +166,9 @@ class _StemConvBatchNormReLUPoolKernel(torch.autograd.Function):
         hp, wp = hin + 2 * ph, win + 2 * pw
         gram, sums = torch.empty((j, j), dtype=torch.float64), torch.empty(j, dtype=torch.float64)
         sparse = torch.empty((c, j))
-        if (lib.brp_stem_gram(_ptr(up), n, hp, wp, cin, kh, kw, _ptr(shift), _ptr(gram), _ptr(sums))
-                or lib.brp_stem_sparse(_ptr(up), _ptr(g_max), _ptr(code), n, hp, wp, cin, kh, kw, c, _ptr(sparse))):
+        if lib.brp_stem_gram(
+            _ptr(up), n, hp, wp, cin, kh, kw, _ptr(shift), _ptr(gram), _ptr(sums)
+        ) or lib.brp_stem_sparse(_ptr(up), _ptr(g_max), _ptr(code), n, hp, wp, cin, kh, kw, c, _ptr(sparse)):
             raise MemoryError("torchdojo.fusion: out of memory for the stem's per-thread sums")
         cov = gram - torch.outer(sums, sums) / count  # P * covariance of the patches
         patch_sums = sums + count * shift.double().repeat_interleave(kh * kw)  # the unshifted sums
@@ -208,8 +232,10 @@ class BatchNormReLUPool2d(nn.BatchNorm2d):
             return False
         if positions is None:
             positions = x.numel() // max(x.shape[1], 1)
-        return (positions > 1  # BN needs > 1 value per channel: let BatchNorm2d say so
-                and (self.weight is None or bool((self.weight > 0).all())))
+        return (
+            positions > 1  # BN needs > 1 value per channel: let BatchNorm2d say so
+            and (self.weight is None or bool((self.weight > 0).all()))
+        )
 
     def _momentum(self) -> float:
         """The running-statistics momentum of this training step (counting it, as BatchNorm2d does)."""
@@ -224,8 +250,9 @@ class BatchNormReLUPool2d(nn.BatchNorm2d):
         if not self._fusable(x):
             return F.max_pool2d(F.relu(super().forward(x)), 2)
         if not self.training:  # a positive affine map commutes with max: pool first, normalise a quarter
-            return F.batch_norm(F.max_pool2d(x, 2), self.running_mean, self.running_var, self.weight, self.bias,
-                                False, 0.0, self.eps).relu_()
+            return F.batch_norm(
+                F.max_pool2d(x, 2), self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            ).relu_()
         momentum = self._momentum()
         fn = _BatchNormReLUPool
         if x.is_contiguous(memory_format=torch.channels_last) and kernels.load() is not None:
@@ -265,19 +292,45 @@ class StemConvBatchNormReLUPool2d(BatchNormReLUPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
-        if (self.training and not x.requires_grad and x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)
-                and not torch.is_autocast_enabled("cpu") and kernels.load() is not None
-                and self._fusable(x, positions=x.shape[0] * (x.shape[2] + 2 * conv.padding[0] - conv.kernel_size[0] + 1)
-                                  * (x.shape[3] + 2 * conv.padding[1] - conv.kernel_size[1] + 1))):
+        if (
+            self.training
+            and not x.requires_grad
+            and x.ndim == 4
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.is_autocast_enabled("cpu")
+            and kernels.load() is not None
+            and self._fusable(
+                x,
+                positions=x.shape[0]
+                * (x.shape[2] + 2 * conv.padding[0] - conv.kernel_size[0] + 1)
+                * (x.shape[3] + 2 * conv.padding[1] - conv.kernel_size[1] + 1),
+            )
+        ):
             return _StemConvBatchNormReLUPoolKernel.apply(
-                x, conv.weight, conv.bias, self.weight, self.bias, self.running_mean, self.running_var,
-                self._momentum(), self.eps, conv.padding)
+                x,
+                conv.weight,
+                conv.bias,
+                self.weight,
+                self.bias,
+                self.running_mean,
+                self.running_var,
+                self._momentum(),
+                self.eps,
+                conv.padding,
+            )
         return super().forward(conv(x))
 
 
 def _is_pool2(m: nn.Module) -> bool:
-    return (type(m) is nn.MaxPool2d and m.kernel_size in (2, (2, 2)) and m.stride in (2, (2, 2))
-            and m.padding in (0, (0, 0)) and m.dilation in (1, (1, 1)) and not m.ceil_mode and not m.return_indices)
+    return (
+        type(m) is nn.MaxPool2d
+        and m.kernel_size in (2, (2, 2))
+        and m.stride in (2, (2, 2))
+        and m.padding in (0, (0, 0))
+        and m.dilation in (1, (1, 1))
+        and not m.ceil_mode
+        and not m.return_indices
+    )
 
 
 def _has_hooks(m: nn.Module) -> bool:
@@ -286,9 +339,16 @@ def _has_hooks(m: nn.Module) -> bool:
 
 def _is_stem_conv(m: nn.Module) -> bool:
     """A Conv2d the stem fusion handles: stride 1, no dilation or groups, numeric zero padding, small patches."""
-    return (type(m) is nn.Conv2d and m.stride == (1, 1) and m.dilation == (1, 1) and m.groups == 1
-            and m.padding_mode == "zeros" and not isinstance(m.padding, str)
-            and m.in_channels * m.kernel_size[0] * m.kernel_size[1] <= 64 and not _has_hooks(m))
+    return (
+        type(m) is nn.Conv2d
+        and m.stride == (1, 1)
+        and m.dilation == (1, 1)
+        and m.groups == 1
+        and m.padding_mode == "zeros"
+        and not isinstance(m.padding, str)
+        and m.in_channels * m.kernel_size[0] * m.kernel_size[1] <= 64
+        and not _has_hooks(m)
+    )
 
 
 def _fusable_runs(model: nn.Module) -> list[tuple[nn.Sequential, int, bool]]:
@@ -303,9 +363,12 @@ def _fusable_runs(model: nn.Module) -> list[tuple[nn.Sequential, int, bool]]:
         while i + 2 < len(mods):
             bn, m1, m2 = mods[i : i + 3]
             pair = {type(m1), type(m2)}
-            if (type(bn) is nn.BatchNorm2d and pair == {nn.ReLU, nn.MaxPool2d}
-                    and _is_pool2(m1 if type(m1) is nn.MaxPool2d else m2)
-                    and not any(_has_hooks(m) for m in (bn, m1, m2))):
+            if (
+                type(bn) is nn.BatchNorm2d
+                and pair == {nn.ReLU, nn.MaxPool2d}
+                and _is_pool2(m1 if type(m1) is nn.MaxPool2d else m2)
+                and not any(_has_hooks(m) for m in (bn, m1, m2))
+            ):
                 runs.append((seq, i, i > 0 and _is_stem_conv(mods[i - 1])))
                 i += 3
             else:
@@ -325,13 +388,18 @@ def fused_bn_relu_pool(model: nn.Module, enabled: bool = True) -> Iterator[int]:
             if stem:  # the conv before the BN: it runs inside the fused module (when its input needs no grad)
                 i -= 1
                 originals = [seq[i], seq[i + 1], seq[i + 2], seq[i + 3]]
-                seq[i], seq[i + 1] = (_DeferredConv2d.sharing(originals[0]),
-                                      StemConvBatchNormReLUPool2d.sharing_stem(originals[0], originals[1]))
+                seq[i], seq[i + 1] = (
+                    _DeferredConv2d.sharing(originals[0]),
+                    StemConvBatchNormReLUPool2d.sharing_stem(originals[0], originals[1]),
+                )
                 seq[i + 2], seq[i + 3] = nn.Identity(), nn.Identity()
             else:
                 originals = [seq[i], seq[i + 1], seq[i + 2]]
-                seq[i], seq[i + 1], seq[i + 2] = (BatchNormReLUPool2d.sharing(originals[0]), nn.Identity(),
-                                                  nn.Identity())
+                seq[i], seq[i + 1], seq[i + 2] = (
+                    BatchNormReLUPool2d.sharing(originals[0]),
+                    nn.Identity(),
+                    nn.Identity(),
+                )
             swaps.append((seq, i, originals))
     try:
         yield len(swaps)

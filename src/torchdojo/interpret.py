@@ -32,8 +32,7 @@ def most_confident_mistakes(probs: torch.Tensor, targets: torch.Tensor, k: int =
     wrong = torch.nonzero(pred != targets).flatten()
     # stable sort on -confidence keeps index order among equal confidences
     order = wrong[torch.sort(-conf[wrong], stable=True).indices][:k]
-    return [Mistake(int(i), int(pred[i]), int(targets[i]), float(conf[i]), float(probs[i, targets[i]]))
-            for i in order]
+    return [Mistake(int(i), int(pred[i]), int(targets[i]), float(conf[i]), float(probs[i, targets[i]])) for i in order]
 
 
 def confusion(probs: torch.Tensor, targets: torch.Tensor, num_classes: int | None = None) -> np.ndarray:
@@ -60,17 +59,27 @@ def most_confused_pairs(cm: np.ndarray, k: int = 5) -> list[tuple[int, int, int]
     return [(t, p, int(off[t, p])) for t, p in pairs if off[t, p] > 0]
 
 
-def draw_mistakes(mistakes: Sequence[Mistake], images: torch.Tensor, classes: Sequence[str], path: Any,
-                  title: str = "") -> Any:
+def draw_mistakes(
+    mistakes: Sequence[Mistake], images: torch.Tensor, classes: Sequence[str], path: Any, title: str = ""
+) -> Any:
     """A grid of the mistaken images titled 'pred CLASS p' / 'true CLASS p'."""
     imgs = [images[m.index] for m in mistakes]
-    titles = [f"pred {classes[m.predicted]} {m.p_predicted:.2f}\ntrue {classes[m.true]} {m.p_true:.2f}"
-              for m in mistakes]
+    titles = [
+        f"pred {classes[m.predicted]} {m.p_predicted:.2f}\ntrue {classes[m.true]} {m.p_true:.2f}" for m in mistakes
+    ]
     return figures.image_grid(imgs, path, ncols=min(5, max(len(imgs), 1)), titles=titles, title=title, cell=1.9)
 
 
-def report_interpretation(report: Report, run: Run, name: str, probs: torch.Tensor, targets: torch.Tensor,
-                          images: torch.Tensor, classes: Sequence[str], k: int = 10) -> dict[str, Any]:
+def report_interpretation(
+    report: Report,
+    run: Run,
+    name: str,
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    images: torch.Tensor,
+    classes: Sequence[str],
+    k: int = 10,
+) -> dict[str, Any]:
     """Add mistakes, confusion matrix, per-class accuracy and confused pairs for `name` to the report."""
     mistakes = most_confident_mistakes(probs, targets, k)
     cm = confusion(probs, targets, len(classes))
@@ -79,28 +88,57 @@ def report_interpretation(report: Report, run: Run, name: str, probs: torch.Tens
     safe = name.replace(":", "_").replace("/", "_")
     report.heading(f"{name}: interpretation", level=3)
     if mistakes:
-        draw_mistakes(mistakes, images, classes, run.figure_path(f"mistakes_{safe}"),
-                      title=f"{name}: the {len(mistakes)} most confident mistakes")
-        report.figure(f"mistakes_{safe}.png", f"{name}: the {len(mistakes)} most confident mistakes on the test "
-                      "set (highest predicted probability, wrong class), with predicted and true class and the "
-                      "model's probability for each")
-        report.table([{"rank": r + 1, "test image": m.index, "predicted": classes[m.predicted],
-                       "p(predicted)": m.p_predicted, "true": classes[m.true], "p(true)": m.p_true}
-                      for r, m in enumerate(mistakes)], caption=f"{name}: most confident mistakes")
+        draw_mistakes(
+            mistakes,
+            images,
+            classes,
+            run.figure_path(f"mistakes_{safe}"),
+            title=f"{name}: the {len(mistakes)} most confident mistakes",
+        )
+        report.figure(
+            f"mistakes_{safe}.png",
+            f"{name}: the {len(mistakes)} most confident mistakes on the test "
+            "set (highest predicted probability, wrong class), with predicted and true class and the "
+            "model's probability for each",
+        )
+        report.table(
+            [
+                {
+                    "rank": r + 1,
+                    "test image": m.index,
+                    "predicted": classes[m.predicted],
+                    "p(predicted)": m.p_predicted,
+                    "true": classes[m.true],
+                    "p(true)": m.p_true,
+                }
+                for r, m in enumerate(mistakes)
+            ],
+            caption=f"{name}: most confident mistakes",
+        )
     else:
         report.text(f"{name} made no mistakes on the test set.")
     figures.confusion_matrix(cm, list(classes), run.figure_path(f"cm_{safe}"), title=f"{name}: test confusion")
     report.figure(f"cm_{safe}.png", f"{name}: confusion matrix on the test set (rows true, columns predicted)")
     if len(classes) <= 20:
-        report.table([{"class": c, "accuracy": float(a), "images": int(cm[i].sum())}
-                      for i, (c, a) in enumerate(zip(classes, acc, strict=True))],
-                     caption=f"{name}: per-class test accuracy")
+        report.table(
+            [
+                {"class": c, "accuracy": float(a), "images": int(cm[i].sum())}
+                for i, (c, a) in enumerate(zip(classes, acc, strict=True))
+            ],
+            caption=f"{name}: per-class test accuracy",
+        )
     else:  # many classes (Flowers-102): the worst ten are what one reads
         worst = np.argsort(np.nan_to_num(acc, nan=2.0), kind="stable")[:10]
-        report.table([{"class": classes[i], "accuracy": float(acc[i]), "images": int(cm[i].sum())} for i in worst],
-                     caption=f"{name}: the ten classes with the lowest test accuracy")
+        report.table(
+            [{"class": classes[i], "accuracy": float(acc[i]), "images": int(cm[i].sum())} for i in worst],
+            caption=f"{name}: the ten classes with the lowest test accuracy",
+        )
     if pairs:
-        report.table([{"true": classes[t], "predicted as": classes[p], "count": c} for t, p, c in pairs],
-                     caption=f"{name}: most-confused pairs")
-    return {"mistakes": [dataclasses.asdict(m) for m in mistakes],
-            "worst_class": classes[int(np.nanargmin(acc))] if np.isfinite(acc).any() else None}
+        report.table(
+            [{"true": classes[t], "predicted as": classes[p], "count": c} for t, p, c in pairs],
+            caption=f"{name}: most-confused pairs",
+        )
+    return {
+        "mistakes": [dataclasses.asdict(m) for m in mistakes],
+        "worst_class": classes[int(np.nanargmin(acc))] if np.isfinite(acc).any() else None,
+    }

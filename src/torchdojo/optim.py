@@ -18,8 +18,14 @@ def build_optimizer(params: Iterable[torch.nn.Parameter] | list[dict], cfg: Trai
         params = [{**group, "params": list(group["params"])} for group in params]
     fused = _can_fuse(params)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.momentum > 0, fused=fused)
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.momentum > 0,
+            fused=fused,
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
@@ -29,7 +35,8 @@ def _can_fuse(params: list) -> bool | None:
     """True when every parameter is a floating-point tensor on CPU or CUDA (torch's fused kernels)."""
     tensors = [p for group in params for p in group["params"]] if params and isinstance(params[0], dict) else params
     ok = bool(tensors) and all(
-        t.is_floating_point() and t.device.type in ("cpu", "cuda") and not t.is_sparse for t in tensors)
+        t.is_floating_point() and t.device.type in ("cpu", "cuda") and not t.is_sparse for t in tensors
+    )
     return True if ok else None  # None: torch's own default (foreach or the loop)
 
 

@@ -156,8 +156,7 @@ class MetricsLogger:
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return
-        rows = [r for r in read_metrics(self.run_dir)
-                if not (r.get("stage") == stage and r["epoch"] > after_epoch)]
+        rows = [r for r in read_metrics(self.run_dir) if not (r.get("stage") == stage and r["epoch"] > after_epoch)]
         atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
         self._write_csv()
 

@@ -39,8 +39,9 @@ class StepOutput:
 Step = Callable[[nn.Module, Any], StepOutput]
 
 
-def classification(logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor | None = None,
-                   label_smoothing: float = 0.0) -> StepOutput:
+def classification(
+    logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor | None = None, label_smoothing: float = 0.0
+) -> StepOutput:
     """The StepOutput of a classifier: cross-entropy (unless `loss` is given), accuracy, logits and labels."""
     if loss is None:
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
@@ -125,5 +126,4 @@ def _takes_three(fn: Callable[..., Any]) -> bool:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return False
-    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-               for p in params) == 3
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in params) == 3

@@ -10,5 +10,12 @@ from torchdojo.autoencoders.mirrored import (
     conv_output_padding,
 )
 
-__all__ = ["Activation", "DecoderLayer", "EncoderLayer", "MirroredAutoencoder", "build_conv", "build_fc",
-           "conv_output_padding"]
+__all__ = [
+    "Activation",
+    "DecoderLayer",
+    "EncoderLayer",
+    "MirroredAutoencoder",
+    "build_conv",
+    "build_fc",
+    "conv_output_padding",
+]

@@ -42,13 +42,13 @@ def local_shuffle(ids: Sequence[int], rate: float, rng: random.Random, window: i
         raise DojoError(f"shuffle window must be >= 2, got {window}")
     out = list(ids)
     for start in range(0, len(out), window):
-        chunk = out[start: start + window]
+        chunk = out[start : start + window]
         if len(chunk) < 2 or rng.random() >= rate:
             continue
         order = list(range(len(chunk)))
         while order == sorted(order):  # a permutation other than the identity (at most a few draws)
             rng.shuffle(order)
-        out[start: start + window] = [chunk[j] for j in order]
+        out[start : start + window] = [chunk[j] for j in order]
     return out
 
 

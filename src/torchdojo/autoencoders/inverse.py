@@ -40,8 +40,9 @@ def encoder_matrix(model: MirroredAutoencoder, i: int) -> torch.Tensor | None:
     if n_in * n_out > MAX_DENSE:
         return None
     basis = torch.eye(n_in, dtype=enc.weight.dtype, device=enc.weight.device).view(n_in, *enc.in_shape)
-    cols = torch.cat([F.conv2d(chunk, enc.weight, None, enc.stride, enc.padding).flatten(1)
-                      for chunk in basis.split(1024)])  # row j = A e_j
+    cols = torch.cat(
+        [F.conv2d(chunk, enc.weight, None, enc.stride, enc.padding).flatten(1) for chunk in basis.split(1024)]
+    )  # row j = A e_j
     return cols.t().double()
 
 
@@ -55,8 +56,12 @@ def decoder_matrix(model: MirroredAutoencoder, i: int) -> torch.Tensor | None:
     if n_in * n_out > MAX_DENSE:
         return None
     basis = torch.eye(n_in, dtype=w.dtype, device=w.device).view(n_in, *dec.pre_pool_shape)
-    cols = torch.cat([F.conv_transpose2d(c, w, None, dec.stride, dec.padding, dec.output_padding).flatten(1)
-                      for c in basis.split(1024)])
+    cols = torch.cat(
+        [
+            F.conv_transpose2d(c, w, None, dec.stride, dec.padding, dec.output_padding).flatten(1)
+            for c in basis.split(1024)
+        ]
+    )
     return cols.t().double()
 
 
@@ -81,8 +86,9 @@ def _bias_vector(model: MirroredAutoencoder, i: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def pinv_invert(model: MirroredAutoencoder, i: int, h_next: torch.Tensor,
-                pinv: torch.Tensor | None = None) -> torch.Tensor | None:
+def pinv_invert(
+    model: MirroredAutoencoder, i: int, h_next: torch.Tensor, pinv: torch.Tensor | None = None
+) -> torch.Tensor | None:
     """pinv(A_i) (act^{-1}(h_i) - b_i): the pseudo-inverse decoder; None for pooling or too-large layers."""
     enc = model.encoders[i]
     if enc.pool:
@@ -106,7 +112,8 @@ def layer_report(model: MirroredAutoencoder, x: torch.Tensor) -> list[dict[str, 
         a = encoder_matrix(model, i)
         row: dict[str, Any] = {
             "layer": f"E{i + 1} / D{model.depth - i}",
-            "in": "x".join(map(str, enc.in_shape)), "out": "x".join(map(str, enc.out_shape)),
+            "in": "x".join(map(str, enc.in_shape)),
+            "out": "x".join(map(str, enc.out_shape)),
             "dim_ratio": math.prod(enc.out_shape) / math.prod(enc.in_shape),
             "rel_err": relative_error(model.invert(i, hs[i + 1]), hs[i]),
         }

@@ -61,8 +61,17 @@ def conv_output_padding(size: int, kernel: int, stride: int, padding: int) -> in
 class EncoderLayer(nn.Module):
     """h -> pool(act(A h + b)); A is a Linear ("fc") or a Conv2d ("conv")."""
 
-    def __init__(self, kind: str, in_shape: Sequence[int], out: int, act: Activation, kernel: int = 3,
-                 stride: int = 1, padding: int = 1, pool: int = 0):
+    def __init__(
+        self,
+        kind: str,
+        in_shape: Sequence[int],
+        out: int,
+        act: Activation,
+        kernel: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        pool: int = 0,
+    ):
         super().__init__()
         self.kind, self.in_shape, self.act, self.pool = kind, tuple(in_shape), act, pool
         self.kernel, self.stride, self.padding = kernel, stride, padding
@@ -76,12 +85,16 @@ class EncoderLayer(nn.Module):
             c, h, w = self.in_shape
             oh, ow = (conv_out_size(s, kernel, stride, padding) for s in (h, w))
             if oh < 1 or ow < 1:
-                raise DojoError(f"a {kernel}x{kernel} stride-{stride} conv does not fit a {h}x{w} input",
-                                "use fewer layers, a smaller stride or more padding")
+                raise DojoError(
+                    f"a {kernel}x{kernel} stride-{stride} conv does not fit a {h}x{w} input",
+                    "use fewer layers, a smaller stride or more padding",
+                )
             self.op = nn.Conv2d(c, out, kernel, stride, padding)
             self.pre_pool_shape = (out, oh, ow)
-            self.output_padding = (conv_output_padding(h, kernel, stride, padding),
-                                   conv_output_padding(w, kernel, stride, padding))
+            self.output_padding = (
+                conv_output_padding(h, kernel, stride, padding),
+                conv_output_padding(w, kernel, stride, padding),
+            )
         else:
             raise DojoError(f"unknown layer kind {kind!r}", "use fc or conv")
         if pool:  # ceil_mode keeps odd sizes (7 -> 4) so that the mirror can upsample back to the exact size
@@ -206,8 +219,9 @@ class MirroredAutoencoder(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def build_fc(in_shape: Sequence[int], dims: Sequence[int], act: str = "leaky", slope: float = 0.2,
-             tied: bool = False) -> MirroredAutoencoder:
+def build_fc(
+    in_shape: Sequence[int], dims: Sequence[int], act: str = "leaky", slope: float = 0.2, tied: bool = False
+) -> MirroredAutoencoder:
     """A fully connected mirrored autoencoder: prod(in_shape) -> dims[0] -> ... -> dims[-1] and back."""
     if not dims:
         raise DojoError("an autoencoder needs at least one layer", "give one or more layer widths")
@@ -220,9 +234,17 @@ def build_fc(in_shape: Sequence[int], dims: Sequence[int], act: str = "leaky", s
     return MirroredAutoencoder(layers, in_shape, tied)
 
 
-def build_conv(in_shape: Sequence[int], channels: Sequence[int], kernel: int = 3, stride: int = 2,
-               padding: int = 1, pool: int = 0, act: str = "leaky", slope: float = 0.2,
-               tied: bool = False) -> MirroredAutoencoder:
+def build_conv(
+    in_shape: Sequence[int],
+    channels: Sequence[int],
+    kernel: int = 3,
+    stride: int = 2,
+    padding: int = 1,
+    pool: int = 0,
+    act: str = "leaky",
+    slope: float = 0.2,
+    tied: bool = False,
+) -> MirroredAutoencoder:
     """A fully convolutional mirrored autoencoder: Conv2d layers down, ConvTranspose2d layers back up."""
     if not channels:
         raise DojoError("an autoencoder needs at least one layer", "give one or more channel counts")

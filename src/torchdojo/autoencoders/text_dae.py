@@ -39,8 +39,9 @@ class SentenceEncoder(nn.Module):
         self.dim = dim
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = pack_padded_sequence(self.embed(ids), lengths.clamp_min(1).cpu(), batch_first=True,
-                                      enforce_sorted=False)
+        packed = pack_padded_sequence(
+            self.embed(ids), lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False
+        )
         _, h = self.gru(packed)  # (2, B, dim/2): last state of the forward and of the backward pass
         return torch.tanh(self.proj(torch.cat([h[0], h[1]], dim=1)))  # (B, dim)
 
@@ -48,8 +49,9 @@ class SentenceEncoder(nn.Module):
 class TextDAE(nn.Module):
     """Encoder (noisy sentence -> z) and a GRU decoder (z, clean prefix -> next-token logits)."""
 
-    def __init__(self, vocab_size: int, emb: int = 128, dim: int = 256, pad_id: int = 0, bos_id: int = 3,
-                 eos_id: int = 4):
+    def __init__(
+        self, vocab_size: int, emb: int = 128, dim: int = 256, pad_id: int = 0, bos_id: int = 3, eos_id: int = 4
+    ):
         super().__init__()
         self.encoder = SentenceEncoder(vocab_size, emb, dim, pad_id)
         self.init = nn.Linear(dim, dim)
@@ -83,8 +85,9 @@ class TextDAE(nn.Module):
         return [s[: s.index(self.eos_id)] if self.eos_id in s else s for s in seqs]
 
 
-def teacher_forcing(clean: list[list[int]], bos_id: int, eos_id: int, pad_id: int = 0
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_forcing(
+    clean: list[list[int]], bos_id: int, eos_id: int, pad_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(prefix, target), both (B, T+1): `<bos>` + clean and clean + `<eos>`, right-padded."""
     t = max(len(s) for s in clean) + 1
     prefix = torch.full((len(clean), t), pad_id, dtype=torch.long)
@@ -95,12 +98,12 @@ def teacher_forcing(clean: list[list[int]], bos_id: int, eos_id: int, pad_id: in
     return prefix, target
 
 
-def dae_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int = 0, label_smoothing: float = 0.0
-             ) -> tuple[torch.Tensor, torch.Tensor, int]:
+def dae_loss(
+    logits: torch.Tensor, target: torch.Tensor, pad_id: int = 0, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Mean token cross-entropy over the real (non-pad) target tokens (optionally label-smoothed over the
     vocabulary), the number of those tokens predicted right (a tensor the engine sums) and their number."""
-    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad_id,
-                           label_smoothing=label_smoothing)
+    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad_id, label_smoothing=label_smoothing)
     real = target != pad_id
     correct = ((logits.detach().argmax(-1) == target) & real).sum()
     return loss, correct, int(real.sum().item())
@@ -108,8 +111,9 @@ def dae_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int = 0, label_
 
 def mlp_head(d_in: int, d_hidden: int, num_classes: int, dropout: float = 0.2) -> nn.Sequential:
     """The sentiment head every classifier shares: dropout, Linear + ReLU, dropout, Linear."""
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Dropout(dropout),
-                         nn.Linear(d_hidden, num_classes))
+    return nn.Sequential(
+        nn.Dropout(dropout), nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_hidden, num_classes)
+    )
 
 
 class SentimentClassifier(nn.Module):

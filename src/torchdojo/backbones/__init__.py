@@ -26,7 +26,19 @@ from torchdojo.backbones.weights import WeightsMissingError
 from torchdojo.backbones.zoo import BACKBONES, OFFLINE_DEFAULT, BackboneSpec, Preprocessing, imagenet_classes
 
 __all__ = [
-    "BACKBONES", "OFFLINE_DEFAULT", "REGIMES", "BackboneClassifier", "BackboneSpec", "Preprocessing",
-    "WeightsMissingError", "build_classifier", "count_params", "imagenet_classes", "load_backbone", "make_head",
-    "set_regime", "trainable_params", "unfreeze_top",
+    "BACKBONES",
+    "OFFLINE_DEFAULT",
+    "REGIMES",
+    "BackboneClassifier",
+    "BackboneSpec",
+    "Preprocessing",
+    "WeightsMissingError",
+    "build_classifier",
+    "count_params",
+    "imagenet_classes",
+    "load_backbone",
+    "make_head",
+    "set_regime",
+    "trainable_params",
+    "unfreeze_top",
 ]

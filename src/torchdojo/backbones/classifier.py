@@ -59,8 +59,13 @@ class BackboneClassifier(Classifier):
         return self
 
 
-def make_head(num_features: int, num_classes: int, kind: str = "linear", hidden: tuple[int, ...] = (512, 256),
-              dropout: float = 0.3) -> nn.Sequential:
+def make_head(
+    num_features: int,
+    num_classes: int,
+    kind: str = "linear",
+    hidden: tuple[int, ...] = (512, 256),
+    dropout: float = 0.3,
+) -> nn.Sequential:
     """`linear`: one Linear layer; `mlp`: C3's 2 FC layers (ReLU, dropout) + a classifier."""
     if kind == "linear":
         return nn.Sequential(nn.Linear(num_features, num_classes))
@@ -74,21 +79,34 @@ def make_head(num_features: int, num_classes: int, kind: str = "linear", hidden:
     return nn.Sequential(*layers, nn.Linear(width, num_classes))
 
 
-def load_pretrained(spec: BackboneSpec, net: nn.Module, weights_path: str | Path | None = None,
-                    download: bool = False, verify: bool = True) -> Path:
+def load_pretrained(
+    spec: BackboneSpec,
+    net: nn.Module,
+    weights_path: str | Path | None = None,
+    download: bool = False,
+    verify: bool = True,
+) -> Path:
     """Load the spec's published weights into `net` (built by `spec.build`); returns the file used."""
     path = resolve_weights(spec.weights, spec.name, weights_path, download, verify)
     state = spec.map_keys(load_state_dict(path))
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise DojoError(f"{path} does not fit {spec.name}: {str(e).splitlines()[0][:200]}",
-                        f"pass the weights of {spec.name} ({spec.weights.filename})") from None
+        raise DojoError(
+            f"{path} does not fit {spec.name}: {str(e).splitlines()[0][:200]}",
+            f"pass the weights of {spec.name} ({spec.weights.filename})",
+        ) from None
     return path
 
 
-def load_backbone(name: str, *, pretrained: bool = True, weights_path: str | Path | None = None,
-                  download: bool = False, verify: bool = True) -> BackboneClassifier:
+def load_backbone(
+    name: str,
+    *,
+    pretrained: bool = True,
+    weights_path: str | Path | None = None,
+    download: bool = False,
+    verify: bool = True,
+) -> BackboneClassifier:
     """The backbone `name` with its ImageNet classifier as head (for predictions), in eval mode."""
     spec = BACKBONES.get(name)
     net = spec.build()
@@ -98,15 +116,25 @@ def load_backbone(name: str, *, pretrained: bool = True, weights_path: str | Pat
     return BackboneClassifier(spec, trunk, classifier, pretrained).eval()
 
 
-def build_classifier(name: str, num_classes: int, *, regime: str = "frozen", head: str = "linear",
-                     hidden: tuple[int, ...] = (512, 256), dropout: float = 0.3,
-                     weights_path: str | Path | None = None, download: bool = False,
-                     verify: bool = True, bn_eval: bool = True) -> BackboneClassifier:
+def build_classifier(
+    name: str,
+    num_classes: int,
+    *,
+    regime: str = "frozen",
+    head: str = "linear",
+    hidden: tuple[int, ...] = (512, 256),
+    dropout: float = 0.3,
+    weights_path: str | Path | None = None,
+    download: bool = False,
+    verify: bool = True,
+    bn_eval: bool = True,
+) -> BackboneClassifier:
     """Backbone `name` with a fresh head for `num_classes`, set up for `regime` (scratch = random init)."""
     if regime not in REGIMES:
         raise DojoError(f"unknown regime {regime!r}", f"use one of {', '.join(REGIMES)}")
-    model = load_backbone(name, pretrained=regime != "scratch", weights_path=weights_path, download=download,
-                          verify=verify)
+    model = load_backbone(
+        name, pretrained=regime != "scratch", weights_path=weights_path, download=download, verify=verify
+    )
     model.head = make_head(model.num_features, num_classes, head, hidden, dropout)
     set_regime(model, regime, bn_eval)
     return model.train()
@@ -136,13 +164,14 @@ def unfreeze_top(model: BackboneClassifier, fraction: float) -> int:
     blocks = trunk_blocks(model)
     n = round(len(blocks) * min(max(fraction, 0.0), 1.0))
     model.features.requires_grad_(False)
-    for b in blocks[len(blocks) - n:]:
+    for b in blocks[len(blocks) - n :]:
         b.requires_grad_(True)
     return n
 
 
-def trainable_params(model: BackboneClassifier, backbone_lr_mult: float = 1.0,
-                     lr: float | None = None) -> list[nn.Parameter] | list[dict]:
+def trainable_params(
+    model: BackboneClassifier, backbone_lr_mult: float = 1.0, lr: float | None = None
+) -> list[nn.Parameter] | list[dict]:
     """What the optimizer gets: the head only when frozen; else head + trunk (at `backbone_lr_mult` x lr).
 
     The head's group comes first, at the stage's own LR: `param_groups[0]` (the LR logged per epoch and the one

@@ -59,8 +59,11 @@ class MBConv(nn.Module):
         self.expand = nn.Sequential()
         if expand != 1:
             self.expand = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), _bn(mid), nn.ReLU6(inplace=True))
-        dw = (SamePadConv(mid, mid, kernel, stride, groups=mid, bias=False) if stride > 1
-              else nn.Conv2d(mid, mid, kernel, padding=kernel // 2, groups=mid, bias=False))
+        dw = (
+            SamePadConv(mid, mid, kernel, stride, groups=mid, bias=False)
+            if stride > 1
+            else nn.Conv2d(mid, mid, kernel, padding=kernel // 2, groups=mid, bias=False)
+        )
         self.depthwise = nn.Sequential(dw, _bn(mid), nn.ReLU6(inplace=True))
         self.project = nn.Sequential(nn.Conv2d(mid, cout, 1, bias=False), _bn(cout))
         self.residual = stride == 1 and cin == cout
@@ -102,10 +105,15 @@ def _block_names() -> list[str]:
 def map_package_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename the package's keys (`_blocks.3._expand_conv.weight`, ...) to this module's names."""
     blocks = _block_names()
-    top = {"_conv_stem": "stem.0", "_bn0": "stem.1", "_conv_head": "head_conv.0", "_bn1": "head_conv.1",
-           "_fc": "fc"}
-    inner = {"_expand_conv": "expand.0", "_bn0": "expand.1", "_depthwise_conv": "depthwise.0",
-             "_bn1": "depthwise.1", "_project_conv": "project.0", "_bn2": "project.1"}
+    top = {"_conv_stem": "stem.0", "_bn0": "stem.1", "_conv_head": "head_conv.0", "_bn1": "head_conv.1", "_fc": "fc"}
+    inner = {
+        "_expand_conv": "expand.0",
+        "_bn0": "expand.1",
+        "_depthwise_conv": "depthwise.0",
+        "_bn1": "depthwise.1",
+        "_project_conv": "project.0",
+        "_bn2": "project.1",
+    }
     out = {}
     for key, value in state.items():
         m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)

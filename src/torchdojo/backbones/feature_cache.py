@@ -64,11 +64,25 @@ class FeatureCache:
         self.misses = 0
         self.extract_seconds = 0.0  # what the features served so far cost to extract (recorded on a hit)
 
-    def key(self, *, trunk: nn.Module, backbone: str, data: ImageData, split: str,
-            preprocessing: dict[str, Any], view: str = "center") -> str:
+    def key(
+        self,
+        *,
+        trunk: nn.Module,
+        backbone: str,
+        data: ImageData,
+        split: str,
+        preprocessing: dict[str, Any],
+        view: str = "center",
+    ) -> str:
         """A key that changes whenever the weights, the pixels/labels or the preprocessing change."""
-        parts = {"backbone": backbone, "weights": module_hash(trunk), "data": tensor_hash(data.x, data.y),
-                 "split": split, "preprocessing": preprocessing, "view": view}
+        parts = {
+            "backbone": backbone,
+            "weights": module_hash(trunk),
+            "data": tensor_hash(data.x, data.y),
+            "split": split,
+            "preprocessing": preprocessing,
+            "view": view,
+        }
         blob = json.dumps(parts, sort_keys=True, default=str).encode()
         return f"{backbone}-{split}-{view}-{hashlib.sha256(blob).hexdigest()[:24]}"
 
@@ -88,8 +102,14 @@ class FeatureCache:
         return f, y
 
     @torch.no_grad()
-    def extract(self, key: str, trunk: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                n: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    def extract(
+        self,
+        key: str,
+        trunk: nn.Module,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        n: int,
+        device: torch.device,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Run `trunk` over `batches` (n examples) into a temp memmap, then publish it under `key`."""
         self.root.mkdir(parents=True, exist_ok=True)
         feats_path, labels_path, meta_path = self._paths(key)
@@ -121,12 +141,26 @@ class FeatureCache:
             trunk.train(was)
         seconds = time.perf_counter() - start
         f = np.load(feats_path, mmap_mode="r")
-        atomic_write_json(meta_path, {"key": key, "shape": list(f.shape), "dtype": "float32",
-                                      "seconds": round(seconds, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        atomic_write_json(
+            meta_path,
+            {
+                "key": key,
+                "shape": list(f.shape),
+                "dtype": "float32",
+                "seconds": round(seconds, 3),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
         return f, labels
 
-    def get_or_extract(self, key: str, trunk: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                       n: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    def get_or_extract(
+        self,
+        key: str,
+        trunk: nn.Module,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        n: int,
+        device: torch.device,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Cached features for `key`, extracting them first on a miss."""
         hit = self.load(key)
         if hit is not None:
@@ -143,8 +177,17 @@ class FeatureCache:
 class CachedBatches:
     """Batches (features, labels) from cached views; epoch e reads view (e - 1) mod len(views)."""
 
-    def __init__(self, views: Sequence[np.ndarray], labels: np.ndarray, batch_size: int, *, shuffle: bool = False,
-                 seed: int = 0, device: torch.device | str = "cpu", in_memory: bool = True):
+    def __init__(
+        self,
+        views: Sequence[np.ndarray],
+        labels: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        in_memory: bool = True,
+    ):
         # Head epochs re-read every row; a RAM copy is faster than page-faulting the memmap each epoch.
         self.views = [np.array(v, dtype=np.float32) if in_memory else v for v in views]  # np.array copies
         self.labels = torch.from_numpy(np.asarray(labels))

@@ -45,8 +45,13 @@ def preprocess(img: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     x = img[None].float() / 255
     h, w = x.shape[-2:]
     scale = prep.resize / min(h, w)
-    x = F.interpolate(x, size=(max(round(h * scale), prep.input_size), max(round(w * scale), prep.input_size)),
-                      mode=prep.interpolation, antialias=True, align_corners=False)
+    x = F.interpolate(
+        x,
+        size=(max(round(h * scale), prep.input_size), max(round(w * scale), prep.input_size)),
+        mode=prep.interpolation,
+        antialias=True,
+        align_corners=False,
+    )
     h, w = x.shape[-2:]
     top, left = (h - prep.input_size) // 2, (w - prep.input_size) // 2
     x = x[..., top : top + prep.input_size, left : left + prep.input_size]

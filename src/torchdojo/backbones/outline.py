@@ -16,9 +16,15 @@ def stage_shapes(model: BackboneClassifier, input_size: int) -> list[dict[str, o
             x = stage(x)
             blocks = len(stage) if isinstance(stage, nn.Sequential) else 1
             kinds = sorted({type(m).__name__ for m in (stage if isinstance(stage, nn.Sequential) else [stage])})
-            rows.append({"stage": name, "blocks": blocks, "layers": ", ".join(kinds)[:48],
-                         "output": "x".join(map(str, x.shape[1:])),
-                         "params": sum(p.numel() for p in stage.parameters())})
+            rows.append(
+                {
+                    "stage": name,
+                    "blocks": blocks,
+                    "layers": ", ".join(kinds)[:48],
+                    "output": "x".join(map(str, x.shape[1:])),
+                    "params": sum(p.numel() for p in stage.parameters()),
+                }
+            )
     return rows
 
 
@@ -40,27 +46,37 @@ def describe(name: str, num_classes: int = 1000, head: str = "linear", input_siz
     model = BackboneClassifier(spec, trunk, classifier, pretrained=False).eval()
     size = input_size or spec.preprocessing.input_size
     rows = stage_shapes(model, size)
-    lines = [f"{name}: {spec.description}", "",
-             f"input:          3x{size}x{size} RGB",
-             f"preprocessing:  {spec.preprocessing.describe()}",
-             f"features:       {spec.num_features} per image (output of the trunk: every stage below)"
-             + (f"; {spec.trunk_note}" if spec.trunk_note else ""),
-             f"output:         {len(spec.classes())} ImageNet class scores ({type(classifier).__name__} "
-             f"{spec.num_features} -> {len(spec.classes())}; softmax gives probabilities)",
-             f"weights:        {spec.weights.filename} (SHA-256 {spec.weights.sha256_prefix}...)"
-             + (f", pip package {spec.weights.package}" if spec.weights.package else "")
-             + (f", {spec.weights.url}" if spec.weights.url else ""), "",
-             "architecture outline:"]
+    lines = [
+        f"{name}: {spec.description}",
+        "",
+        f"input:          3x{size}x{size} RGB",
+        f"preprocessing:  {spec.preprocessing.describe()}",
+        f"features:       {spec.num_features} per image (output of the trunk: every stage below)"
+        + (f"; {spec.trunk_note}" if spec.trunk_note else ""),
+        f"output:         {len(spec.classes())} ImageNet class scores ({type(classifier).__name__} "
+        f"{spec.num_features} -> {len(spec.classes())}; softmax gives probabilities)",
+        f"weights:        {spec.weights.filename} (SHA-256 {spec.weights.sha256_prefix}...)"
+        + (f", pip package {spec.weights.package}" if spec.weights.package else "")
+        + (f", {spec.weights.url}" if spec.weights.url else ""),
+        "",
+        "architecture outline:",
+    ]
     w = max(len(str(r["stage"])) for r in rows)
     lines.append(f"  {'stage':<{w}}  {'blocks':>6}  {'output (CxHxW)':>15}  {'params':>12}  layers")
     for r in rows:
         lines.append(f"  {r['stage']:<{w}}  {r['blocks']:>6}  {r['output']:>15}  {r['params']:>12,}  {r['layers']}")
     total_in = sum(p.numel() for p in net.parameters())
-    lines += ["", f"parameters of the ImageNet model: {total_in:,} (trunk {sum(r['params'] for r in rows):,} + "
-              f"classifier {sum(p.numel() for p in classifier.parameters()):,})",
-              f"parameters with a new {head} head for {num_classes} classes:"]
+    lines += [
+        "",
+        f"parameters of the ImageNet model: {total_in:,} (trunk {sum(r['params'] for r in rows):,} + "
+        f"classifier {sum(p.numel() for p in classifier.parameters()):,})",
+        f"parameters with a new {head} head for {num_classes} classes:",
+    ]
     for regime, (total, trainable) in regime_counts(model, num_classes, head).items():
-        what = {"frozen": "trunk frozen, head trained", "finetune": "pretrained trunk + head trained",
-                "scratch": "random init, all trained"}[regime]
+        what = {
+            "frozen": "trunk frozen, head trained",
+            "finetune": "pretrained trunk + head trained",
+            "scratch": "random init, all trained",
+        }[regime]
         lines.append(f"  {regime:<9} total {total:>12,}  trainable {trainable:>12,}  ({what})")
     return "\n".join(lines)

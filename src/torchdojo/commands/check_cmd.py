@@ -22,17 +22,11 @@ Examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "target", choices=["conv2d", "conv-transpose", "rnn-cell"], help="what the class implements"
-    )
-    p.add_argument(
-        "implementation", metavar="FILE.py:Class", help="the class to check (or package.module:Class)"
-    )
+    p.add_argument("target", choices=["conv2d", "conv-transpose", "rnn-cell"], help="what the class implements")
+    p.add_argument("implementation", metavar="FILE.py:Class", help="the class to check (or package.module:Class)")
     p.add_argument("--examples", type=int, default=200, help="random configurations to draw (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random configurations and values")
-    p.add_argument(
-        "--case", default=None, metavar="JSON", help="run only this case (printed under a failure)"
-    )
+    p.add_argument("--case", default=None, metavar="JSON", help="run only this case (printed under a failure)")
 
 
 def _signature_problem(cls: type, init: dict) -> str | None:

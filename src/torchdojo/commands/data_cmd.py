@@ -33,7 +33,10 @@ def main(args: argparse.Namespace) -> int:
         if found:
             t.add_row(name, "[green]present", str(found))
         else:
-            t.add_row(name, "[red]missing", spec.how_to_get + ("; or: torchdojo data --download " + name
-                                                              if spec.download else ""))
+            t.add_row(
+                name,
+                "[red]missing",
+                spec.how_to_get + ("; or: torchdojo data --download " + name if spec.download else ""),
+            )
     Console(width=160).print(t)
     return 0

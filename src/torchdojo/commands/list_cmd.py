@@ -7,8 +7,13 @@ HELP = "list experiments (with MISSION task IDs), models, datasets and augmentat
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", nargs="?", choices=["experiments", "models", "datasets", "augmentations", "all"],
-                   default="all", help="what to list (default: all)")
+    p.add_argument(
+        "what",
+        nargs="?",
+        choices=["experiments", "models", "datasets", "augmentations", "all"],
+        default="all",
+        help="what to list (default: all)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

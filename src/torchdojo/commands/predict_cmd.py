@@ -14,8 +14,9 @@ Examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image file or skimage:NAME")
-    p.add_argument("--backbone", default=None, help="backbone name (torchdojo describe --list); "
-                   "default efficientnet_lite0")
+    p.add_argument(
+        "--backbone", default=None, help="backbone name (torchdojo describe --list); default efficientnet_lite0"
+    )
     p.add_argument("--topk", type=int, default=3, help="how many classes to print (default 3)")
     p.add_argument("--weights", default=None, metavar="FILE", help="a local weights file to use")
     p.add_argument("--download", action="store_true", help="allow downloading weights that are not found locally")

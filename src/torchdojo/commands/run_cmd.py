@@ -20,20 +20,32 @@ Examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", help="experiment name (torchdojo list experiments)")
-    p.add_argument("--scale", default=None, choices=["smoke", "small", "full"],
-                   help="size of the run (default: small)")
+    p.add_argument("--scale", default=None, choices=["smoke", "small", "full"], help="size of the run (default: small)")
     p.add_argument("--preset", default=None, help="a named preset of the experiment (e.g. ladder's cifar10)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field; repeatable")
-    p.add_argument("--rungs", default=None,
-                   help="comma-separated subset of rungs: the same as --set rungs=... (giving both is an error)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field; repeatable",
+    )
+    p.add_argument(
+        "--rungs",
+        default=None,
+        help="comma-separated subset of rungs: the same as --set rungs=... (giving both is an error)",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
     p.add_argument("--data-dir", default=None, help="folder with datasets (looked at first)")
     p.add_argument("--download", action="store_true", help="allow downloading a dataset that is not found locally")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip dataset checksum verification")
     p.add_argument("--runs-dir", default="runs", help="where run folders are created (default: ./runs)")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue an interrupted run in its folder (config is read from it)")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted run in its folder (config is read from it)",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-epoch output")
     p.add_argument("--config", action="store_true", help="print the resolved config and exit")
 
@@ -52,8 +64,10 @@ def main(args: argparse.Namespace) -> int:
 
     if args.rungs:
         if any(o.partition("=")[0].strip() == "rungs" for o in overrides):
-            raise DojoError("--rungs and --set rungs=... were both given",
-                            "give the rungs once: --rungs a,b is the same as --set rungs=a,b")
+            raise DojoError(
+                "--rungs and --set rungs=... were both given",
+                "give the rungs once: --rungs a,b is the same as --set rungs=a,b",
+            )
         overrides.append(f"rungs={args.rungs}")
     if args.config:
         cfg = build_config(module, args.scale or "small", args.preset, overrides)
@@ -63,9 +77,19 @@ def main(args: argparse.Namespace) -> int:
             print(f"not used by {args.experiment} (refused if set): {', '.join(unused)}", file=sys.stderr)
         return 0
     keep_freed_memory()  # process-wide allocator tuning: the CLI's choice, never the library's
-    path = run_experiment(module, scale=args.scale, preset=args.preset, overrides=overrides, device=args.device,
-                          data_dir=args.data_dir, download=args.download, verify=args.verify,
-                          runs_root=args.runs_dir, resume=args.resume, verbose=not args.quiet)
+    path = run_experiment(
+        module,
+        scale=args.scale,
+        preset=args.preset,
+        overrides=overrides,
+        device=args.device,
+        data_dir=args.data_dir,
+        download=args.download,
+        verify=args.verify,
+        runs_root=args.runs_dir,
+        resume=args.resume,
+        verbose=not args.quiet,
+    )
     import os
 
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the job, not one per process

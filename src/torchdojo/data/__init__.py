@@ -13,7 +13,16 @@ from torchdojo.data.base import (
 )
 from torchdojo.data.catalog import DATASETS
 
-__all__ = ["DATASETS", "DatasetSpec", "ImageData", "Splits", "load_dataset", "random_subset", "stratified_split", "subset_classes"]
+__all__ = [
+    "DATASETS",
+    "DatasetSpec",
+    "ImageData",
+    "Splits",
+    "load_dataset",
+    "random_subset",
+    "stratified_split",
+    "subset_classes",
+]
 
 
 def load_dataset(

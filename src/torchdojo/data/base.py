@@ -120,8 +120,7 @@ def find_dataset(spec: DatasetSpec, data_dir: str | Path | None = None, download
     dl = " or pass --download to fetch it" if spec.download is not None and not download else ""
     raise DataMissingError(
         f"dataset {spec.name!r} not found; looked for {', '.join(spec.files)} in:\n{places}",
-        f"{spec.how_to_get}; put the files in one of those folders, point --data-dir or "
-        f"$TORCHDOJO_DATA at them{dl}",
+        f"{spec.how_to_get}; put the files in one of those folders, point --data-dir or $TORCHDOJO_DATA at them{dl}",
     )
 
 
@@ -146,8 +145,7 @@ def verify_md5(path: Path, expected: str | Sequence[str], what: str = "") -> Non
         raise ChecksumError(
             f"{path} has md5 {got}, expected {' or '.join(allowed)}{f' ({what})' if what else ''}: "
             "the file is corrupt, truncated or not the published one",
-            f"delete {path} and fetch it again (--download), or pass --no-verify if it is a "
-            "deliberate custom version",
+            f"delete {path} and fetch it again (--download), or pass --no-verify if it is a deliberate custom version",
         )
 
 
@@ -157,9 +155,7 @@ def subset_classes(splits: Splits, classes: Sequence[str | int]) -> Splits:
     for c in classes:
         if isinstance(c, str) and not c.isdigit():
             if c not in splits.classes:
-                raise DojoError(
-                    f"class {c!r} is not in {splits.name}", f"its classes are: {', '.join(splits.classes)}"
-                )
+                raise DojoError(f"class {c!r} is not in {splits.name}", f"its classes are: {', '.join(splits.classes)}")
             idx.append(splits.classes.index(c))
         else:
             i = int(c)
@@ -193,9 +189,7 @@ def random_subset(items: Any, n: int, seed: int) -> Any:
     return [items[i] for i in idx.tolist()]
 
 
-def stratified_split(
-    y: torch.Tensor, val_fraction: float, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded split of indices into (train, val), keeping each class's share in both."""
     if not 0 <= val_fraction < 1:
         raise DojoError(f"val_fraction must be in [0, 1), got {val_fraction}")

@@ -87,7 +87,9 @@ def download_flowers(folder: Path) -> None:
 
 
 SPEC = DatasetSpec(
-    name="flowers102", folder="flowers-102", files=("jpg", "imagelabels.mat", "setid.mat"),
+    name="flowers102",
+    folder="flowers-102",
+    files=("jpg", "imagelabels.mat", "setid.mat"),
     load=load_flowers,
     how_to_get="download 102flowers.tgz, imagelabels.mat and setid.mat from www.robots.ox.ac.uk/~vgg/data/flowers/102/ "
     "and extract the tgz (it gives jpg/)",

@@ -57,8 +57,16 @@ class FolderBatches:
             raise DojoError(f"{root} is not an image folder: {e}", "lay it out as root/<class>/<image>.jpg") from None
         self.classes: list[str] = list(self.dataset.classes)
         self.seed = seed
-        self.batches = LoaderBatches(self.dataset, batch_size, shuffle=train, seed=seed, num_workers=workers,
-                                     device=device, rank=rank, world_size=world_size)
+        self.batches = LoaderBatches(
+            self.dataset,
+            batch_size,
+            shuffle=train,
+            seed=seed,
+            num_workers=workers,
+            device=device,
+            rank=rank,
+            world_size=world_size,
+        )
         self._epoch = 0
 
     def set_epoch(self, epoch: int) -> "FolderBatches":

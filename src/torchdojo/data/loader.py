@@ -143,12 +143,20 @@ class LoaderBatches:
         self.local_batch_size = -(-batch_size // self.world_size)
         self.dataset = dataset
         self.drop_last = drop_last
-        self.sampler = DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank,
-                                          shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.sampler = DistributedSampler(
+            dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
         pin = device is not None and torch.device(device).type == "cuda"
-        self.loader = DataLoader(dataset, batch_size=self.local_batch_size, sampler=self.sampler,
-                                 num_workers=num_workers, pin_memory=pin, drop_last=drop_last,
-                                 persistent_workers=False, collate_fn=collate_fn)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=self.local_batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=pin,
+            drop_last=drop_last,
+            persistent_workers=False,
+            collate_fn=collate_fn,
+        )
         # Fresh workers each epoch: their seeds come from the RNG when the epoch starts, so a resumed run
         # draws the same augmentations as an uninterrupted one (persistent workers would carry state over).
 

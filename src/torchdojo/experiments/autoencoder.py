@@ -25,9 +25,9 @@ SUMMARY = "mirrored FC and conv autoencoders whose decoder layers approximate in
 # TrainConfig settings no stage reads (setting one is refused):
 UNUSED = {
     "train.label_smoothing": "the autoencoders minimise a reconstruction MSE (+ inverse loss), not a cross-entropy "
-                             "over labels",
+    "over labels",
     "train.cpu_fusion": "the mirrored autoencoders have no BatchNorm -> ReLU -> MaxPool blocks to fuse (no BatchNorm "
-                        "at all; the pooled variant max-pools after a LeakyReLU, functionally)",
+    "at all; the pooled variant max-pools after a LeakyReLU, functionally)",
 }
 
 
@@ -68,8 +68,9 @@ class Config:
     val_fraction: float = 0.1
     eval_images: int = 2000  # held-out test images for the per-layer metrics (0 = all)
     seed: int = 0
-    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
-        epochs=8, batch_size=128, lr=2e-3, schedule="cosine", monitor="val_loss"))
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(epochs=8, batch_size=128, lr=2e-3, schedule="cosine", monitor="val_loss")
+    )
 
     def __post_init__(self) -> None:
         for v in self.variants:
@@ -80,8 +81,13 @@ class Config:
 
 
 SCALES = {
-    "smoke": {"dataset": "digits", "fc_dims": "32,24,16", "conv_channels": "4,8,8", "eval_images": 64,
-              "train": {"epochs": 1, "batch_size": 64, "max_batches": 3}},
+    "smoke": {
+        "dataset": "digits",
+        "fc_dims": "32,24,16",
+        "conv_channels": "4,8,8",
+        "eval_images": 64,
+        "train": {"epochs": 1, "batch_size": 64, "max_batches": 3},
+    },
     "small": {"train_subset": 6000, "eval_images": 1000, "train": {"epochs": 6}},
     "full": {"dataset": "mnist", "train": {"epochs": 30}},
 }
@@ -93,8 +99,7 @@ def build(cfg: Config, v: Variant, in_shape: tuple[int, ...]) -> MirroredAutoenc
         return build_fc(in_shape, cfg.fc_dims, v.act, cfg.slope, v.tied)
     if v.pool:  # same output sizes as the stride-2 version: the 2x2 pool does the downsampling
         return build_conv(in_shape, cfg.conv_channels, cfg.kernel, 1, cfg.kernel // 2, 2, v.act, cfg.slope, v.tied)
-    return build_conv(in_shape, cfg.conv_channels, cfg.kernel, cfg.stride, cfg.padding, 0, v.act, cfg.slope,
-                      v.tied)
+    return build_conv(in_shape, cfg.conv_channels, cfg.kernel, cfg.stride, cfg.padding, 0, v.act, cfg.slope, v.tied)
 
 
 def ae_step(lam: float) -> Step:
@@ -136,11 +141,19 @@ def stride_probe(x: torch.Tensor, channels: int = 16) -> list[dict[str, Any]]:
         h = enc(x)
         pinv = pseudo_inverse(a)
         rec = ((h - enc.bias.view(1, -1, 1, 1)).flatten(1).double() @ pinv.t()).float().view_as(x)
-        cover = F.conv_transpose2d(torch.ones(1, 1, *enc.out_shape[1:]), torch.ones(1, 1, k, k), None, s,
-                                   enc.padding, enc.output_padding)
-        rows.append({"kernel": k, "stride": s, "out": "x".join(map(str, enc.out_shape)),
-                     "dim_ratio": h[0].numel() / x[0].numel(), "pixels_seen": (cover > 0).float().mean().item(),
-                     "pinv_rel_err": relative_error(rec, x)})
+        cover = F.conv_transpose2d(
+            torch.ones(1, 1, *enc.out_shape[1:]), torch.ones(1, 1, k, k), None, s, enc.padding, enc.output_padding
+        )
+        rows.append(
+            {
+                "kernel": k,
+                "stride": s,
+                "out": "x".join(map(str, enc.out_shape)),
+                "dim_ratio": h[0].numel() / x[0].numel(),
+                "pixels_seen": (cover > 0).float().mean().item(),
+                "pinv_rel_err": relative_error(rec, x),
+            }
+        )
     return rows
 
 
@@ -169,8 +182,9 @@ def load(cfg: Config, ctx: Context) -> tuple[Splits, Held]:
     held = random_subset(data.test, cfg.eval_images, cfg.seed + 1).to(dev)
     x_held = next(iter(TensorBatches(held, len(held), mean, std)))[0]
     pix_var = torch.tensor(std).pow(2).mean().item()
-    return data, Held(data.train.take(tr_idx).to(dev), data.train.take(va_idx).to(dev), x_held, mean, std,
-                      pix_var, data.train.shape)
+    return data, Held(
+        data.train.take(tr_idx).to(dev), data.train.take(va_idx).to(dev), x_held, mean, std, pix_var, data.train.shape
+    )
 
 
 def design(data: Splits, held: Held, cfg: Config, tcfg: TrainConfig, ctx: Context) -> None:
@@ -193,10 +207,13 @@ def design(data: Splits, held: Held, cfg: Config, tcfg: TrainConfig, ctx: Contex
         "(in + 2p - k) mod s so its output has exactly the shape its mirror conv consumed (a stride-2 conv maps both "
         "27 and 28 to 14; output_padding says which). Stride 2 with a 3x3 kernel overlaps windows, so no pixel is "
         "skipped; the downsampling is paid for in channels. The pooled variant reaches the same sizes with stride-1 "
-        "convs and a 2x2 max-pool (ceil mode, so 7 -> 4 and back), the classic design, to show what pooling costs.")
+        "convs and a 2x2 max-pool (ceil mode, so 7 -> 4 and back), the classic design, to show what pooling costs."
+    )
     hp = {**hyper_parameters(tcfg), "monitor": tcfg.monitor, "lambda": cfg.lam}
-    ctx.report.table([{"setting": k, "value": v} for k, v in hp.items()],
-                     caption="hyper-parameters every variant trained with (lambda = 0 for the -lam0 variants)")
+    ctx.report.table(
+        [{"setting": k, "value": v} for k, v in hp.items()],
+        caption="hyper-parameters every variant trained with (lambda = 0 for the -lam0 variants)",
+    )
 
 
 @dataclasses.dataclass
@@ -219,8 +236,19 @@ def train_variant(j: int, name: str, held: Held, cfg: Config, tcfg: TrainConfig,
     ctx.log(f"== {name}: {v.why} ({model.num_params():,} params)")
     batches = TensorBatches(held.train, tcfg.batch_size, held.mean, held.std, shuffle=True, seed=cfg.seed)
     vb = TensorBatches(held.val, tcfg.eval_batch_size, held.mean, held.std)
-    res = fit(model, batches, vb, tcfg, device=dev, stage=name, run=ctx.run, resume=ctx.resume,
-              step=ae_step(lam), val_step=ae_step(0.0), verbose=ctx.verbose)
+    res = fit(
+        model,
+        batches,
+        vb,
+        tcfg,
+        device=dev,
+        stage=name,
+        run=ctx.run,
+        resume=ctx.resume,
+        step=ae_step(lam),
+        val_step=ae_step(0.0),
+        verbose=ctx.verbose,
+    )
     model.eval()
     with torch.no_grad():
         rec = model(x)
@@ -230,12 +258,21 @@ def train_variant(j: int, name: str, held: Held, cfg: Config, tcfg: TrainConfig,
     for i, r in enumerate(layers):
         r["zeroed"] = (hs[i + 1] == 0).float().mean().item()  # share of units an activation/pool zeroed
     inv = [r["rel_err"] for r in layers]
-    row = {"variant": name, "arch": v.arch, "act": v.act, "tied": v.tied, "pool": v.pool, "lambda": lam,
-           "params": model.num_params(), "code": "x".join(map(str, model.code_shape)),
-           "test_mse": F.mse_loss(rec, x).item() * held.pix_var,
-           "pinv_decoder_mse": F.mse_loss(prec, x).item() * held.pix_var if prec is not None else float("nan"),
-           "mean_inverse_err": sum(inv) / len(inv), "best_epoch": res.best_epoch,
-           "s_per_epoch": res.seconds_per_epoch}
+    row = {
+        "variant": name,
+        "arch": v.arch,
+        "act": v.act,
+        "tied": v.tied,
+        "pool": v.pool,
+        "lambda": lam,
+        "params": model.num_params(),
+        "code": "x".join(map(str, model.code_shape)),
+        "test_mse": F.mse_loss(rec, x).item() * held.pix_var,
+        "pinv_decoder_mse": F.mse_loss(prec, x).item() * held.pix_var if prec is not None else float("nan"),
+        "mean_inverse_err": sum(inv) / len(inv),
+        "best_epoch": res.best_epoch,
+        "s_per_epoch": res.seconds_per_epoch,
+    }
     figures.curves({name: res.history}, ctx.run.figure_path(f"curves_{name}"), keys=("loss",), title=name)
     return Trained(row, [{"variant": name, **r} for r in layers], rec, prec)
 
@@ -248,16 +285,27 @@ def report_reconstructions(done: dict[str, Trained], held: Held, ctx: Context) -
         if t.pinv_rec is not None and name in ("fc", "conv"):
             recon_imgs[f"{name} pinv dec."] = _to_uint8(t.pinv_rec[:10], held.mean, held.std)
     grid = [img for imgs in recon_imgs.values() for img in imgs]
-    figures.image_grid(grid, ctx.run.figure_path("reconstructions"), ncols=10, row_labels=list(recon_imgs),
-                       title="held-out inputs (top) and their reconstructions")
+    figures.image_grid(
+        grid,
+        ctx.run.figure_path("reconstructions"),
+        ncols=10,
+        row_labels=list(recon_imgs),
+        title="held-out inputs (top) and their reconstructions",
+    )
     ctx.report.heading("G1/G2. Reconstructions")
-    ctx.report.figure("reconstructions.png", "first row: held-out test images; each further row: one variant's "
-                      "reconstruction ('pinv dec.': the code decoded with the pseudo-inverse of each encoder "
-                      "layer; it ignores the data, so each layer's projection error is amplified by the next "
-                      "act^{-1}, x1/slope on negatives)")
-    ctx.report.table([t.row for t in done.values()], caption="each variant on held-out images: MSE in [0, 1] pixel "
-                     "units (learned decoder and pseudo-inverse decoder), mean per-layer relative inverse error, "
-                     "parameters")
+    ctx.report.figure(
+        "reconstructions.png",
+        "first row: held-out test images; each further row: one variant's "
+        "reconstruction ('pinv dec.': the code decoded with the pseudo-inverse of each encoder "
+        "layer; it ignores the data, so each layer's projection error is amplified by the next "
+        "act^{-1}, x1/slope on negatives)",
+    )
+    ctx.report.table(
+        [t.row for t in done.values()],
+        caption="each variant on held-out images: MSE in [0, 1] pixel "
+        "units (learned decoder and pseudo-inverse decoder), mean per-layer relative inverse error, "
+        "parameters",
+    )
 
 
 def report_layers(layer_rows: list[dict[str, Any]], ctx: Context) -> None:
@@ -268,10 +316,13 @@ def report_layers(layer_rows: list[dict[str, Any]], ctx: Context) -> None:
         "the pseudo-inverse of the encoder layer (the best per-point linear inverse; it is a projection, so it is "
         "> 0 whenever the layer has fewer outputs than inputs, dim_ratio < 1); cos_to_pinv the cosine similarity of "
         "the decoder's operator B_i to pinv(A_i) as dense matrices (conv operators are materialised). zeroed: share "
-        "of the layer's outputs that are exactly 0 (what ReLU throws away).")
-    ctx.report.table(layer_rows, caption="per layer, per variant",
-                     columns=["variant", "layer", "in", "out", "dim_ratio", "rel_err", "pinv_rel_err", "cos_to_pinv",
-                              "zeroed"])
+        "of the layer's outputs that are exactly 0 (what ReLU throws away)."
+    )
+    ctx.report.table(
+        layer_rows,
+        caption="per layer, per variant",
+        columns=["variant", "layer", "in", "out", "dim_ratio", "rel_err", "pinv_rel_err", "cos_to_pinv", "zeroed"],
+    )
 
 
 def report_inverse_loss(summary: dict[str, Any], cfg: Config, ctx: Context) -> None:
@@ -283,28 +334,43 @@ def report_inverse_loss(summary: dict[str, Any], cfg: Config, ctx: Context) -> N
             continue
         per_layer = [summary[n]["inverse_err_per_layer"] for n in names]
         for i in range(len(per_layer[0])):
-            comparisons.append({"arch": arch, "measure": f"layer {i + 1} rel. inverse error",
-                                **{n: errs[i] for n, errs in zip(names, per_layer, strict=True)}})
-        comparisons.append({"arch": arch, "measure": "test MSE (reconstruction)",
-                            **{n: summary[n]["test_mse"] for n in names}})
+            comparisons.append(
+                {
+                    "arch": arch,
+                    "measure": f"layer {i + 1} rel. inverse error",
+                    **{n: errs[i] for n, errs in zip(names, per_layer, strict=True)},
+                }
+            )
+        comparisons.append(
+            {"arch": arch, "measure": "test MSE (reconstruction)", **{n: summary[n]["test_mse"] for n in names}}
+        )
     if comparisons:
         ctx.report.heading("What the inverse loss buys")
-        ctx.report.table(comparisons, caption=f"per-layer relative inverse error (held-out) and reconstruction MSE: "
-                         f"lambda = 0 against lambda = {cfg.lam:g} (untied and tied decoder weights)",
-                         columns=["arch", "measure", "fc-lam0", "fc", "fc-tied", "conv-lam0", "conv", "conv-tied"])
+        ctx.report.table(
+            comparisons,
+            caption=f"per-layer relative inverse error (held-out) and reconstruction MSE: "
+            f"lambda = 0 against lambda = {cfg.lam:g} (untied and tied decoder weights)",
+            columns=["arch", "measure", "fc-lam0", "fc", "fc-tied", "conv-lam0", "conv", "conv-tied"],
+        )
 
 
-def report_fc_vs_conv(summary: dict[str, Any], layer_rows: list[dict[str, Any]], held: Held, cfg: Config,
-                      ctx: Context) -> list[dict[str, Any]]:
+def report_fc_vs_conv(
+    summary: dict[str, Any], layer_rows: list[dict[str, Any]], held: Held, cfg: Config, ctx: Context
+) -> list[dict[str, Any]]:
     """G1/G2: FC against conv, and what ReLU, pooling, tying and striding cost; the stride probe's rows."""
     probe = stride_probe(held.x[:256].cpu())
     ctx.report.heading("FC vs conv, and what non-invertible choices cost")
-    ctx.report.table(probe, caption="one random conv layer (16 filters, no activation) per kernel/stride: share of "
-                     "pixels it ever sees and the pseudo-inverse's relative error on held-out images")
+    ctx.report.table(
+        probe,
+        caption="one random conv layer (16 filters, no activation) per kernel/stride: share of "
+        "pixels it ever sees and the pseudo-inverse's relative error on held-out images",
+    )
     ctx.report.text(_discussion(summary, layer_rows, probe))
     for name in cfg.variants:
-        ctx.report.figure(f"curves_{name}.png", f"{name}: training loss (with the inverse term) and validation "
-                          "reconstruction MSE per epoch")
+        ctx.report.figure(
+            f"curves_{name}.png",
+            f"{name}: training loss (with the inverse term) and validation reconstruction MSE per epoch",
+        )
     return probe
 
 
@@ -327,14 +393,18 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
 
 def _discussion(summary: dict[str, Any], layer_rows: list[dict[str, Any]], probe: list[dict[str, Any]]) -> str:
     """The side-by-side explanation, with this run's numbers."""
+
     def get(name: str, key: str) -> str:
         if name not in summary:
             return "n/a"
         v = summary[name][key]
         return f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
 
-    ratio = (f"{summary['fc']['params'] / summary['conv']['params']:.0f}x" if "fc" in summary and "conv" in summary
-             else "much")
+    ratio = (
+        f"{summary['fc']['params'] / summary['conv']['params']:.0f}x"
+        if "fc" in summary and "conv" in summary
+        else "much"
+    )
     lines = [
         f"- Reconstruction: test MSE fc {get('fc', 'test_mse')} vs conv {get('conv', 'test_mse')} with "
         f"{get('fc', 'params')} vs {get('conv', 'params')} parameters. The conv model shares each kernel across "
@@ -342,10 +412,16 @@ def _discussion(summary: dict[str, Any], layer_rows: list[dict[str, Any]], probe
         "global, position-specific templates, the conv model only on local ones.",
         f"- Per-layer inverse error: mean fc {get('fc', 'mean_inverse_err')} vs conv {get('conv', 'mean_inverse_err')}."
         " An FC layer that narrows (dim_ratio < 1) can at best project onto its row space (pinv_rel_err > 0); a "
-        "conv layer with dim_ratio >= 1 (here " + (", ".join(f"{r['layer']} {r['in']} -> {r['out']}" for r in
-                                                   layer_rows if r["variant"] == "conv" and r["dim_ratio"] >= 1)
-                                                   or "none") +
-        ") can have an exact inverse (then pinv_rel_err ~ 0), while the narrowing stride-2 layers behave like the "
+        "conv layer with dim_ratio >= 1 (here "
+        + (
+            ", ".join(
+                f"{r['layer']} {r['in']} -> {r['out']}"
+                for r in layer_rows
+                if r["variant"] == "conv" and r["dim_ratio"] >= 1
+            )
+            or "none"
+        )
+        + ") can have an exact inverse (then pinv_rel_err ~ 0), while the narrowing stride-2 layers behave like the "
         "FC ones.",
         f"- ReLU: mean inverse error conv-relu {get('conv-relu', 'mean_inverse_err')} vs conv "
         f"{get('conv', 'mean_inverse_err')}; ReLU zeroes the share of units in the 'zeroed' column and no decoder "
@@ -361,12 +437,15 @@ def _discussion(summary: dict[str, Any], layer_rows: list[dict[str, Any]], probe
                 f"- Tied weights ({arch}): B_i = A_i^T equals pinv(A_i) when A_i has orthonormal rows; trained with "
                 f"the inverse loss, A_i^T reaches cosine {min(cos):.2f}-{max(cos):.2f} to pinv(A_i), and with half the "
                 f"parameters the reconstruction is {get(f'{arch}-tied', 'test_mse')} against "
-                f"{get(arch, 'test_mse')} untied and {get(f'{arch}-lam0', 'test_mse')} with lambda = 0.")
+                f"{get(arch, 'test_mse')} untied and {get(f'{arch}-lam0', 'test_mse')} with lambda = 0."
+            )
     bad = [p for p in probe if p["pixels_seen"] < 1]
     if bad:
         p = bad[0]
-        lines.append(f"- Striding: a stride larger than the kernel (k={p['kernel']}, s={p['stride']}) never sees "
-                     f"{1 - p['pixels_seen']:.0%} of the pixels, so even with dim_ratio {p['dim_ratio']:.2g} its "
-                     f"pseudo-inverse misses {p['pinv_rel_err']:.2g} of the image energy; with overlapping windows "
-                     "(k=3, s=2) and enough channels the layer stays invertible.")
+        lines.append(
+            f"- Striding: a stride larger than the kernel (k={p['kernel']}, s={p['stride']}) never sees "
+            f"{1 - p['pixels_seen']:.0%} of the pixels, so even with dim_ratio {p['dim_ratio']:.2g} its "
+            f"pseudo-inverse misses {p['pinv_rel_err']:.2g} of the image energy; with overlapping windows "
+            "(k=3, s=2) and enough channels the layer stays invertible."
+        )
     return "\n".join(lines)

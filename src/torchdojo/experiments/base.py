@@ -35,8 +35,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DojoError("--device cuda was asked for but no CUDA device is available",
-                        "use --device cpu or auto")
+        raise DojoError("--device cuda was asked for but no CUDA device is available", "use --device cpu or auto")
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise DojoError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N")
     return torch.device(name)
@@ -99,8 +98,12 @@ class Context:
         return apply_overrides(tcfg, mine, prefix=f"{group}.")
 
 
-def build_config(module: ModuleType, scale: str = "small", preset: str | None = None,
-                 overrides: list[str] | dict[str, Any] | None = None) -> Any:
+def build_config(
+    module: ModuleType,
+    scale: str = "small",
+    preset: str | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Any:
     """Config() with the scale's overrides, then the preset's, then the user's `--set` ones.
 
     A user setting that the experiment declares unused (`module.UNUSED`) is refused, naming the key."""
@@ -118,8 +121,9 @@ def build_config(module: ModuleType, scale: str = "small", preset: str | None = 
     unused = getattr(module, "UNUSED", {})
     for key in user:
         if key in unused:
-            raise DojoError(f"{key} is not used by experiment {module_name(module)}: {unused[key]}",
-                            f"remove --set {key}=...")
+            raise DojoError(
+                f"{key} is not used by experiment {module_name(module)}: {unused[key]}", f"remove --set {key}=..."
+            )
     return apply_overrides(cfg, user)
 
 
@@ -150,8 +154,21 @@ def run_experiment(
     name = module_name(module)
     dev, owns_group = distributed.init_from_env(resolve_device(device))
     try:
-        path = _run(module, name, scale, preset, overrides, dev, data_dir, download, verify, runs_root,
-                    resume, verbose, is_main and distributed.is_main())
+        path = _run(
+            module,
+            name,
+            scale,
+            preset,
+            overrides,
+            dev,
+            data_dir,
+            download,
+            verify,
+            runs_root,
+            resume,
+            verbose,
+            is_main and distributed.is_main(),
+        )
     except BaseException:
         if owns_group:  # no barrier: the other ranks may wait in a collective; torchrun stops them
             torch.distributed.destroy_process_group()
@@ -161,25 +178,42 @@ def run_experiment(
     return path
 
 
-def _run(module: ModuleType, name: str, scale: str, preset: str | None,
-         overrides: list[str] | dict[str, Any] | None, dev: torch.device, data_dir: str | Path | None,
-         download: bool, verify: bool, runs_root: str | Path,
-         resume: str | Path | None, verbose: bool, is_main: bool) -> Path:
+def _run(
+    module: ModuleType,
+    name: str,
+    scale: str,
+    preset: str | None,
+    overrides: list[str] | dict[str, Any] | None,
+    dev: torch.device,
+    data_dir: str | Path | None,
+    download: bool,
+    verify: bool,
+    runs_root: str | Path,
+    resume: str | Path | None,
+    verbose: bool,
+    is_main: bool,
+) -> Path:
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.json").exists():
-            raise DojoError(f"{run_dir} is not a run folder (no config.json)",
-                            "pass the folder printed by `run`")
+            raise DojoError(f"{run_dir} is not a run folder (no config.json)", "pass the folder printed by `run`")
         saved = Run(run_dir, is_main=is_main).read_json("config.json")
         if saved.get("experiment") != name:
-            raise DojoError(f"{run_dir} is a run of {saved.get('experiment')!r}, not {name!r}",
-                            f"resume it with: torchdojo run {saved.get('experiment')} --resume {run_dir}")
-        asked = {"--scale": (scale, saved.get("scale")), "--preset": (preset, saved.get("preset")),
-                 "--set/--rungs": (list(overrides) if overrides else None, saved.get("overrides") or None)}
+            raise DojoError(
+                f"{run_dir} is a run of {saved.get('experiment')!r}, not {name!r}",
+                f"resume it with: torchdojo run {saved.get('experiment')} --resume {run_dir}",
+            )
+        asked = {
+            "--scale": (scale, saved.get("scale")),
+            "--preset": (preset, saved.get("preset")),
+            "--set/--rungs": (list(overrides) if overrides else None, saved.get("overrides") or None),
+        }
         for flag, (given, was) in asked.items():
             if given is not None and given != was:  # a resumed run cannot silently ignore new settings
-                raise DojoError(f"{run_dir} was started with {flag} {was}; --resume cannot change it to {given}",
-                                "resume with the same options (or none), or start a new run without --resume")
+                raise DojoError(
+                    f"{run_dir} was started with {flag} {was}; --resume cannot change it to {given}",
+                    "resume with the same options (or none), or start a new run without --resume",
+                )
         cfg = from_dict(module.Config, saved["config"])
         scale, preset = saved.get("scale", scale), saved.get("preset")
         run = Run(run_dir, is_main=is_main)
@@ -191,17 +225,34 @@ def _run(module: ModuleType, name: str, scale: str, preset: str | None,
         if is_main:
             run.path.mkdir(parents=True, exist_ok=True)
     if is_main and resume is None:  # a resumed run keeps its folder's record of how it was started
-        atomic_write_json(run.path / "config.json", {"experiment": name, "scale": scale, "preset": preset,
-                                                     "overrides": overrides or [], "config": to_dict(cfg)})
+        atomic_write_json(
+            run.path / "config.json",
+            {
+                "experiment": name,
+                "scale": scale,
+                "preset": preset,
+                "overrides": overrides or [],
+                "config": to_dict(cfg),
+            },
+        )
         atomic_write_json(run.path / "env.json", {**environment(dev), "world_size": distributed.world_size()})
     elif is_main:
         atomic_write_json(run.path / "env.resumed.json", {**environment(dev), "world_size": distributed.world_size()})
     if not is_main and distributed.is_initialized():
         run = RankRun(run.path, distributed.rank())
     report = Report(f"torchdojo {name}: {module.SUMMARY}")
-    ctx = Context(run, report, dev, Path(data_dir) if data_dir else None, download, verify,
-                  resume is not None, verbose, cfg, parse_overrides(saved["overrides"] if resume is not None
-                                                                    else overrides))
+    ctx = Context(
+        run,
+        report,
+        dev,
+        Path(data_dir) if data_dir else None,
+        download,
+        verify,
+        resume is not None,
+        verbose,
+        cfg,
+        parse_overrides(saved["overrides"] if resume is not None else overrides),
+    )
     torch.manual_seed(getattr(cfg, "seed", 0))
     start = time.perf_counter()
     try:

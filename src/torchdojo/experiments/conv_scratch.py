@@ -58,8 +58,15 @@ UNUSED = {
     "train.channels_last": "A4's MLPs have no 4-D weights or activations",
 }
 SCALES = {
-    "smoke": {"check_examples": 5, "bench_batch": 2, "bench_in": 4, "bench_out": 8, "bench_size": 16,
-              "bench_repeats": 1, "train": {"epochs": 2, "max_batches": 5}},
+    "smoke": {
+        "check_examples": 5,
+        "bench_batch": 2,
+        "bench_in": 4,
+        "bench_out": 8,
+        "bench_size": 16,
+        "bench_repeats": 1,
+        "train": {"epochs": 2, "max_batches": 5},
+    },
     "small": {},
     "full": {"check_examples": 500, "bench_repeats": 7, "train": {"epochs": 60}},
 }
@@ -79,12 +86,18 @@ def compare_with_torch(dtype: torch.dtype, seed: int) -> list[dict[str, Any]]:
         g = torch.randn(yr.shape, dtype=dtype)
         yo.backward(g)
         yr.backward(g)
-        rows.append({"layer": f"Conv2d({cin}, {cout}, kernel_size={k}, stride={s}, padding={p})",
-                     "input": "x".join(map(str, shape)), "output": "x".join(map(str, yr.shape)),
-                     "dtype": str(dtype)[6:], "forward": (yo - yr).abs().max().item(),
-                     "dL/dX": (xo.grad - xr.grad).abs().max().item(),
-                     "dL/dW": (ours.weight.grad - ref.weight.grad).abs().max().item(),
-                     "dL/db": (ours.bias.grad - ref.bias.grad).abs().max().item()})
+        rows.append(
+            {
+                "layer": f"Conv2d({cin}, {cout}, kernel_size={k}, stride={s}, padding={p})",
+                "input": "x".join(map(str, shape)),
+                "output": "x".join(map(str, yr.shape)),
+                "dtype": str(dtype)[6:],
+                "forward": (yo - yr).abs().max().item(),
+                "dL/dX": (xo.grad - xr.grad).abs().max().item(),
+                "dL/dW": (ours.weight.grad - ref.weight.grad).abs().max().item(),
+                "dL/db": (ours.bias.grad - ref.bias.grad).abs().max().item(),
+            }
+        )
     return rows
 
 
@@ -98,8 +111,15 @@ def _median_time(fn: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
-def conv_speed(batch: int = 32, cin: int = 32, cout: int = 64, size: int = 64, repeats: int = 3,
-               device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Any]:
+def conv_speed(
+    batch: int = 32,
+    cin: int = 32,
+    cout: int = 64,
+    size: int = 64,
+    repeats: int = 3,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
     """Median forward and forward+backward seconds of our Conv2d and nn.Conv2d (3x3, padding 1, fp32)."""
     torch.manual_seed(seed)
     ours = Conv2d(cin, cout, 3, padding=1).to(device)
@@ -119,8 +139,13 @@ def conv_speed(batch: int = 32, cin: int = 32, cout: int = 64, size: int = 64, r
         if x.device.type == "cuda":
             torch.cuda.synchronize()
 
-    out = {"input": f"{batch}x{cin}x{size}x{size}", "kernel": "3x3", "channels": f"{cin}->{cout}",
-           "threads": torch.get_num_threads(), "device": str(device)}
+    out = {
+        "input": f"{batch}x{cin}x{size}x{size}",
+        "kernel": "3x3",
+        "channels": f"{cin}->{cout}",
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
     for name, m in (("scratch", ours), ("torch", ref)):
         out[f"{name}_forward_s"] = _median_time(lambda m=m: forward(m), repeats)
         out[f"{name}_fwd_bwd_s"] = _median_time(lambda m=m: step(m), repeats)
@@ -139,12 +164,25 @@ class TrueSign(nn.Module):
 
 def binary_mlp(in_features: int, hidden: int, classes: int, activation: str) -> nn.Module:
     """Flatten -> [Linear -> BN -> act] x 2 -> Linear; act = hardtanh (float) or sign (with or without STE)."""
-    def act() -> nn.Module:
-        return {"hardtanh": nn.Hardtanh(), "sign-ste": Binarize(clip=False),
-                "sign-ste-clipped": Binarize(clip=True), "sign-no-ste": TrueSign()}[activation]
 
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), act(),
-                         nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), act(), nn.Linear(hidden, classes))
+    def act() -> nn.Module:
+        return {
+            "hardtanh": nn.Hardtanh(),
+            "sign-ste": Binarize(clip=False),
+            "sign-ste-clipped": Binarize(clip=True),
+            "sign-no-ste": TrueSign(),
+        }[activation]
+
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, hidden),
+        nn.BatchNorm1d(hidden),
+        act(),
+        nn.Linear(hidden, hidden),
+        nn.BatchNorm1d(hidden),
+        act(),
+        nn.Linear(hidden, classes),
+    )
 
 
 STE_MODELS = {
@@ -164,21 +202,40 @@ def train_binary(cfg: Config, ctx: Context) -> list[dict[str, Any]]:
     in_features = data.train.x[0].numel()
 
     def batches(d: Any, shuffle: bool) -> TensorBatches:
-        return TensorBatches(d, cfg.train.batch_size if shuffle else cfg.train.eval_batch_size, mean, std,
-                             shuffle=shuffle, seed=cfg.seed)
+        return TensorBatches(
+            d, cfg.train.batch_size if shuffle else cfg.train.eval_batch_size, mean, std, shuffle=shuffle, seed=cfg.seed
+        )
 
     rows, histories = [], {}
     for i, (name, (activation, why)) in enumerate(STE_MODELS.items()):
         torch.manual_seed(cfg.seed)
         model = binary_mlp(in_features, cfg.ste_hidden, len(data.classes), activation).to(ctx.device)
         ctx.log(f"== A4 {i + 1}/{len(STE_MODELS)}: {name}")
-        result = fit(model, batches(train, True), batches(val, False), ctx.train_config(), device=ctx.device,
-                     stage=f"ste-{activation}", run=ctx.run, resume=ctx.resume, verbose=ctx.verbose)
+        result = fit(
+            model,
+            batches(train, True),
+            batches(val, False),
+            ctx.train_config(),
+            device=ctx.device,
+            stage=f"ste-{activation}",
+            run=ctx.run,
+            resume=ctx.resume,
+            verbose=ctx.verbose,
+        )
         ev = {s: evaluate(model, batches(d, False), device=ctx.device) for s, d in (("val", val), ("test", test))}
         histories[name] = result.history
-        rows.append({"model": name, "activation": activation, "train_acc": result.history[-1].get("train_acc"),
-                     "val_acc": ev["val"]["acc"], "test_acc": ev["test"]["acc"], "test_loss": ev["test"]["loss"],
-                     "best_epoch": result.best_epoch, "why": why})
+        rows.append(
+            {
+                "model": name,
+                "activation": activation,
+                "train_acc": result.history[-1].get("train_acc"),
+                "val_acc": ev["val"]["acc"],
+                "test_acc": ev["test"]["acc"],
+                "test_loss": ev["test"]["loss"],
+                "best_epoch": result.best_epoch,
+                "why": why,
+            }
+        )
     figures.curves(histories, ctx.run.figure_path("a4_curves"), title="binarised activations vs float")
     return rows
 
@@ -189,18 +246,28 @@ def _a1(cfg: Config, ctx: Context) -> dict[str, Any]:
 
     rows = compare_with_torch(torch.float32, cfg.seed) + compare_with_torch(torch.float64, cfg.seed)
     ctx.report.heading("A1. Conv2d from scratch vs nn.Conv2d")
-    ctx.report.text("torchdojo.nn.Conv2d takes the seed's constructor (in_channels=1, out_channels=1, "
-                    "kernel_size=(1,1), stride=1, padding=0) and uses nothing from torch.nn in its maths: zero "
-                    "padding by slice assignment, sliding windows as a strided view (as_strided), one matmul, "
-                    "and a hand-written backward. Its weight and bias have nn.Conv2d's layout and init, so each "
-                    "layer below loads nn.Conv2d's state dict and runs the same input and output gradient.")
+    ctx.report.text(
+        "torchdojo.nn.Conv2d takes the seed's constructor (in_channels=1, out_channels=1, "
+        "kernel_size=(1,1), stride=1, padding=0) and uses nothing from torch.nn in its maths: zero "
+        "padding by slice assignment, sliding windows as a strided view (as_strided), one matmul, "
+        "and a hand-written backward. Its weight and bias have nn.Conv2d's layout and init, so each "
+        "layer below loads nn.Conv2d's state dict and runs the same input and output gradient."
+    )
     ctx.report.table(rows, caption="max |ours - nn.Conv2d| on sample inputs: output and the three gradients")
     tallies, n_edge, n_random = run_suite(Conv2d, CONV2D, None, cfg.check_examples, cfg.seed)
-    ctx.report.table([{"property": t.name, "passed": f"{t.passed}/{t.runs}",
-                       "worst float32": t.worst.get("float32", ""), "worst float64": t.worst.get("float64", "")}
-                      for t in tallies],
-                     caption=f"`torchdojo check conv2d` on our Conv2d: {n_edge} edge cases + {n_random} random "
-                             "configurations; pass = |diff| <= tol (1 + |torch|), tol 1e-5 (fp32) / 1e-10 (fp64)")
+    ctx.report.table(
+        [
+            {
+                "property": t.name,
+                "passed": f"{t.passed}/{t.runs}",
+                "worst float32": t.worst.get("float32", ""),
+                "worst float64": t.worst.get("float64", ""),
+            }
+            for t in tallies
+        ],
+        caption=f"`torchdojo check conv2d` on our Conv2d: {n_edge} edge cases + {n_random} random "
+        "configurations; pass = |diff| <= tol (1 + |torch|), tol 1e-5 (fp32) / 1e-10 (fp64)",
+    )
     worst = {k: max(r[k] for r in rows) for k in ("forward", "dL/dX", "dL/dW", "dL/db")}
     return {"max_abs_err": worst, "check_passed": all(t.ok for t in tallies)}
 
@@ -210,10 +277,12 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
 
     a2 = explain_conv_backprop(seed=cfg.seed)
     ctx.report.heading("A2. Backprop through a convolution, by hand")
-    ctx.report.text("For a 3x3 single-channel X and a 2x2 kernel K, with dC/dY known, every dC/dK_ab and "
-                    "dC/dX_ij written as a sum of dC/dY_ij terms, then evaluated on random numbers and compared "
-                    "with autograd. Conv2dFunction.backward implements the same two rules for any size, stride, "
-                    "padding, dilation and groups.")
+    ctx.report.text(
+        "For a 3x3 single-channel X and a 2x2 kernel K, with dC/dY known, every dC/dK_ab and "
+        "dC/dX_ij written as a sum of dC/dY_ij terms, then evaluated on random numbers and compared "
+        "with autograd. Conv2dFunction.backward implements the same two rules for any size, stride, "
+        "padding, dilation and groups."
+    )
     ctx.report.code(a2.text)
     ctx.report.table([{"check": k, "max |diff|": v} for k, v in a2.checks.items()], caption="A2 numeric check")
     summary["a2_ok"] = a2.ok
@@ -226,34 +295,51 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
 
     ctx.report.heading("A4. Straight-through estimator: a network with sign activations")
     rows = train_binary(cfg, ctx)
-    ctx.report.text(f"An MLP ({cfg.ste_hidden}-{cfg.ste_hidden} hidden, batch norm before each activation) on "
-                    f"{cfg.ste_dataset}. sign has zero derivative almost everywhere, so plain backprop would not "
-                    "move the first layers; the straight-through estimator uses sign forward and a surrogate "
-                    "gradient backward. Same split, seed and schedule for all; the last row keeps sign's true (zero) "
-                    "gradient, so the layers before the last never change.")
-    ctx.report.table(rows, caption="binarised vs float: accuracy of the best-validation-epoch weights",
-                     columns=["model", "train_acc", "val_acc", "test_acc", "test_loss", "best_epoch", "why"])
+    ctx.report.text(
+        f"An MLP ({cfg.ste_hidden}-{cfg.ste_hidden} hidden, batch norm before each activation) on "
+        f"{cfg.ste_dataset}. sign has zero derivative almost everywhere, so plain backprop would not "
+        "move the first layers; the straight-through estimator uses sign forward and a surrogate "
+        "gradient backward. Same split, seed and schedule for all; the last row keeps sign's true (zero) "
+        "gradient, so the layers before the last never change."
+    )
+    ctx.report.table(
+        rows,
+        caption="binarised vs float: accuracy of the best-validation-epoch weights",
+        columns=["model", "train_acc", "val_acc", "test_acc", "test_loss", "best_epoch", "why"],
+    )
     acc = {r["model"]: r["test_acc"] for r in rows}
     best_ste = max(acc["binary, STE identity"], acc["binary, STE clipped"])
-    ctx.report.text(f"Test accuracy: float {acc['float (hardtanh)']:.1%}, best binarised with an STE {best_ste:.1%}, "
-                    f"binarised without one {acc['binary, no STE']:.1%}: the estimator is worth "
-                    f"{best_ste - acc['binary, no STE']:+.1%} here. Without it only the last layer learns, on "
-                    "random ±1 projections of the pixels, which on a data set as easy as digits is already a "
-                    "fair linear classifier.")
+    ctx.report.text(
+        f"Test accuracy: float {acc['float (hardtanh)']:.1%}, best binarised with an STE {best_ste:.1%}, "
+        f"binarised without one {acc['binary, no STE']:.1%}: the estimator is worth "
+        f"{best_ste - acc['binary, no STE']:+.1%} here. Without it only the last layer learns, on "
+        "random ±1 projections of the pixels, which on a data set as easy as digits is already a "
+        "fair linear classifier."
+    )
     ctx.report.figure("a4_curves.png", "train (solid) and validation (dashed) loss and accuracy per epoch")
     summary["a4"] = acc
 
     ctx.log("== speed: scratch Conv2d vs nn.Conv2d")
-    speed = conv_speed(cfg.bench_batch, cfg.bench_in, cfg.bench_out, cfg.bench_size, cfg.bench_repeats,
-                       ctx.device, cfg.seed)
+    speed = conv_speed(
+        cfg.bench_batch, cfg.bench_in, cfg.bench_out, cfg.bench_size, cfg.bench_repeats, ctx.device, cfg.seed
+    )
     ctx.report.heading("Speed: scratch Conv2d vs nn.Conv2d")
-    ctx.report.table([{"layer": name, "forward (s)": speed[f"{key}_forward_s"],
-                       "forward + backward (s)": speed[f"{key}_fwd_bwd_s"]}
-                      for name, key in (("torchdojo.nn.Conv2d", "scratch"), ("torch.nn.Conv2d", "torch"))],
-                     caption=f"median of {cfg.bench_repeats} on {speed['device']} ({speed['threads']} threads), "
-                             f"input {speed['input']}, 3x3 kernel, {speed['channels']} channels, padding 1, fp32")
-    ctx.report.text(f"Scratch / torch: {speed['ratio_forward']:.2f}x forward, {speed['ratio_fwd_bwd']:.2f}x "
-                    "forward + backward. The scratch layer copies the windows once (im2col) and keeps them for "
-                    "dL/dK; dL/dX is a second im2col of the padded output gradient.")
+    ctx.report.table(
+        [
+            {
+                "layer": name,
+                "forward (s)": speed[f"{key}_forward_s"],
+                "forward + backward (s)": speed[f"{key}_fwd_bwd_s"],
+            }
+            for name, key in (("torchdojo.nn.Conv2d", "scratch"), ("torch.nn.Conv2d", "torch"))
+        ],
+        caption=f"median of {cfg.bench_repeats} on {speed['device']} ({speed['threads']} threads), "
+        f"input {speed['input']}, 3x3 kernel, {speed['channels']} channels, padding 1, fp32",
+    )
+    ctx.report.text(
+        f"Scratch / torch: {speed['ratio_forward']:.2f}x forward, {speed['ratio_fwd_bwd']:.2f}x "
+        "forward + backward. The scratch layer copies the windows once (im2col) and keeps them for "
+        "dL/dK; dL/dX is a second im2col of the padded output gradient."
+    )
     summary["speed"] = speed
     return summary

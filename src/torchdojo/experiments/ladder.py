@@ -33,25 +33,55 @@ class Rung:
 
 
 RUNGS: dict[str, Rung] = {
-    "logreg": Rung("logreg", {}, {"lr": 2e-3, "schedule": "cosine"}, augment=False,
-                   why="softmax regression on raw pixels; augmentation only hurts a linear model, so none"),
-    "mlp": Rung("mlp", {"hidden": (512, 256, 128), "dropout": 0.2}, {"lr": 2e-3, "schedule": "cosine"},
-                augment=False, why="3 hidden layers with BN and dropout; flips/crops gave no gain to an MLP"),
-    "cnn": Rung("cnn", {"channels": (32, 64), "fc": (256, 128), "dropout": 0.3},
-                {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4, "schedule": "onecycle"},
-                why="2 conv+BN+pool blocks, 2 FC with dropout; one-cycle AdamW converges in few epochs"),
-    "small-resnet": Rung("small-resnet", {}, {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4,
-                                               "schedule": "onecycle"}, why="D3's three downsampling residual blocks"),
+    "logreg": Rung(
+        "logreg",
+        {},
+        {"lr": 2e-3, "schedule": "cosine"},
+        augment=False,
+        why="softmax regression on raw pixels; augmentation only hurts a linear model, so none",
+    ),
+    "mlp": Rung(
+        "mlp",
+        {"hidden": (512, 256, 128), "dropout": 0.2},
+        {"lr": 2e-3, "schedule": "cosine"},
+        augment=False,
+        why="3 hidden layers with BN and dropout; flips/crops gave no gain to an MLP",
+    ),
+    "cnn": Rung(
+        "cnn",
+        {"channels": (32, 64), "fc": (256, 128), "dropout": 0.3},
+        {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4, "schedule": "onecycle"},
+        why="2 conv+BN+pool blocks, 2 FC with dropout; one-cycle AdamW converges in few epochs",
+    ),
+    "small-resnet": Rung(
+        "small-resnet",
+        {},
+        {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4, "schedule": "onecycle"},
+        why="D3's three downsampling residual blocks",
+    ),
     "textbook-cnn": Rung("textbook-cnn", {}, {"lr": 1e-3}, why="the benchmark's CNN with its Adam settings"),
     # C4: the given BaselineModel (SGD), then the improved net, + BN, + dropout.
-    "baseline": Rung("baseline", {}, {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9},
-                     why="C4's BaselineModel exactly as given, plain SGD with momentum"),
-    "improved": Rung("improved-cnn", {}, {"optimizer": "sgd", "lr": 0.02, "schedule": "cosine"},
-                     why="4 conv + 3 FC, no BN, no dropout"),
-    "improved-bn": Rung("improved-cnn", {"batch_norm": True}, {"optimizer": "sgd", "lr": 0.05,
-                                                               "schedule": "cosine"}, why="+ batch norm"),
-    "improved-bn-dropout": Rung("improved-cnn", {"batch_norm": True, "dropout": 0.3},
-                                {"optimizer": "sgd", "lr": 0.05, "schedule": "cosine"}, why="+ dropout 0.3 on FCs"),
+    "baseline": Rung(
+        "baseline",
+        {},
+        {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9},
+        why="C4's BaselineModel exactly as given, plain SGD with momentum",
+    ),
+    "improved": Rung(
+        "improved-cnn",
+        {},
+        {"optimizer": "sgd", "lr": 0.02, "schedule": "cosine"},
+        why="4 conv + 3 FC, no BN, no dropout",
+    ),
+    "improved-bn": Rung(
+        "improved-cnn", {"batch_norm": True}, {"optimizer": "sgd", "lr": 0.05, "schedule": "cosine"}, why="+ batch norm"
+    ),
+    "improved-bn-dropout": Rung(
+        "improved-cnn",
+        {"batch_norm": True, "dropout": 0.3},
+        {"optimizer": "sgd", "lr": 0.05, "schedule": "cosine"},
+        why="+ dropout 0.3 on FCs",
+    ),
 }
 
 
@@ -84,8 +114,14 @@ SCALES = {
     "full": {"train": {"epochs": 30, "batch_size": 128}},
 }
 PRESETS = {
-    "cifar10": {"all": {"dataset": "cifar10", "rungs": "baseline,improved,improved-bn,improved-bn-dropout",
-                        "augment": "crop,flip", "crop_padding": 4}},
+    "cifar10": {
+        "all": {
+            "dataset": "cifar10",
+            "rungs": "baseline,improved,improved-bn,improved-bn-dropout",
+            "augment": "crop,flip",
+            "crop_padding": 4,
+        }
+    },
 }
 
 
@@ -100,13 +136,21 @@ def show_data(data: Splits, ctx: Context, cfg: Config) -> None:
         pick = members[torch.randperm(len(members), generator=g)[:5]]
         grid += [data.train.x[i] for i in pick[:4]]
         randoms.append(data.train.x[pick[4]] if len(pick) > 4 else data.train.x[pick[0]])
-    figures.image_grid(grid, ctx.run.figure_path("c1_grid"), ncols=4, row_labels=classes,
-                       title="4 training examples per class")
-    figures.image_grid(randoms, ctx.run.figure_path("c1_random"), ncols=min(10, len(classes)), titles=classes,
-                       title="one random image per class")
+    figures.image_grid(
+        grid, ctx.run.figure_path("c1_grid"), ncols=4, row_labels=classes, title="4 training examples per class"
+    )
+    figures.image_grid(
+        randoms,
+        ctx.run.figure_path("c1_random"),
+        ncols=min(10, len(classes)),
+        titles=classes,
+        title="one random image per class",
+    )
     ctx.report.heading("C1. The data")
-    ctx.report.text(f"{data.name}: {len(data.train):,} training and {len(data.test):,} test images of shape "
-                    f"{'x'.join(map(str, data.train.shape))}, {len(classes)} classes, read from {data.source}.")
+    ctx.report.text(
+        f"{data.name}: {len(data.train):,} training and {len(data.test):,} test images of shape "
+        f"{'x'.join(map(str, data.train.shape))}, {len(classes)} classes, read from {data.source}."
+    )
     ctx.report.figure("c1_grid.png", "10x4 grid: each row one class, labelled with its name")
     ctx.report.figure("c1_random.png", "one random image per class, with its label")
 
@@ -136,8 +180,9 @@ def _split(data: Splits, cfg: Config, dev: torch.device) -> tuple[ImageData, Ima
     return data.train.take(tr_idx).to(dev), data.train.take(va_idx).to(dev), data.test.to(dev)
 
 
-def train_rung(i: int, name: str, data: Splits, splits: tuple[ImageData, ImageData, ImageData], cfg: Config,
-               ctx: Context) -> dict[str, Any]:
+def train_rung(
+    i: int, name: str, data: Splits, splits: tuple[ImageData, ImageData, ImageData], cfg: Config, ctx: Context
+) -> dict[str, Any]:
     """C3/C4: one rung trained on the shared split (its own defaults under the user's settings), its best
     epoch evaluated on every split, its curves, confusion matrix and tables in the report."""
     rung, dev, mean_std = RUNGS[name], ctx.device, data.mean_std()
@@ -145,47 +190,91 @@ def train_rung(i: int, name: str, data: Splits, splits: tuple[ImageData, ImageDa
     augment = build_augment(cfg.augment, cfg.crop_padding) if rung.augment else None
 
     def batches(d: ImageData, train: bool) -> TensorBatches:
-        return TensorBatches(d, tcfg.batch_size if train else tcfg.eval_batch_size, *mean_std, shuffle=train,
-                             seed=cfg.seed, augment=augment if train else None, crop=cfg.test_crop or None)
+        return TensorBatches(
+            d,
+            tcfg.batch_size if train else tcfg.eval_batch_size,
+            *mean_std,
+            shuffle=train,
+            seed=cfg.seed,
+            augment=augment if train else None,
+            crop=cfg.test_crop or None,
+        )
 
     torch.manual_seed(cfg.seed + i)
     model = build_model(rung.model, data.train.shape, len(data.classes), **rung.options).to(dev)
     ctx.log(f"== rung {i + 1}/{len(cfg.rungs)}: {name} ({model.num_params():,} params)")
     train, val, test = splits
-    result = fit(model, batches(train, True), batches(val, False), tcfg, device=dev, stage=name, run=ctx.run,
-                 resume=ctx.resume, verbose=ctx.verbose)
+    result = fit(
+        model,
+        batches(train, True),
+        batches(val, False),
+        tcfg,
+        device=dev,
+        stage=name,
+        run=ctx.run,
+        resume=ctx.resume,
+        verbose=ctx.verbose,
+    )
     t0 = time.perf_counter()
-    ev = {split: evaluate(model, batches(d, False), device=dev, max_batches=tcfg.max_batches,
-                          return_outputs=split == "test", channels_last=tcfg.channels_last)
-          for split, d in (("train", train), ("val", val), ("test", test))}
+    ev = {
+        split: evaluate(
+            model,
+            batches(d, False),
+            device=dev,
+            max_batches=tcfg.max_batches,
+            return_outputs=split == "test",
+            channels_last=tcfg.channels_last,
+        )
+        for split, d in (("train", train), ("val", val), ("test", test))
+    }
     cm = confusion(ev["test"]["probs"], ev["test"]["targets"], len(data.classes))
-    figures.confusion_matrix(cm, data.classes, ctx.run.figure_path(f"cm_{name}"),
-                             title=f"{name}: test confusion (best epoch {result.best_epoch})")
+    figures.confusion_matrix(
+        cm,
+        data.classes,
+        ctx.run.figure_path(f"cm_{name}"),
+        title=f"{name}: test confusion (best epoch {result.best_epoch})",
+    )
     figures.curves({name: result.history}, ctx.run.figure_path(f"curves_{name}"), title=name)
-    row = {"rung": name, "model": rung.model,
-           **{f"{s}_acc": ev[s]["acc"] for s in ev}, **{f"{s}_loss": ev[s]["loss"] for s in ev},
-           "params": model.num_params(), "trainable": model.num_params(trainable_only=True),
-           "best_epoch": result.best_epoch, "epochs": len(result.history),
-           "s_per_epoch": result.seconds_per_epoch, "eval_s": time.perf_counter() - t0}
+    row = {
+        "rung": name,
+        "model": rung.model,
+        **{f"{s}_acc": ev[s]["acc"] for s in ev},
+        **{f"{s}_loss": ev[s]["loss"] for s in ev},
+        "params": model.num_params(),
+        "trainable": model.num_params(trainable_only=True),
+        "best_epoch": result.best_epoch,
+        "epochs": len(result.history),
+        "s_per_epoch": result.seconds_per_epoch,
+        "eval_s": time.perf_counter() - t0,
+    }
     _report_rung(i, name, row, ev, tcfg, cfg, ctx)
     return {"row": row, "history": result.history}
 
 
-def _report_rung(i: int, name: str, row: dict[str, Any], ev: dict[str, dict[str, Any]], tcfg: TrainConfig,
-                 cfg: Config, ctx: Context) -> None:
+def _report_rung(
+    i: int, name: str, row: dict[str, Any], ev: dict[str, dict[str, Any]], tcfg: TrainConfig, cfg: Config, ctx: Context
+) -> None:
     """The rung's section: accuracy per split, the hyper-parameters it trained with, curves and confusion."""
     rung = RUNGS[name]
     ctx.report.heading(f"Rung {i + 1}: {name}", level=3)
     ctx.report.text(f"{rung.why}.")
-    hp = {**hyper_parameters(tcfg), "augment": ",".join(cfg.augment) if rung.augment else "none",
-          **{k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in rung.options.items()}}
-    ctx.report.table([{"split": s, "accuracy": ev[s]["acc"], "loss": ev[s]["loss"], "images": ev[s]["n"]}
-                      for s in ev], caption=f"{name}: best model (epoch {row['best_epoch']})")
-    ctx.report.table([{"setting": k, "value": v} for k, v in hp.items()]
-                     + [{"setting": "parameters (total / trainable)",
-                         "value": f"{row['params']:,} / {row['trainable']:,}"},
-                        {"setting": "seconds per epoch", "value": f"{row['s_per_epoch']:.1f}"}],
-                     caption=f"{name}: hyper-parameters it trained with, and cost")
+    hp = {
+        **hyper_parameters(tcfg),
+        "augment": ",".join(cfg.augment) if rung.augment else "none",
+        **{k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in rung.options.items()},
+    }
+    ctx.report.table(
+        [{"split": s, "accuracy": ev[s]["acc"], "loss": ev[s]["loss"], "images": ev[s]["n"]} for s in ev],
+        caption=f"{name}: best model (epoch {row['best_epoch']})",
+    )
+    ctx.report.table(
+        [{"setting": k, "value": v} for k, v in hp.items()]
+        + [
+            {"setting": "parameters (total / trainable)", "value": f"{row['params']:,} / {row['trainable']:,}"},
+            {"setting": "seconds per epoch", "value": f"{row['s_per_epoch']:.1f}"},
+        ],
+        caption=f"{name}: hyper-parameters it trained with, and cost",
+    )
     ctx.report.figure(f"curves_{name}.png", f"{name}: train (solid) and val (dashed) loss and accuracy per epoch")
     ctx.report.figure(f"cm_{name}.png", f"{name}: confusion matrix of the best model on the test set")
     ctx.report.save(ctx.run.path)  # a readable report after every rung, even if a later one is interrupted
@@ -197,16 +286,32 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     show_data(data, ctx, cfg)
     train, val, test = splits
     ctx.report.heading("C3/C4. The ladder")
-    ctx.report.text(f"Every rung trains on the same {len(train):,}-image split (validation: {len(val):,} images, "
-                    f"stratified, seed {cfg.seed}), keeps the weights of its best validation epoch, and is then "
-                    f"evaluated on the {len(test):,} test images.")
+    ctx.report.text(
+        f"Every rung trains on the same {len(train):,}-image split (validation: {len(val):,} images, "
+        f"stratified, seed {cfg.seed}), keeps the weights of its best validation epoch, and is then "
+        f"evaluated on the {len(test):,} test images."
+    )
     done = {name: train_rung(i, name, data, splits, cfg, ctx) for i, name in enumerate(cfg.rungs)}
     rows = [d["row"] for d in done.values()]
     figures.curves({n: d["history"] for n, d in done.items()}, ctx.run.figure_path("curves_all"), title="all rungs")
     ctx.report.heading("All rungs side by side")
-    ctx.report.table(rows, caption="accuracy and loss of each rung's best model",
-                     columns=["rung", "train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss",
-                              "params", "trainable", "best_epoch", "s_per_epoch"])
+    ctx.report.table(
+        rows,
+        caption="accuracy and loss of each rung's best model",
+        columns=[
+            "rung",
+            "train_acc",
+            "val_acc",
+            "test_acc",
+            "train_loss",
+            "val_loss",
+            "test_loss",
+            "params",
+            "trainable",
+            "best_epoch",
+            "s_per_epoch",
+        ],
+    )
     ctx.report.figure("curves_all.png", "all rungs: train (solid) and validation (dashed) curves")
     summary = {r["rung"]: {k: v for k, v in r.items() if isinstance(v, (int, float))} for r in rows}
     return {"dataset": data.name, "rungs": summary}

@@ -48,7 +48,7 @@ SUMMARY = "metric learning: cross-entropy vs triplet loss (+ frozen FC) vs both,
 # TrainConfig settings no stage reads (setting one is refused):
 UNUSED = {
     "train.label_smoothing": "E2's triplet stage has no cross-entropy to smooth, so no setting could apply to every "
-                             "regime alike; E3 compares the losses as E1/E2/E4 define them (plain cross-entropy)",
+    "regime alike; E3 compares the losses as E1/E2/E4 define them (plain cross-entropy)",
 }
 REGIMES = {
     "e1": "E1: cross-entropy, end to end",
@@ -197,8 +197,9 @@ def prepare(cfg: Config, ctx: Context) -> Prepared:
     fm_idx = torch.cat([torch.nonzero(train.y == c).flatten()[: cfg.feature_map_inputs] for c in range(k)])
     fm_x = next(iter(setup.batches(train.take(fm_idx), len(fm_idx), False)))[0]
     in_shape = (channels or data.train.shape[0], size or data.train.shape[1], size or data.train.shape[2])
-    return Prepared(data, setup, test, ref, in_shape, train.x[fm_idx].cpu(),
-                    [data.classes[int(c)] for c in train.y[fm_idx]], fm_x)
+    return Prepared(
+        data, setup, test, ref, in_shape, train.x[fm_idx].cpu(), [data.classes[int(c)] for c in train.y[fm_idx]], fm_x
+    )
 
 
 def stage_configs(cfg: Config, ctx: Context) -> dict[str, TrainConfig]:
@@ -226,8 +227,10 @@ def report_setup(p: Prepared, cfg: Config, tcfgs: dict[str, TrainConfig], ctx: C
         f"{cfg.target_acc}."
     )
     stages = [s for s in tcfgs if s.partition("-")[0] in cfg.regimes]
-    ctx.report.table([{"stage": s, **hyper_parameters(tcfgs[s])} for s in stages],
-                     caption="the hyper-parameters each stage trains with")
+    ctx.report.table(
+        [{"stage": s, **hyper_parameters(tcfgs[s])} for s in stages],
+        caption="the hyper-parameters each stage trains with",
+    )
     if cfg.dataset == "fashion-mnist" and set(cfg.classes) == {"T-shirt/top", "Shirt"}:
         ctx.report.text(
             "Why these two classes: in Fashion-MNIST confusion matrices Shirt is the hardest class "
@@ -237,8 +240,9 @@ def report_setup(p: Prepared, cfg: Config, tcfgs: dict[str, TrainConfig], ctx: C
         )
 
 
-def train_regime(name: str, cfg: Config, ctx: Context, p: Prepared, tcfgs: dict[str, TrainConfig]
-                 ) -> tuple[RegimeResult, dict[str, Any]]:
+def train_regime(
+    name: str, cfg: Config, ctx: Context, p: Prepared, tcfgs: dict[str, TrainConfig]
+) -> tuple[RegimeResult, dict[str, Any]]:
     """E1/E2/E4: one regime from the shared initial weights, watched by a representation monitor (kNN,
     spread, Fisher ratio per layer, feature-map snapshots); returns it and its main layers."""
     torch.manual_seed(cfg.seed)  # the same initial weights for every regime
@@ -262,21 +266,28 @@ def train_regime(name: str, cfg: Config, ctx: Context, p: Prepared, tcfgs: dict[
     return train_e4(model, setup, tcfgs["e4"], cfg.margin, miner, cfg.ce_weight, monitor), layers
 
 
-def measure_regime(res: RegimeResult, cfg: Config, p: Prepared, layers: dict[str, Any], eval_batch_size: int
-                   ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], torch.Tensor]:
+def measure_regime(
+    res: RegimeResult, cfg: Config, p: Prepared, layers: dict[str, Any], eval_batch_size: int
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], torch.Tensor]:
     """E3's numbers for one regime: accuracy per split, kNN on the embedding, separability (Fisher ratio,
     linear probe) per layer, spread, and epochs/seconds to the target accuracy. Also the per-split
     evaluation and the test embeddings."""
     model, setup, test, ref = res.model, p.setup, p.test, p.ref
-    ev = {s: evaluate(model, setup.batches(d, eval_batch_size, False), device=setup.device)
-          for s, d in (("train", setup.train), ("val", setup.val), ("test", test))}
+    ev = {
+        s: evaluate(model, setup.batches(d, eval_batch_size, False), device=setup.device)
+        for s, d in (("train", setup.train), ("val", setup.val), ("test", test))
+    }
     prep = {"size": setup.size, "channels": setup.channels}
     e_ref = embed(model, ref, setup.mean, setup.std, device=setup.device, layers=layers, **prep)
     e_test = embed(model, test, setup.mean, setup.std, device=setup.device, layers=layers, **prep)
     ref_y, test_y = ref.y.cpu(), test.y.cpu()
-    sep = {ln: {"fisher": fisher_ratio(e_test[ln], test_y),
-                "probe": linear_probe_accuracy(e_ref[ln], ref_y, e_test[ln], test_y, cfg.seed)}
-           for ln in [*layers, "embedding"]}
+    sep = {
+        ln: {
+            "fisher": fisher_ratio(e_test[ln], test_y),
+            "probe": linear_probe_accuracy(e_ref[ln], ref_y, e_test[ln], test_y, cfg.seed),
+        }
+        for ln in [*layers, "embedding"]
+    }
     ep, sec = classifier_epochs_to(res, cfg.target_acc)
     kep, ksec = res.monitor.epochs_to("knn_val_acc", cfg.target_acc)
     out = {
@@ -298,20 +309,28 @@ def measure_regime(res: RegimeResult, cfg: Config, p: Prepared, layers: dict[str
 
 CURVE_NOTES = {
     "e2": "; the triplet stage's loss is the triplet loss and, having no head yet, its accuracy is a leave-one-out "
-          "nearest-class-centroid vote on the embedding within each batch (its best epoch by that validation "
-          "accuracy is kept); the head stage's loss is cross-entropy",
+    "nearest-class-centroid vote on the embedding within each batch (its best epoch by that validation "
+    "accuracy is kept); the head stage's loss is cross-entropy",
     "e4": "; train loss = triplet + lambda * CE, validation loss = CE",
 }
 
 
-def report_regime(res: RegimeResult, out: dict[str, Any], ev: dict[str, dict[str, Any]], layers: dict[str, Any],
-                  n_test: int, ctx: Context) -> None:
+def report_regime(
+    res: RegimeResult,
+    out: dict[str, Any],
+    ev: dict[str, dict[str, Any]],
+    layers: dict[str, Any],
+    n_test: int,
+    ctx: Context,
+) -> None:
     """E1/E2/E4: the regime's curves, its best model per split, and its representation epoch by epoch."""
     name = res.name
     ctx.report.heading(REGIMES[name])
     figures.curves(res.stages, ctx.run.figure_path(f"curves_{name}"), title=REGIMES[name].split(":")[0])
-    ctx.report.figure(f"curves_{name}.png", "loss and accuracy per epoch, train (solid) and validation (dashed)"
-                      + CURVE_NOTES.get(name, ""))
+    ctx.report.figure(
+        f"curves_{name}.png",
+        "loss and accuracy per epoch, train (solid) and validation (dashed)" + CURVE_NOTES.get(name, ""),
+    )
     ctx.report.table(
         [{"split": s, "accuracy": ev[s]["acc"], "CE loss": ev[s]["loss"], "images": ev[s]["n"]} for s in ev]
         + [{"split": "test, kNN on the embedding", "accuracy": out["knn_test_acc"], "images": n_test}],
@@ -343,8 +362,13 @@ def report_embeddings(name: str, emb: torch.Tensor, p: Prepared, cfg: Config, ct
         ts = projection.tsne_2d(emb[:pts], cfg.seed)
         if ts is not None:
             views["t-SNE"] = ts
-    projection.scatter(views, p.test.y.cpu()[:pts], p.data.classes, ctx.run.figure_path(f"embedding_{name}"),
-                       title=f"{name}: test embeddings")
+    projection.scatter(
+        views,
+        p.test.y.cpu()[:pts],
+        p.data.classes,
+        ctx.run.figure_path(f"embedding_{name}"),
+        title=f"{name}: test embeddings",
+    )
     ctx.report.figure(f"embedding_{name}.png", f"{name}: 2-D projections of {pts} test embeddings, by class")
 
 
@@ -354,10 +378,14 @@ def report_feature_maps(res: RegimeResult, layers: dict[str, Any], p: Prepared, 
     for ln in layers:
         if not all(ln in s for s in snaps.values()):
             continue
-        featuremaps.grid(snaps, p.fm_raw, p.fm_names, ln, ctx.run.figure_path(f"fmap_{name}_{ln}"),
-                         title=f"{name}: {ln}")
-        ctx.report.figure(f"fmap_{name}_{ln}.png", f"{name}: feature maps of {ln} for fixed training images at "
-                          f"epochs {', '.join(map(str, sorted(snaps)))} (each channel min-max normalised)")
+        featuremaps.grid(
+            snaps, p.fm_raw, p.fm_names, ln, ctx.run.figure_path(f"fmap_{name}_{ln}"), title=f"{name}: {ln}"
+        )
+        ctx.report.figure(
+            f"fmap_{name}_{ln}.png",
+            f"{name}: feature maps of {ln} for fixed training images at "
+            f"epochs {', '.join(map(str, sorted(snaps)))} (each channel min-max normalised)",
+        )
 
 
 def report_collapse(res: RegimeResult, spread: float, ctx: Context) -> list[str]:

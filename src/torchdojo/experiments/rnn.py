@@ -47,12 +47,12 @@ CELL_WHY = {
 # `train.amp` stays: bf16 autocast of the train-group stages on CUDA (CPU trains in fp32 whatever it says).
 UNUSED: dict[str, str] = {
     "train.channels_last": "token batches have no 4-D tensors and the RNN classifier no 4-D weights, so the NHWC "
-                           "layout changes nothing",
+    "layout changes nothing",
     "train.cpu_fusion": "the RNN classifier has no BatchNorm -> ReLU -> max-pool blocks to fuse",
     "train.compile": "the cells step a Python loop over each batch's padded length: torch.compile unrolls it and "
-                     "recompiles for every new sentence length (dynamo's limit of 8 recompilations is reached in "
-                     "the first epoch, then it runs eagerly anyway); measured 92 s instead of 1 s for 2 small "
-                     "epochs on CPU",
+    "recompiles for every new sentence length (dynamo's limit of 8 recompilations is reached in "
+    "the first epoch, then it runs eagerly anyway); measured 92 s instead of 1 s for 2 small "
+    "epochs on CPU",
 }
 # Stages sized by the experiment's own fields, not by the `train` group.
 OWN_STAGES = {"reset-*": "F2's full-batch overfit: reset_steps steps at reset_lr on the handful of sentences"}
@@ -86,8 +86,10 @@ class Config:
     clip_value: float = 0.01
     clip_batch_size: int = 64  # sentences per SGD step of the clipping study
     train: TrainConfig = dataclasses.field(
-        default_factory=lambda: TrainConfig(epochs=3, batch_size=64, eval_batch_size=512, lr=2e-3, grad_clip=1.0,
-                                            channels_last=False, cpu_fusion=False))
+        default_factory=lambda: TrainConfig(
+            epochs=3, batch_size=64, eval_batch_size=512, lr=2e-3, grad_clip=1.0, channels_last=False, cpu_fusion=False
+        )
+    )
 
     def __post_init__(self) -> None:
         known = RNNClassifier.cell_names()
@@ -106,9 +108,19 @@ class Config:
 
 
 SCALES = {
-    "smoke": {"train_subset": 400, "test_subset": 200, "embed_dim": 8, "hidden_size": 16, "max_len": 24,
-              "grad_length": 12, "tbptt_compare": "0,8,3", "reset_per_class": 2, "reset_steps": 60,
-              "clip_steps": 6, "train": {"epochs": 1, "max_batches": 3}},
+    "smoke": {
+        "train_subset": 400,
+        "test_subset": 200,
+        "embed_dim": 8,
+        "hidden_size": 16,
+        "max_len": 24,
+        "grad_length": 12,
+        "tbptt_compare": "0,8,3",
+        "reset_per_class": 2,
+        "reset_steps": 60,
+        "clip_steps": 6,
+        "train": {"epochs": 1, "max_batches": 3},
+    },
     "small": {},
     "full": {"train": {"epochs": 10}, "clip_steps": 600},
 }
@@ -131,8 +143,15 @@ class TextData:
 
     def batches(self, split: str, batch_size: int, seed: int, device: torch.device) -> TextBatches:
         """Length-bucketed batches of `split`; shuffled (epoch-seeded) for the training part only."""
-        return TextBatches(self.seqs[split], self.labels[split], batch_size, shuffle=split == "train", seed=seed,
-                           pad_id=self.vocab.pad_id, device=device)
+        return TextBatches(
+            self.seqs[split],
+            self.labels[split],
+            batch_size,
+            shuffle=split == "train",
+            seed=seed,
+            pad_id=self.vocab.pad_id,
+            device=device,
+        )
 
 
 @dataclasses.dataclass
@@ -149,31 +168,47 @@ class Trained:
         """Report numbers, named by split: train_/val_ at the best epoch, test_ once with the best weights."""
         h = self.result.history
         best = next((r for r in h if r["epoch"] == self.result.best_epoch), h[-1])
-        return {"stage": self.stage, "best_epoch": self.result.best_epoch, "epochs": len(h),
-                "train_acc": best["train_acc"], "val_acc": best["val_acc"], "val_loss": best["val_loss"],
-                "test_acc": self.test["acc"], "test_loss": self.test["loss"]}
+        return {
+            "stage": self.stage,
+            "best_epoch": self.result.best_epoch,
+            "epochs": len(h),
+            "train_acc": best["train_acc"],
+            "val_acc": best["val_acc"],
+            "val_loss": best["val_loss"],
+            "test_acc": self.test["acc"],
+            "test_loss": self.test["loss"],
+        }
 
 
 def prepare_data(cfg: Config, ctx: Context) -> TextData:
     """Load, subset, split off the validation part (stratified, seeded), build the vocabulary on the training
     part only, encode every split."""
-    data = load_text_dataset(cfg.dataset, data_dir=ctx.data_dir, download=ctx.download, classes=cfg.classes,
-                             seed=cfg.seed)
+    data = load_text_dataset(
+        cfg.dataset, data_dir=ctx.data_dir, download=ctx.download, classes=cfg.classes, seed=cfg.seed
+    )
     pool = random_subset(data.train, cfg.train_subset, cfg.seed)
     tr_idx, va_idx = stratified_split(torch.tensor([y for _, y in pool]), cfg.val_fraction, cfg.seed)
     if not len(va_idx) or not len(tr_idx):
-        raise DojoError(f"val_fraction={cfg.val_fraction} of {len(pool)} training sentences leaves an empty "
-                        "training or validation part", "raise train_subset, or set val_fraction nearer 0.1")
-    pairs = {"train": [pool[i] for i in tr_idx.tolist()], "val": [pool[i] for i in va_idx.tolist()],
-             "test": random_subset(data.test, cfg.test_subset, cfg.seed)}
-    vocab: Vocab | WordPiece = (WordPiece() if cfg.tokenizer == "wordpiece"
-                                else Vocab.build([t for t, _ in pairs["train"]], min_freq=cfg.min_freq))
+        raise DojoError(
+            f"val_fraction={cfg.val_fraction} of {len(pool)} training sentences leaves an empty "
+            "training or validation part",
+            "raise train_subset, or set val_fraction nearer 0.1",
+        )
+    pairs = {
+        "train": [pool[i] for i in tr_idx.tolist()],
+        "val": [pool[i] for i in va_idx.tolist()],
+        "test": random_subset(data.test, cfg.test_subset, cfg.seed),
+    }
+    vocab: Vocab | WordPiece = (
+        WordPiece()
+        if cfg.tokenizer == "wordpiece"
+        else Vocab.build([t for t, _ in pairs["train"]], min_freq=cfg.min_freq)
+    )
     seqs = {s: [vocab.encode(t)[: cfg.max_len] for t, _ in p] for s, p in pairs.items()}
     labels = {s: [y for _, y in p] for s, p in pairs.items()}
     top = max(range(len(data.classes)), key=lambda c: labels["train"].count(c))
     share = labels["test"].count(top) / max(len(labels["test"]), 1)
-    return TextData(data.name, list(data.classes), data.source, vocab, pairs, seqs, labels,
-                    (data.classes[top], share))
+    return TextData(data.name, list(data.classes), data.source, vocab, pairs, seqs, labels, (data.classes[top], share))
 
 
 def report_data(data: TextData, cfg: Config, ctx: Context) -> dict[str, float]:
@@ -188,37 +223,57 @@ def report_data(data: TextData, cfg: Config, ctx: Context) -> dict[str, float]:
     if ctx.run.is_main:
         atomic_write_json(ctx.run.path / "vocab.json", {"tokenizer": cfg.tokenizer, "itos": data.vocab.itos})
     n = {s: len(data.labels[s]) for s in SPLITS}
-    tokens = (f"WordPiece pieces of all-MiniLM-L6-v2 ({len(data.vocab):,} pieces)" if cfg.tokenizer == "wordpiece"
-              else f"Word-level tokens (lowercased; URLs -> <url>, @handles -> <user>), vocabulary of "
-                   f"{len(data.vocab):,} built on the training part only (min frequency {cfg.min_freq}, <pad>=0, "
-                   "<unk>=1)")
+    tokens = (
+        f"WordPiece pieces of all-MiniLM-L6-v2 ({len(data.vocab):,} pieces)"
+        if cfg.tokenizer == "wordpiece"
+        else f"Word-level tokens (lowercased; URLs -> <url>, @handles -> <user>), vocabulary of "
+        f"{len(data.vocab):,} built on the training part only (min frequency {cfg.min_freq}, <pad>=0, "
+        "<unk>=1)"
+    )
     rep = ctx.report
     rep.heading("Data")
-    rep.text(f"{data.name}: read from {data.source}, classes {', '.join(data.classes)}. Of "
-             f"{n['train'] + n['val']:,} training sentences, {n['val']:,} ({cfg.val_fraction:.0%}, stratified, "
-             f"seed {cfg.seed}) are held out as the validation split that picks each model's best epoch; the "
-             f"other {n['train']:,} are trained on. The {n['test']:,} test sentences are only used once per trained "
-             f"model, at the end. {tokens}; {unk:.1%} of test tokens are unknown. Sentences are cut to "
-             f"{cfg.max_len} tokens, right-padded with a mask, and batched by length: bucketing leaves "
-             f"{pad_bucket:.1%} of the padded cells as padding vs {pad_random:.1%} for random batches.")
-    rep.table([{"split": s, "sentences": n[s], **{c: data.labels[s].count(i) for i, c in enumerate(data.classes)}}
-               for s in SPLITS], caption=f"class counts per split; the majority class ({data.majority[0]}) is "
-                                         f"{data.majority[1]:.1%} of the test split")
+    rep.text(
+        f"{data.name}: read from {data.source}, classes {', '.join(data.classes)}. Of "
+        f"{n['train'] + n['val']:,} training sentences, {n['val']:,} ({cfg.val_fraction:.0%}, stratified, "
+        f"seed {cfg.seed}) are held out as the validation split that picks each model's best epoch; the "
+        f"other {n['train']:,} are trained on. The {n['test']:,} test sentences are only used once per trained "
+        f"model, at the end. {tokens}; {unk:.1%} of test tokens are unknown. Sentences are cut to "
+        f"{cfg.max_len} tokens, right-padded with a mask, and batched by length: bucketing leaves "
+        f"{pad_bucket:.1%} of the padded cells as padding vs {pad_random:.1%} for random batches."
+    )
+    rep.table(
+        [
+            {"split": s, "sentences": n[s], **{c: data.labels[s].count(i) for i, c in enumerate(data.classes)}}
+            for s in SPLITS
+        ],
+        caption=f"class counts per split; the majority class ({data.majority[0]}) is "
+        f"{data.majority[1]:.1%} of the test split",
+    )
     return {"padding_bucketed": pad_bucket, "padding_random": pad_random}
 
 
-def train_stage(stage: str, cell: str, seed: int, tbptt_steps: int, data: TextData, cfg: Config,
-                ctx: Context) -> Trained:
+def train_stage(
+    stage: str, cell: str, seed: int, tbptt_steps: int, data: TextData, cfg: Config, ctx: Context
+) -> Trained:
     """One classifier through `fit` (group `train`): validation per epoch, then the test split once."""
     tcfg, dev = ctx.train_config(), ctx.device
     torch.manual_seed(seed)
-    model = RNNClassifier(len(data.vocab), len(data.classes), cell, cfg.embed_dim, cfg.hidden_size, cfg.dropout,
-                          pad_id=data.vocab.pad_id).to(dev)
+    model = RNNClassifier(
+        len(data.vocab), len(data.classes), cell, cfg.embed_dim, cfg.hidden_size, cfg.dropout, pad_id=data.vocab.pad_id
+    ).to(dev)
     ctx.log(f"== {stage}: cell {cell}, tbptt_steps={tbptt_steps or 'full'}")
-    result = train_classifier(model, data.batches("train", tcfg.batch_size, cfg.seed, dev),
-                              data.batches("val", tcfg.eval_batch_size, cfg.seed, dev), tcfg, device=dev,
-                              tbptt_steps=tbptt_steps, stage=stage, run=ctx.run, resume=ctx.resume,
-                              verbose=ctx.verbose)
+    result = train_classifier(
+        model,
+        data.batches("train", tcfg.batch_size, cfg.seed, dev),
+        data.batches("val", tcfg.eval_batch_size, cfg.seed, dev),
+        tcfg,
+        device=dev,
+        tbptt_steps=tbptt_steps,
+        stage=stage,
+        run=ctx.run,
+        resume=ctx.resume,
+        verbose=ctx.verbose,
+    )
     test = evaluate(model, data.batches("test", tcfg.eval_batch_size, cfg.seed, dev), dev)
     return Trained(stage, model, result, tcfg, test)
 
@@ -236,32 +291,62 @@ def _hyper_table(trained: list[Trained], ctx: Context, caption: str) -> None:
 
 def f1_cells(data: TextData, cfg: Config, ctx: Context) -> dict[str, Trained]:
     """F1 (and F2/F3's cells): each cell trained the same way; test accuracy next to the majority baseline."""
-    cells = {cell: train_stage(f"cell-{cell}", cell, cfg.seed + i, cfg.tbptt_steps, data, cfg, ctx)
-             for i, cell in enumerate(cfg.cells)}
-    figures.curves({c: t.result.history for c, t in cells.items()}, ctx.run.figure_path("cells_curves"),
-                   title="cells: train (solid) and validation (dashed)")
-    rows = [{"cell": c, **t.row(), "majority_baseline": data.majority[1],
-             "params": sum(p.numel() for p in t.model.parameters()), "s_per_epoch": t.result.seconds_per_epoch,
-             "what": CELL_WHY.get(c, "")} for c, t in cells.items()]
+    cells = {
+        cell: train_stage(f"cell-{cell}", cell, cfg.seed + i, cfg.tbptt_steps, data, cfg, ctx)
+        for i, cell in enumerate(cfg.cells)
+    }
+    figures.curves(
+        {c: t.result.history for c, t in cells.items()},
+        ctx.run.figure_path("cells_curves"),
+        title="cells: train (solid) and validation (dashed)",
+    )
+    rows = [
+        {
+            "cell": c,
+            **t.row(),
+            "majority_baseline": data.majority[1],
+            "params": sum(p.numel() for p in t.model.parameters()),
+            "s_per_epoch": t.result.seconds_per_epoch,
+            "what": CELL_WHY.get(c, ""),
+        }
+        for c, t in cells.items()
+    ]
     rep = ctx.report
     rep.heading("F1. Accuracy of each cell")
-    rep.text(f"Embedding {cfg.embed_dim} -> cell with {cfg.hidden_size} hidden units -> final state -> dropout "
-             f"{cfg.dropout} -> linear, truncation window {cfg.tbptt_steps or 'full'}; each cell is its own stage "
-             "(checkpoints/cell-<cell>/) with the settings below. Columns by split: train_acc is the mean over "
-             "the training part during the best epoch (dropout on), val_acc/val_loss the validation split at "
-             "the best epoch (picked by train.monitor), test_acc/test_loss the test split, evaluated once with "
-             f"the best epoch's weights. Majority-class baseline on the test split: {data.majority[1]:.1%}.")
-    rep.table(rows, caption="accuracy of each cell: validation (best epoch) and test (once, best weights)",
-              columns=["cell", "test_acc", "majority_baseline", "test_loss", "val_acc", "train_acc", "best_epoch",
-                       "epochs", "params", "s_per_epoch", "what"])
+    rep.text(
+        f"Embedding {cfg.embed_dim} -> cell with {cfg.hidden_size} hidden units -> final state -> dropout "
+        f"{cfg.dropout} -> linear, truncation window {cfg.tbptt_steps or 'full'}; each cell is its own stage "
+        "(checkpoints/cell-<cell>/) with the settings below. Columns by split: train_acc is the mean over "
+        "the training part during the best epoch (dropout on), val_acc/val_loss the validation split at "
+        "the best epoch (picked by train.monitor), test_acc/test_loss the test split, evaluated once with "
+        f"the best epoch's weights. Majority-class baseline on the test split: {data.majority[1]:.1%}."
+    )
+    rep.table(
+        rows,
+        caption="accuracy of each cell: validation (best epoch) and test (once, best weights)",
+        columns=[
+            "cell",
+            "test_acc",
+            "majority_baseline",
+            "test_loss",
+            "val_acc",
+            "train_acc",
+            "best_epoch",
+            "epochs",
+            "params",
+            "s_per_epoch",
+            "what",
+        ],
+    )
     _hyper_table(list(cells.values()), ctx, "hyper-parameters each cell's stage trained with")
-    rep.figure("cells_curves.png", "loss and accuracy per epoch for each cell: training part (solid) and "
-                                   "validation split (dashed)")
+    rep.figure(
+        "cells_curves.png",
+        "loss and accuracy per epoch for each cell: training part (solid) and validation split (dashed)",
+    )
     return cells
 
 
-def f1_truncated_bptt(data: TextData, cells: dict[str, Trained], cfg: Config, ctx: Context
-                      ) -> dict[int, Trained]:
+def f1_truncated_bptt(data: TextData, cells: dict[str, Trained], cfg: Config, ctx: Context) -> dict[int, Trained]:
     """F1: the Elman classifier trained with each truncation window (`tbptt-<t>`; the cell comparison's Elman
     model when it already used that window), and the gradient per position of the full-BPTT model."""
     windows: dict[int, Trained] = {}
@@ -271,9 +356,14 @@ def f1_truncated_bptt(data: TextData, cells: dict[str, Trained], cfg: Config, ct
         else:
             windows[t] = train_stage(f"tbptt-{t or 'full'}", "elman", _elman_seed(cfg), t, data, cfg, ctx)
     seqs = data.seqs["train"]
-    rows = [{"tbptt_steps": t or "full", **w.row(),
-             "train_sentences_longer_than_t": sum(len(s) > t for s in seqs) / max(len(seqs), 1) if t else 0.0}
-            for t, w in windows.items()]
+    rows = [
+        {
+            "tbptt_steps": t or "full",
+            **w.row(),
+            "train_sentences_longer_than_t": sum(len(s) > t for s in seqs) / max(len(seqs), 1) if t else 0.0,
+        }
+        for t, w in windows.items()
+    ]
     fixed = _fixed_length_batch(data.seqs["test"], data.labels["test"], cfg.grad_length)
     first = cfg.tbptt_compare[0]
     if fixed is not None:
@@ -282,20 +372,37 @@ def f1_truncated_bptt(data: TextData, cells: dict[str, Trained], cfg: Config, ct
             row["zero_before_T_minus_t"] = zero[t]
     rep = ctx.report
     rep.heading("F1. Truncated backpropagation through time")
-    rep.text("tbptt_steps = t detaches the state entering step T - t of each sentence (T = its own length), so "
-             "the loss on the final state reaches exactly the last t tokens: positions T - t .. T - 1 get a "
-             "gradient, earlier ones get exactly zero (the test suite checks this for every cell and many t, T). "
-             "Below: the Elman classifier trained with each window (val_acc: validation split at the best epoch; "
-             "test_acc/test_loss: test split, once), and the gradient per position of the "
-             f"{f't = {first}' if first else 'full-BPTT'} model on {0 if fixed is None else len(fixed[0])} test "
-             f"sentences cut to T = {cfg.grad_length} tokens. Missing points on the log axis are exact zeros; "
-             "inside a window the curves coincide, because truncation changes nothing about the gradient of the "
-             "steps it keeps.")
-    rep.table(rows, caption="Elman classifier trained with each truncation window",
-              columns=["tbptt_steps", "stage", "test_acc", "test_loss", "val_acc", "best_epoch", "epochs",
-                       "train_sentences_longer_than_t", *(["zero_before_T_minus_t"] if fixed is not None else [])])
-    _hyper_table([w for t, w in windows.items() if w.stage.startswith("tbptt-")], ctx,
-                 "hyper-parameters each window's stage trained with")
+    rep.text(
+        "tbptt_steps = t detaches the state entering step T - t of each sentence (T = its own length), so "
+        "the loss on the final state reaches exactly the last t tokens: positions T - t .. T - 1 get a "
+        "gradient, earlier ones get exactly zero (the test suite checks this for every cell and many t, T). "
+        "Below: the Elman classifier trained with each window (val_acc: validation split at the best epoch; "
+        "test_acc/test_loss: test split, once), and the gradient per position of the "
+        f"{f't = {first}' if first else 'full-BPTT'} model on {0 if fixed is None else len(fixed[0])} test "
+        f"sentences cut to T = {cfg.grad_length} tokens. Missing points on the log axis are exact zeros; "
+        "inside a window the curves coincide, because truncation changes nothing about the gradient of the "
+        "steps it keeps."
+    )
+    rep.table(
+        rows,
+        caption="Elman classifier trained with each truncation window",
+        columns=[
+            "tbptt_steps",
+            "stage",
+            "test_acc",
+            "test_loss",
+            "val_acc",
+            "best_epoch",
+            "epochs",
+            "train_sentences_longer_than_t",
+            *(["zero_before_T_minus_t"] if fixed is not None else []),
+        ],
+    )
+    _hyper_table(
+        [w for t, w in windows.items() if w.stage.startswith("tbptt-")],
+        ctx,
+        "hyper-parameters each window's stage trained with",
+    )
     if fixed is not None:
         rep.figure("grad_dx.png", "||dL/dx_k|| at the embedding per position, for each truncation window")
         rep.figure("grad_dh.png", "||dL/dh_k|| per position, for each truncation window")
@@ -304,8 +411,9 @@ def f1_truncated_bptt(data: TextData, cells: dict[str, Trained], cfg: Config, ct
     return windows
 
 
-def _fixed_length_batch(seqs: list[list[int]], labels: list[int], length: int, limit: int = 256
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+def _fixed_length_batch(
+    seqs: list[list[int]], labels: list[int], length: int, limit: int = 256
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Test sentences with >= `length` tokens, cut to exactly `length`, so positions line up."""
     keep = [(s[:length], y) for s, y in zip(seqs, labels, strict=True) if len(s) >= length][:limit]
     if not keep:
@@ -314,8 +422,9 @@ def _fixed_length_batch(seqs: list[list[int]], labels: list[int], length: int, l
     return ids, lengths, torch.tensor([y for _, y in keep])
 
 
-def _gradient_plots(model: RNNClassifier, fixed: tuple[torch.Tensor, ...], cfg: Config, ctx: Context
-                    ) -> dict[int, bool]:
+def _gradient_plots(
+    model: RNNClassifier, fixed: tuple[torch.Tensor, ...], cfg: Config, ctx: Context
+) -> dict[int, bool]:
     """Mean ||dL/dx_k|| and ||dL/dh_k|| per position under each window; whether all before T - t are zero."""
     ids, lens, ys = (v.to(ctx.device) for v in fixed)
     positions = list(range(cfg.grad_length))
@@ -328,15 +437,26 @@ def _gradient_plots(model: RNNClassifier, fixed: tuple[torch.Tensor, ...], cfg: 
         if "dh" in g:
             series_h[name] = (positions, [v if v > 0 else float("nan") for v in g["dh"].mean(0).tolist()])
         zero[t] = bool((g["dx"][:, : max(cfg.grad_length - t, 0)] == 0).all()) if t else True
-    figures.line_plot(series_x, ctx.run.figure_path("grad_dx"), "token position k", "mean ||dL/dx_k|| (embedding)",
-                      title=f"T = {cfg.grad_length}", logy=True)
-    figures.line_plot(series_h, ctx.run.figure_path("grad_dh"), "token position k", "mean ||dL/dh_k||",
-                      title=f"T = {cfg.grad_length}", logy=True)
+    figures.line_plot(
+        series_x,
+        ctx.run.figure_path("grad_dx"),
+        "token position k",
+        "mean ||dL/dx_k|| (embedding)",
+        title=f"T = {cfg.grad_length}",
+        logy=True,
+    )
+    figures.line_plot(
+        series_h,
+        ctx.run.figure_path("grad_dh"),
+        "token position k",
+        "mean ||dL/dh_k||",
+        title=f"T = {cfg.grad_length}",
+        logy=True,
+    )
     return zero
 
 
-def f3_state_norms(data: TextData, cells: dict[str, Trained], cfg: Config, ctx: Context
-                   ) -> dict[str, list[float]]:
+def f3_state_norms(data: TextData, cells: dict[str, Trained], cfg: Config, ctx: Context) -> dict[str, list[float]]:
     """F3 (and the other cells): the mean hidden-state norm along test sentences of one length."""
     fixed = _fixed_length_batch(data.seqs["test"], data.labels["test"], cfg.grad_length)
     if fixed is None:
@@ -354,19 +474,28 @@ def f3_state_norms(data: TextData, cells: dict[str, Trained], cfg: Config, ctx: 
     if not norms:
         return {}
     positions = list(range(cfg.grad_length))
-    figures.line_plot({c: (positions, v) for c, v in norms.items()}, ctx.run.figure_path("state_norms"),
-                      "token position k", "mean ||h_k||", title="hidden state norm along the sentence (trained models)")
+    figures.line_plot(
+        {c: (positions, v) for c, v in norms.items()},
+        ctx.run.figure_path("state_norms"),
+        "token position k",
+        "mean ||h_k||",
+        title="hidden state norm along the sentence (trained models)",
+    )
     rep = ctx.report
     rep.heading("F3. Lipschitz RNN: hidden state norms")
-    rep.text("h_{t+1} = A h_t + tanh(W h_t + U x_{t+1} + b). The plain form has free A and W: nothing keeps "
-             "A h from growing, so the state norm can drift along the sentence. The structured form builds "
-             "A and W as (1 - beta)(M + M^T) + beta (M - M^T) - gamma I (nearly skew-symmetric, eigenvalues "
-             "near the imaginary axis shifted left by gamma) and takes a small Euler step eps, so the state "
-             "changes slowly and stays bounded. Elman states are squashed into (-1, 1)^H by tanh. Measured on "
-             f"{len(ids)} test sentences cut to {cfg.grad_length} tokens, with each cell's best weights.")
+    rep.text(
+        "h_{t+1} = A h_t + tanh(W h_t + U x_{t+1} + b). The plain form has free A and W: nothing keeps "
+        "A h from growing, so the state norm can drift along the sentence. The structured form builds "
+        "A and W as (1 - beta)(M + M^T) + beta (M - M^T) - gamma I (nearly skew-symmetric, eigenvalues "
+        "near the imaginary axis shifted left by gamma) and takes a small Euler step eps, so the state "
+        "changes slowly and stays bounded. Elman states are squashed into (-1, 1)^H by tanh. Measured on "
+        f"{len(ids)} test sentences cut to {cfg.grad_length} tokens, with each cell's best weights."
+    )
     ends = (0, cfg.grad_length // 2, cfg.grad_length - 1)
-    rep.table([{"cell": c, **{f"||h|| at k={p}": v[p] for p in ends}} for c, v in norms.items()],
-              caption="mean state norm at the start, middle and end (test sentences)")
+    rep.table(
+        [{"cell": c, **{f"||h|| at k={p}": v[p] for p in ends}} for c, v in norms.items()],
+        caption="mean state norm at the start, middle and end (test sentences)",
+    )
     rep.figure("state_norms.png", "mean ||h_k|| over test sentences of the same length, per cell")
     return norms
 
@@ -374,8 +503,16 @@ def f3_state_norms(data: TextData, cells: dict[str, Trained], cfg: Config, ctx: 
 def reset_train_config(cfg: Config, n_examples: int) -> TrainConfig:
     """The reset-gate demo's own TrainConfig (outside the `train` group): full-batch Adam at `reset_lr` for at
     most `reset_steps` steps, fp32 everywhere (a handful of sentences: nothing to gain from bf16)."""
-    return TrainConfig(epochs=cfg.reset_steps, batch_size=n_examples, eval_batch_size=n_examples, optimizer="adam",
-                       lr=cfg.reset_lr, amp=False, channels_last=False, cpu_fusion=False)
+    return TrainConfig(
+        epochs=cfg.reset_steps,
+        batch_size=n_examples,
+        eval_batch_size=n_examples,
+        optimizer="adam",
+        lr=cfg.reset_lr,
+        amp=False,
+        channels_last=False,
+        cpu_fusion=False,
+    )
 
 
 def f2_reset_gate(data: TextData, cfg: Config, ctx: Context) -> dict[str, Any]:
@@ -386,65 +523,113 @@ def f2_reset_gate(data: TextData, cfg: Config, ctx: Context) -> dict[str, Any]:
     fits = {}
     for cell, stage in (("reset", "reset-overfit"), ("elman", "reset-control-elman")):
         # quiet: one console line per full-batch step would be hundreds of lines; one summary line instead
-        fits[cell] = overfit(task, tcfg, cell, seed=cfg.seed, device=ctx.device, stage=stage, run=ctx.run,
-                             resume=ctx.resume, verbose=False)
+        fits[cell] = overfit(
+            task,
+            tcfg,
+            cell,
+            seed=cfg.seed,
+            device=ctx.device,
+            stage=stage,
+            run=ctx.run,
+            resume=ctx.resume,
+            verbose=False,
+        )
         h = fits[cell][1].history
-        ctx.log(f"[{stage}] {len(h)} steps: train_loss {h[-1]['train_loss']:.4f} train_acc "
-                f"{h[-1]['train_acc']:.4f}" + (" (target reached)" if fits[cell][1].stopped_early else ""))
+        ctx.log(
+            f"[{stage}] {len(h)} steps: train_loss {h[-1]['train_loss']:.4f} train_acc "
+            f"{h[-1]['train_acc']:.4f}" + (" (target reached)" if fits[cell][1].stopped_early else "")
+        )
     (reset_model, res), (elman_model, elman_res) = fits["reset"], fits["elman"]
     example = next(t for t, _ in task.examples if RESET in t)
     g = read_gate(reset_model, example, task.vocab)
     r_at = example.index(RESET)
     hist = res.history
-    out = {"train_acc": accuracy(reset_model, task), "originals_acc": accuracy(reset_model, task, True),
-           "steps": len(hist), "reached_target": res.stopped_early, "final_loss": hist[-1]["train_loss"],
-           "gate_at_reset": g["gate_mean"][r_at],
-           "gate_elsewhere": statistics.mean(v for j, v in enumerate(g["gate_mean"]) if j != r_at),
-           "norm_before": g["state_norm"][r_at - 1], "norm_at": g["state_norm"][r_at],
-           "elman_train_acc": accuracy(elman_model, task), "elman_steps": len(elman_res.history)}
-    gate_map(g["tokens"], g["gate"], g["state_norm"], ctx.run.figure_path("reset_gate"),
-             title="reset-gate cell: R_t per unit and token, and ||h_t||")
-    figures.line_plot({"reset cell": ([r["epoch"] for r in hist], [r["train_loss"] for r in hist]),
-                       "elman control": ([r["epoch"] for r in elman_res.history],
-                                         [r["train_loss"] for r in elman_res.history])},
-                      ctx.run.figure_path("reset_overfit"), "step (full batch = one epoch)", "cross-entropy",
-                      logy=True, title=f"overfitting {len(task.examples)} examples")
+    out = {
+        "train_acc": accuracy(reset_model, task),
+        "originals_acc": accuracy(reset_model, task, True),
+        "steps": len(hist),
+        "reached_target": res.stopped_early,
+        "final_loss": hist[-1]["train_loss"],
+        "gate_at_reset": g["gate_mean"][r_at],
+        "gate_elsewhere": statistics.mean(v for j, v in enumerate(g["gate_mean"]) if j != r_at),
+        "norm_before": g["state_norm"][r_at - 1],
+        "norm_at": g["state_norm"][r_at],
+        "elman_train_acc": accuracy(elman_model, task),
+        "elman_steps": len(elman_res.history),
+    }
+    gate_map(
+        g["tokens"],
+        g["gate"],
+        g["state_norm"],
+        ctx.run.figure_path("reset_gate"),
+        title="reset-gate cell: R_t per unit and token, and ||h_t||",
+    )
+    figures.line_plot(
+        {
+            "reset cell": ([r["epoch"] for r in hist], [r["train_loss"] for r in hist]),
+            "elman control": ([r["epoch"] for r in elman_res.history], [r["train_loss"] for r in elman_res.history]),
+        },
+        ctx.run.figure_path("reset_overfit"),
+        "step (full batch = one epoch)",
+        "cross-entropy",
+        logy=True,
+        title=f"overfitting {len(task.examples)} examples",
+    )
     spreads = {"reset": state_spread(reset_model, task), "elman": state_spread(elman_model, task)}
     _report_reset(task, out, spreads, tcfg, cfg, ctx)
     return {**out, "spread_ratio": spreads["reset"]["ratio"], "elman_spread_ratio": spreads["elman"]["ratio"]}
 
 
-def _report_reset(task: ResetTask, out: dict[str, Any], spreads: dict[str, dict[str, float]], tcfg: TrainConfig,
-                  cfg: Config, ctx: Context) -> None:
+def _report_reset(
+    task: ResetTask,
+    out: dict[str, Any],
+    spreads: dict[str, dict[str, float]],
+    tcfg: TrainConfig,
+    cfg: Config,
+    ctx: Context,
+) -> None:
     rep = ctx.report
     rep.heading("F2. The reset-gate cell")
-    rep.text("Candidate c_t = tanh(W_ih x_t + W_hh h_{t-1} + b) as in an Elman cell; reset R_t = sigmoid(W_r x_t "
-             "+ b_r), a function of the current token only; h_t = c_t * R_t. Why sigmoid: the gate must reach 0 "
-             "(the product is ~0 whatever the candidate: the state is wiped and the next step starts afresh) and "
-             "1 (the candidate passes unchanged), smoothly so it can be learned by gradient descent, and never "
-             "flip the state's sign; tanh would allow a negative 'reset' that inverts the state, ReLU is unbounded "
-             "above and has no gradient once it is off.")
+    rep.text(
+        "Candidate c_t = tanh(W_ih x_t + W_hh h_{t-1} + b) as in an Elman cell; reset R_t = sigmoid(W_r x_t "
+        "+ b_r), a function of the current token only; h_t = c_t * R_t. Why sigmoid: the gate must reach 0 "
+        "(the product is ~0 whatever the candidate: the state is wiped and the next step starts afresh) and "
+        "1 (the candidate passes unchanged), smoothly so it can be learned by gradient descent, and never "
+        "flip the state's sign; tanh would allow a negative 'reset' that inverts the state, ReLU is unbounded "
+        "above and has no gradient once it is off."
+    )
     reached = "reached" if out["reached_target"] else f"did not reach, within {cfg.reset_steps} steps,"
-    rep.text(f"The handful: {len(task.sentences)} sentences of the training part ({cfg.reset_per_class} per "
-             f"class), each alone and each after a sentence of the other class with a {RESET} token between "
-             f"them, labelled like the part after {RESET}: {len(task.examples)} examples, all of them training "
-             f"data (no validation or test split here: the point is what the gate learns). Full-batch Adam "
-             f"(lr {cfg.reset_lr}, stage reset-overfit) {reached} the target of 100% training accuracy with a "
-             f"training loss under 0.01 in {out['steps']} steps; final loss {out['final_loss']:.4f}, training "
-             f"accuracy {out['train_acc']:.0%} ({out['originals_acc']:.0%} on the original sentences). On the "
-             f"example below, mean R_t at {RESET} is {out['gate_at_reset']:.3f} vs {out['gate_elsewhere']:.3f} on "
-             f"the other tokens; ||h|| goes from {out['norm_before']:.3f} before it to {out['norm_at']:.3f} at it. "
-             "(When the gate stays open, the cell solved the task without wiping the state: with this few "
-             "sentences, memorising them is as easy as forgetting.)")
-    rep.text("Does the state still depend on what came before the reset? Over all compositions, the spread of "
-             "the state (mean distance to the mean state) just before and at the reset token; a ratio near 0 "
-             "means the prefix is forgotten. The Elman cell, overfitted on the same examples (stage "
-             f"reset-control-elman: {out['elman_train_acc']:.0%} training accuracy in {out['elman_steps']} "
-             "steps), is the control without a gate.")
-    rep.table([{"cell": c, "spread_before": v["before"], "spread_at_reset": v["at_reset"], "ratio": v["ratio"]}
-               for c, v in spreads.items()], caption="prefix dependence of the state at the reset token")
-    rep.table([{"setting": k, "value": v} for k, v in hyper_parameters(tcfg).items()],
-              caption="what both overfitting stages trained with (the demo's own reset_* settings)")
+    rep.text(
+        f"The handful: {len(task.sentences)} sentences of the training part ({cfg.reset_per_class} per "
+        f"class), each alone and each after a sentence of the other class with a {RESET} token between "
+        f"them, labelled like the part after {RESET}: {len(task.examples)} examples, all of them training "
+        f"data (no validation or test split here: the point is what the gate learns). Full-batch Adam "
+        f"(lr {cfg.reset_lr}, stage reset-overfit) {reached} the target of 100% training accuracy with a "
+        f"training loss under 0.01 in {out['steps']} steps; final loss {out['final_loss']:.4f}, training "
+        f"accuracy {out['train_acc']:.0%} ({out['originals_acc']:.0%} on the original sentences). On the "
+        f"example below, mean R_t at {RESET} is {out['gate_at_reset']:.3f} vs {out['gate_elsewhere']:.3f} on "
+        f"the other tokens; ||h|| goes from {out['norm_before']:.3f} before it to {out['norm_at']:.3f} at it. "
+        "(When the gate stays open, the cell solved the task without wiping the state: with this few "
+        "sentences, memorising them is as easy as forgetting.)"
+    )
+    rep.text(
+        "Does the state still depend on what came before the reset? Over all compositions, the spread of "
+        "the state (mean distance to the mean state) just before and at the reset token; a ratio near 0 "
+        "means the prefix is forgotten. The Elman cell, overfitted on the same examples (stage "
+        f"reset-control-elman: {out['elman_train_acc']:.0%} training accuracy in {out['elman_steps']} "
+        "steps), is the control without a gate."
+    )
+    rep.table(
+        [
+            {"cell": c, "spread_before": v["before"], "spread_at_reset": v["at_reset"], "ratio": v["ratio"]}
+            for c, v in spreads.items()
+        ],
+        caption="prefix dependence of the state at the reset token",
+    )
+    rep.table(
+        [{"setting": k, "value": v} for k, v in hyper_parameters(tcfg).items()],
+        caption="what both overfitting stages trained with (the demo's own reset_* settings)",
+    )
     rep.figure("reset_gate.png", "R_t per hidden unit and token (top); mean R_t and ||h_t|| per token (bottom)")
     rep.figure("reset_overfit.png", "training loss per full-batch step while overfitting the handful of sentences")
 
@@ -454,40 +639,65 @@ def f4_clipping(data: TextData, cfg: Config, ctx: Context) -> list[dict[str, Any
     loop (the raw gradient before clipping is the subject) and its own `clip_*` settings, no `train.*` ones."""
     ctx.log("== clipping study")
     dev = ctx.device
-    runs = clipping_study(data.batches("train", cfg.clip_batch_size, cfg.seed, dev),
-                          data.batches("test", cfg.clip_batch_size, cfg.seed, dev), len(data.vocab),
-                          len(data.classes), radius=cfg.clip_radius, lr=cfg.clip_lr, max_steps=cfg.clip_steps,
-                          norm_threshold=cfg.clip_norm, value_threshold=cfg.clip_value, seed=cfg.seed, device=dev)
+    runs = clipping_study(
+        data.batches("train", cfg.clip_batch_size, cfg.seed, dev),
+        data.batches("test", cfg.clip_batch_size, cfg.seed, dev),
+        len(data.vocab),
+        len(data.classes),
+        radius=cfg.clip_radius,
+        lr=cfg.clip_lr,
+        max_steps=cfg.clip_steps,
+        norm_threshold=cfg.clip_norm,
+        value_threshold=cfg.clip_value,
+        seed=cfg.seed,
+        device=dev,
+    )
     _clip_figures(runs, ctx)
     rows = [r.summary() for r in runs]
     rep = ctx.report
     rep.heading("F4. Gradient clipping")
-    rep.text(f"Exploding setting: the Elman classifier with ReLU and its recurrent matrix set to {cfg.clip_radius} x "
-             f"a random orthogonal matrix, so states and gradients grow like {cfg.clip_radius}^T over a sentence "
-             f"(up to {cfg.max_len} tokens). Plain SGD, lr {cfg.clip_lr}, {cfg.clip_steps} steps of "
-             f"{cfg.clip_batch_size} training sentences, from the same initial weights: no clipping, clipping the "
-             f"global norm at {cfg.clip_norm}, clipping each entry to [-{cfg.clip_value}, {cfg.clip_value}]. With "
-             "SGD the applied gradient is the step itself. The study has its own loop and clip_* settings (none "
-             "of train.*): it reads the raw gradient between backward and clipping. test_acc is on the test split "
-             "after the last step (none when the run diverged).")
-    rep.table(rows, caption="clipping study (median/min over steps; sum_cos = cos between the sum of raw "
-              "gradients and the sum of applied ones over the run)")
+    rep.text(
+        f"Exploding setting: the Elman classifier with ReLU and its recurrent matrix set to {cfg.clip_radius} x "
+        f"a random orthogonal matrix, so states and gradients grow like {cfg.clip_radius}^T over a sentence "
+        f"(up to {cfg.max_len} tokens). Plain SGD, lr {cfg.clip_lr}, {cfg.clip_steps} steps of "
+        f"{cfg.clip_batch_size} training sentences, from the same initial weights: no clipping, clipping the "
+        f"global norm at {cfg.clip_norm}, clipping each entry to [-{cfg.clip_value}, {cfg.clip_value}]. With "
+        "SGD the applied gradient is the step itself. The study has its own loop and clip_* settings (none "
+        "of train.*): it reads the raw gradient between backward and clipping. test_acc is on the test split "
+        "after the last step (none when the run diverged)."
+    )
+    rep.table(
+        rows,
+        caption="clipping study (median/min over steps; sum_cos = cos between the sum of raw "
+        "gradients and the sum of applied ones over the run)",
+    )
     rep.figure("clip_loss.png", "training loss per step: what clipping prevents")
     rep.figure("clip_raw_norm.png", "raw gradient norm per step (before clipping)")
     rep.figure("clip_cos.png", "direction kept? cosine between the raw and the applied gradient")
     rep.figure("clip_scale.png", "step shrink: applied norm / raw norm")
-    rep.text("Reading the curves: norm clipping keeps each step's direction (cos = 1) but shrinks it by "
-             "||applied||/||raw||, so steps with large gradients count for less and the sum of updates is a biased "
-             "estimate of the sum of gradients (sum_cos < 1); value clipping also bounds the step but changes its "
-             "direction (cos < 1), most when a few coordinates dominate the gradient.")
+    rep.text(
+        "Reading the curves: norm clipping keeps each step's direction (cos = 1) but shrinks it by "
+        "||applied||/||raw||, so steps with large gradients count for less and the sum of updates is a biased "
+        "estimate of the sum of gradients (sum_cos < 1); value clipping also bounds the step but changes its "
+        "direction (cos < 1), most when a few coordinates dominate the gradient."
+    )
     return rows
 
 
 def _clip_figures(runs: list[ClipRun], ctx: Context) -> None:
-    for key, label, logy in (("loss", "training loss", True), ("raw_norm", "||g|| before clipping", True),
-                             ("cos", "cos(raw g, applied g)", False), ("scale", "||applied|| / ||raw||", True)):
-        figures.line_plot({r.name: ([s["step"] for s in r.steps], [s[key] for s in r.steps]) for r in runs},
-                          ctx.run.figure_path(f"clip_{key}"), "SGD step", label, logy=logy)
+    for key, label, logy in (
+        ("loss", "training loss", True),
+        ("raw_norm", "||g|| before clipping", True),
+        ("cos", "cos(raw g, applied g)", False),
+        ("scale", "||applied|| / ||raw||", True),
+    ):
+        figures.line_plot(
+            {r.name: ([s["step"] for s in r.steps], [s[key] for s in r.steps]) for r in runs},
+            ctx.run.figure_path(f"clip_{key}"),
+            "SGD step",
+            label,
+            logy=logy,
+        )
 
 
 def run(cfg: Config, ctx: Context) -> dict[str, Any]:
@@ -507,9 +717,14 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         clipping = f4_clipping(data, cfg, ctx)
     finally:
         torch.set_num_threads(threads)
-    return {"dataset": data.name, "majority_acc": data.majority[1], "vocab": len(data.vocab),
-            "sentences": {s: len(data.labels[s]) for s in SPLITS}, **padding,
-            "cells": {c: t.row() for c, t in cells.items()},
-            "tbptt": {str(t or "full"): w.row() for t, w in windows.items()},
-            "reset": reset,
-            "clipping": {r["run"]: {k: v for k, v in r.items() if isinstance(v, (int, float))} for r in clipping}}
+    return {
+        "dataset": data.name,
+        "majority_acc": data.majority[1],
+        "vocab": len(data.vocab),
+        "sentences": {s: len(data.labels[s]) for s in SPLITS},
+        **padding,
+        "cells": {c: t.row() for c, t in cells.items()},
+        "tbptt": {str(t or "full"): w.row() for t, w in windows.items()},
+        "reset": reset,
+        "clipping": {r["run"]: {k: v for k, v in r.items() if isinstance(v, (int, float))} for r in clipping},
+    }

@@ -57,8 +57,9 @@ OVERFIT_GRAD_CLIP = 1.0  # the demo clips like the DAE does
 
 
 def _dae_train_config() -> TrainConfig:
-    return TrainConfig(epochs=6, batch_size=64, lr=2e-3, grad_clip=1.0, monitor="val_loss", channels_last=False,
-                       cpu_fusion=False)
+    return TrainConfig(
+        epochs=6, batch_size=64, lr=2e-3, grad_clip=1.0, monitor="val_loss", channels_last=False, cpu_fusion=False
+    )
 
 
 def _clf_train_config() -> TrainConfig:
@@ -105,14 +106,22 @@ class Config:
 
 
 SCALES = {
-    "smoke": {"dae_subset": 256, "emb": 16, "dim": 32, "overfit_sentences": 8, "overfit_steps": 5, "labeled": 128,
-              "test_subset": 128, "classifiers": "dae-frozen,scratch", "max_vocab": 500,
-              "train": {"epochs": 1, "max_batches": 2}, "clf": {"epochs": 1, "max_batches": 2}},
+    "smoke": {
+        "dae_subset": 256,
+        "emb": 16,
+        "dim": 32,
+        "overfit_sentences": 8,
+        "overfit_steps": 5,
+        "labeled": 128,
+        "test_subset": 128,
+        "classifiers": "dae-frozen,scratch",
+        "max_vocab": 500,
+        "train": {"epochs": 1, "max_batches": 2},
+        "clf": {"epochs": 1, "max_batches": 2},
+    },
     # 2 CPU cores: the 4k-way output softmax dominates, so the small scale trims vocabulary and DAE data.
-    "small": {"max_vocab": 4000, "dae_subset": 8000, "overfit_steps": 100, "test_subset": 2000,
-              "train": {"epochs": 8}},
-    "full": {"emb": 128, "dim": 256, "labeled": 0, "max_vocab": 20000, "train": {"epochs": 15},
-             "clf": {"epochs": 10}},
+    "small": {"max_vocab": 4000, "dae_subset": 8000, "overfit_steps": 100, "test_subset": 2000, "train": {"epochs": 8}},
+    "full": {"emb": 128, "dim": 256, "labeled": 0, "max_vocab": 20000, "train": {"epochs": 15}, "clf": {"epochs": 10}},
 }
 
 
@@ -143,8 +152,17 @@ class TextData:
 
     def batches(self, seqs: list[list[int]], batch_size: int, seed: int, train: bool) -> DAEBatches:
         v = self.vocab
-        return DAEBatches(seqs, self.noise, self.mask_id, batch_size, seed=seed, train=train, pad_id=v.pad_id,
-                          bos_id=v.stoi["<bos>"], eos_id=v.stoi["<eos>"])
+        return DAEBatches(
+            seqs,
+            self.noise,
+            self.mask_id,
+            batch_size,
+            seed=seed,
+            train=train,
+            pad_id=v.pad_id,
+            bos_id=v.stoi["<bos>"],
+            eos_id=v.stoi["<eos>"],
+        )
 
     def new_dae(self, cfg: Config, seed: int, device: torch.device) -> TextDAE:
         torch.manual_seed(seed)
@@ -197,47 +215,76 @@ def report_design(d: TextData, cfg: Config, ctx: Context) -> None:
         f"{cfg.mask}). Why: dropout makes the model infer missing words from context (it is not told where they "
         "were); masking tells it where a word is missing, as in BERT; shuffling within small windows teaches local "
         "word order. The rates leave about three quarters of a sentence intact, so restoring it is possible but "
-        "copying is not enough; the window of 3 keeps the sentence readable (no token moves more than 2 places).")
+        "copying is not enough; the window of 3 keeps the sentence readable (no token moves more than 2 places)."
+    )
 
 
 def show_corruptions(d: TextData, cfg: Config, ctx: Context) -> None:
     """One training sentence under each corruption and under all three."""
     ex = d.tr[0] if d.tr else [d.vocab.unk_id]
     r = random.Random(cfg.seed)
-    ctx.report.table([
-        {"corruption": "clean", "text": d.text(ex)},
-        {"corruption": f"local shuffle (rate {cfg.shuffle}, window {cfg.window})",
-         "text": d.text(local_shuffle(ex, cfg.shuffle, r, cfg.window))},
-        {"corruption": f"token dropout (rate {cfg.drop})", "text": d.text(drop_tokens(ex, cfg.drop, r))},
-        {"corruption": f"masking (rate {cfg.mask})", "text": d.text(mask_tokens(ex, cfg.mask, d.mask_id, r))},
-        {"corruption": "all three (what the model sees)", "text": d.text(d.noise(ex, d.mask_id, r))},
-    ], caption="one training sentence under each corruption")
+    ctx.report.table(
+        [
+            {"corruption": "clean", "text": d.text(ex)},
+            {
+                "corruption": f"local shuffle (rate {cfg.shuffle}, window {cfg.window})",
+                "text": d.text(local_shuffle(ex, cfg.shuffle, r, cfg.window)),
+            },
+            {"corruption": f"token dropout (rate {cfg.drop})", "text": d.text(drop_tokens(ex, cfg.drop, r))},
+            {"corruption": f"masking (rate {cfg.mask})", "text": d.text(mask_tokens(ex, cfg.mask, d.mask_id, r))},
+            {"corruption": "all three (what the model sees)", "text": d.text(d.noise(ex, d.mask_id, r))},
+        ],
+        caption="one training sentence under each corruption",
+    )
 
 
 def overfit_small_batch(d: TextData, cfg: Config, ctx: Context) -> list[dict[str, Any]]:
     """A fresh DAE trained on `overfit_sentences` sentences only, one batch per epoch with fresh noise each, for
     `overfit_steps` epochs (stage `dae-overfit`, outside the groups): loss should go to ~0, accuracy to ~1."""
     small = d.tr[: cfg.overfit_sentences]
-    tcfg = TrainConfig(epochs=cfg.overfit_steps, batch_size=len(small), lr=cfg.overfit_lr,
-                       grad_clip=OVERFIT_GRAD_CLIP, monitor="val_loss", channels_last=False, cpu_fusion=False)
+    tcfg = TrainConfig(
+        epochs=cfg.overfit_steps,
+        batch_size=len(small),
+        lr=cfg.overfit_lr,
+        grad_clip=OVERFIT_GRAD_CLIP,
+        monitor="val_loss",
+        channels_last=False,
+        cpu_fusion=False,
+    )
     ctx.log(f"== overfitting {len(small)} sentences for {cfg.overfit_steps} steps")
     model = d.new_dae(cfg, cfg.seed, ctx.device)
-    res = fit(model, d.batches(small, len(small), cfg.seed + 7, train=True), None, tcfg, device=ctx.device,
-              stage="dae-overfit", run=ctx.run, resume=ctx.resume, step=dae_step(d.vocab.pad_id), verbose=False)
+    res = fit(
+        model,
+        d.batches(small, len(small), cfg.seed + 7, train=True),
+        None,
+        tcfg,
+        device=ctx.device,
+        stage="dae-overfit",
+        run=ctx.run,
+        resume=ctx.resume,
+        step=dae_step(d.vocab.pad_id),
+        verbose=False,
+    )
     of = res.history
-    ctx.log(f"[dae-overfit] loss {of[0]['train_loss']:.3f} -> {of[-1]['train_loss']:.3f}, token accuracy "
-            f"{of[0]['train_token_acc']:.3f} -> {of[-1]['train_token_acc']:.3f}")
+    ctx.log(
+        f"[dae-overfit] loss {of[0]['train_loss']:.3f} -> {of[-1]['train_loss']:.3f}, token accuracy "
+        f"{of[0]['train_token_acc']:.3f} -> {of[-1]['train_token_acc']:.3f}"
+    )
     steps = [r["epoch"] for r in of]
-    figures.line_plot({"loss": (steps, [r["train_loss"] for r in of]),
-                       "token accuracy": (steps, [r["train_token_acc"] for r in of])},
-                      ctx.run.figure_path("overfit"), "step", "value",
-                      title=f"overfitting {len(small)} sentences (fresh noise every step)")
+    figures.line_plot(
+        {"loss": (steps, [r["train_loss"] for r in of]), "token accuracy": (steps, [r["train_token_acc"] for r in of])},
+        ctx.run.figure_path("overfit"),
+        "step",
+        "value",
+        title=f"overfitting {len(small)} sentences (fresh noise every step)",
+    )
     ctx.report.heading("Overfitting a small batch")
     ctx.report.text(
         f"A fresh model trained on {len(small)} sentences only (Adam, lr {cfg.overfit_lr}, gradient clipping "
         f"{OVERFIT_GRAD_CLIP}): loss {of[0]['train_loss']:.3f} -> {of[-1]['train_loss']:.3f}, token accuracy "
         f"{of[0]['train_token_acc']:.1%} -> {of[-1]['train_token_acc']:.1%} after {len(of)} steps. The model can "
-        "learn the mapping; noise is redrawn every step, so it must learn to undo it, not memorise one noisy copy.")
+        "learn the mapping; noise is redrawn every step, so it must learn to undo it, not memorise one noisy copy."
+    )
     ctx.report.figure("overfit.png", "loss and teacher-forced token accuracy on the small batch (training mode)")
     return of
 
@@ -248,54 +295,81 @@ def train_dae(d: TextData, cfg: Config, ctx: Context) -> tuple[TextDAE, FitResul
     tcfg = ctx.train_config()
     dae = d.new_dae(cfg, cfg.seed + 1, ctx.device)
     ctx.log(f"== DAE: {sum(p.numel() for p in dae.parameters()):,} params, {len(d.tr):,} sentences")
-    res = fit(dae, d.batches(d.tr, tcfg.batch_size, cfg.seed, train=True),
-              d.batches(d.va, tcfg.eval_batch_size, cfg.seed + 17, train=False), tcfg, device=ctx.device,
-              stage="dae", run=ctx.run, resume=ctx.resume, step=dae_step(d.vocab.pad_id, tcfg.label_smoothing),
-              val_step=dae_step(d.vocab.pad_id), verbose=ctx.verbose)
+    res = fit(
+        dae,
+        d.batches(d.tr, tcfg.batch_size, cfg.seed, train=True),
+        d.batches(d.va, tcfg.eval_batch_size, cfg.seed + 17, train=False),
+        tcfg,
+        device=ctx.device,
+        stage="dae",
+        run=ctx.run,
+        resume=ctx.resume,
+        step=dae_step(d.vocab.pad_id, tcfg.label_smoothing),
+        val_step=dae_step(d.vocab.pad_id),
+        verbose=ctx.verbose,
+    )
     return dae, res, tcfg
 
 
-def heldout_evaluation(dae: TextDAE, res: FitResult, tcfg: TrainConfig, d: TextData, cfg: Config,
-                       ctx: Context) -> dict[str, float]:
+def heldout_evaluation(
+    dae: TextDAE, res: FitResult, tcfg: TrainConfig, d: TextData, cfg: Config, ctx: Context
+) -> dict[str, float]:
     """Teacher-forced token accuracy on unseen test sentences (corrupted as in training, and clean) against
     copying the corrupted input, the curves, and greedy reconstructions."""
     held = evaluate_dae(dae, d.te, d.noise, d.mask_id, cfg.seed + 99, ctx.device, tcfg.eval_batch_size)
     clean_ev = evaluate_dae(dae, d.te, Corruption(0, 0, 0), d.mask_id, 0, ctx.device, tcfg.eval_batch_size)
     noisy_te = d.noise.batch(d.te, d.mask_id, cfg.seed + 99)  # the noise `held` was measured with
-    copy_acc = (sum(sum(a == b for a, b in zip(n, c, strict=False)) for n, c in zip(noisy_te, d.te, strict=True))
-                / max(sum(map(len, d.te)), 1))
-    figures.curves({"dae": res.history}, ctx.run.figure_path("dae_curves"), keys=("loss", "token_acc"),
-                   title="denoising autoencoder")
+    copy_acc = sum(sum(a == b for a, b in zip(n, c, strict=False)) for n, c in zip(noisy_te, d.te, strict=True)) / max(
+        sum(map(len, d.te)), 1
+    )
+    figures.curves(
+        {"dae": res.history},
+        ctx.run.figure_path("dae_curves"),
+        keys=("loss", "token_acc"),
+        title="denoising autoencoder",
+    )
     ctx.report.heading("Held-out reconstruction")
-    ctx.report.table([{"setting": k, "value": v} for k, v in hyper_parameters(tcfg).items()]
-                     + [{"setting": "best epoch (by " + tcfg.monitor + ")", "value": res.best_epoch}],
-                     caption="what the DAE trained with (stage dae)")
-    ctx.report.table([
-        {"input": "corrupted (as in training)", "token_acc": held["token_acc"], "loss": held["loss"]},
-        {"input": "clean (no corruption)", "token_acc": clean_ev["token_acc"], "loss": clean_ev["loss"]},
-        {"input": "baseline: copy the corrupted input", "token_acc": copy_acc, "loss": float("nan")},
-    ], caption=f"{len(d.te):,} unseen test sentences; teacher-forced token accuracy over clean tokens + <eos>")
+    ctx.report.table(
+        [{"setting": k, "value": v} for k, v in hyper_parameters(tcfg).items()]
+        + [{"setting": "best epoch (by " + tcfg.monitor + ")", "value": res.best_epoch}],
+        caption="what the DAE trained with (stage dae)",
+    )
+    ctx.report.table(
+        [
+            {"input": "corrupted (as in training)", "token_acc": held["token_acc"], "loss": held["loss"]},
+            {"input": "clean (no corruption)", "token_acc": clean_ev["token_acc"], "loss": clean_ev["loss"]},
+            {"input": "baseline: copy the corrupted input", "token_acc": copy_acc, "loss": float("nan")},
+        ],
+        caption=f"{len(d.te):,} unseen test sentences; teacher-forced token accuracy over clean tokens + <eos>",
+    )
     ctx.report.figure("dae_curves.png", "training and validation (unseen sentences) loss and token accuracy")
     k = min(8, len(d.te))
     ids, lengths, _ = pad_batch(noisy_te[:k], d.vocab.pad_id)
     dae.eval()
     gen = dae.generate(ids.to(ctx.device), lengths.to(ctx.device), cfg.max_len + 1)
-    ctx.report.table([{"clean": d.text(d.te[i]), "noisy": d.text(noisy_te[i]), "reconstructed (greedy)":
-                       d.text(gen[i])} for i in range(k)],
-                     caption="unseen test sentences: clean, corrupted, and the DAE's greedy reconstruction")
+    ctx.report.table(
+        [
+            {"clean": d.text(d.te[i]), "noisy": d.text(noisy_te[i]), "reconstructed (greedy)": d.text(gen[i])}
+            for i in range(k)
+        ],
+        caption="unseen test sentences: clean, corrupted, and the DAE's greedy reconstruction",
+    )
     verdict = (
         "It beats copying, so it does more than pass tokens through: it restores dropped, masked and swapped tokens "
-        "from context." if held["token_acc"] > copy_acc else
-        f"It does not yet beat copying: with {len(d.tr):,} sentences and {len(res.history)} epoch(s) (sized for a "
+        "from context."
+        if held["token_acc"] > copy_acc
+        else f"It does not yet beat copying: with {len(d.tr):,} sentences and {len(res.history)} epoch(s) (sized for a "
         "2-core CPU) the model has learned the sentence frame and the frequent tokens (<user>, "
         "punctuation, hashtags, <unk>; see the greedy outputs, which also repeat them) but few content words, "
         "since every content word has to pass through the single sentence vector. The full scale trains on all "
-        "tweets for longer with a larger model and vocabulary.")
+        "tweets for longer with a larger model and vocabulary."
+    )
     ctx.report.text(
         f"On {len(d.te):,} unseen sentences the model restores {held['token_acc']:.1%} of the clean tokens "
         f"(teacher-forced, <eos> included); copying the corrupted input would put the right token at "
         f"{copy_acc:.1%} of the positions, and the clean input itself is restored at {clean_ev['token_acc']:.1%}. "
-        + verdict)
+        + verdict
+    )
     ctx.report.save(ctx.run.path)
     return {"held": held["token_acc"], "held_loss": held["loss"], "clean": clean_ev["token_acc"], "copy": copy_acc}
 
@@ -311,8 +385,14 @@ class Labelled:
 
     def batches(self, split: str, tcfg: TrainConfig, seed: int) -> TextBatches:
         train = split == "train"
-        return TextBatches(self.ids[split], self.labels[split], tcfg.batch_size if train else tcfg.eval_batch_size,
-                           shuffle=train, seed=seed, pad_id=self.pad_id)
+        return TextBatches(
+            self.ids[split],
+            self.labels[split],
+            tcfg.batch_size if train else tcfg.eval_batch_size,
+            shuffle=train,
+            seed=seed,
+            pad_id=self.pad_id,
+        )
 
 
 def sentiment_data(d: TextData, cfg: Config) -> Labelled:
@@ -321,50 +401,79 @@ def sentiment_data(d: TextData, cfg: Config) -> Labelled:
     lab = random_subset(list(d.data.train), cfg.labeled, cfg.seed + 2)
     tr_idx, va_idx = stratified_split(torch.tensor([y for _, y in lab]), cfg.val_fraction, cfg.seed + 3)
     if not len(va_idx) or not len(tr_idx):
-        raise DojoError(f"val_fraction={cfg.val_fraction} of labeled={len(lab)} sentences leaves an empty split",
-                        "raise labeled (or change val_fraction), e.g. --set labeled=128")
+        raise DojoError(
+            f"val_fraction={cfg.val_fraction} of labeled={len(lab)} sentences leaves an empty split",
+            "raise labeled (or change val_fraction), e.g. --set labeled=128",
+        )
     parts = {"train": [lab[i] for i in tr_idx.tolist()], "val": [lab[i] for i in va_idx.tolist()], "test": d.test}
     texts = {k: [t for t, _ in v] for k, v in parts.items()}
-    return Labelled(texts, {k: [y for _, y in v] for k, v in parts.items()},
-                    {k: d.encode(v) for k, v in texts.items()}, d.vocab.pad_id)
+    return Labelled(
+        texts,
+        {k: [y for _, y in v] for k, v in parts.items()},
+        {k: d.encode(v) for k, v in texts.items()},
+        d.vocab.pad_id,
+    )
 
 
 def _encoder_description(name: str, cfg: Config) -> str:
-    return {"dae-frozen": "DAE encoder, frozen",
-            "dae-finetune": f"DAE encoder, fine-tuned at lr x {cfg.finetune_lr_scale}",
-            "scratch": "same architecture, random init",
-            "minilm-frozen": "all-MiniLM-L6-v2 (22.7M params, pretrained on 1B pairs), frozen"}[name]
+    return {
+        "dae-frozen": "DAE encoder, frozen",
+        "dae-finetune": f"DAE encoder, fine-tuned at lr x {cfg.finetune_lr_scale}",
+        "scratch": "same architecture, random init",
+        "minilm-frozen": "all-MiniLM-L6-v2 (22.7M params, pretrained on 1B pairs), frozen",
+    }[name]
 
 
-def _clf_row(name: str, model: torch.nn.Module, res: FitResult, test: dict[str, Any], cfg: Config
-             ) -> dict[str, Any]:
+def _clf_row(name: str, model: torch.nn.Module, res: FitResult, test: dict[str, Any], cfg: Config) -> dict[str, Any]:
     best = res.history[res.best_epoch - 1] if res.best_epoch else {}
-    return {"classifier": name, "encoder": _encoder_description(name, cfg),
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "epochs": len(res.history),
-            "best_epoch": res.best_epoch, "val_acc": best.get("val_acc", float("nan")), "test_acc": test["acc"],
-            "s/epoch": res.seconds_per_epoch}
+    return {
+        "classifier": name,
+        "encoder": _encoder_description(name, cfg),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "epochs": len(res.history),
+        "best_epoch": res.best_epoch,
+        "val_acc": best.get("val_acc", float("nan")),
+        "test_acc": test["acc"],
+        "s/epoch": res.seconds_per_epoch,
+    }
 
 
-def train_sentiment(j: int, name: str, dae: TextDAE, d: TextData, lab: Labelled, cfg: Config, ctx: Context
-                    ) -> tuple[dict[str, Any], FitResult]:
+def train_sentiment(
+    j: int, name: str, dae: TextDAE, d: TextData, lab: Labelled, cfg: Config, ctx: Context
+) -> tuple[dict[str, Any], FitResult]:
     """One sentiment classifier (stage `clf-<name>`, group `clf`): the DAE's encoder frozen or fine-tuned
     (encoder lr = clf.lr x finetune_lr_scale), or a fresh encoder; test accuracy of the best epoch."""
     tcfg, dev = ctx.train_config(group="clf"), ctx.device
     torch.manual_seed(cfg.seed + 10 + j)
-    encoder = (copy.deepcopy(dae.encoder) if name.startswith("dae")
-               else SentenceEncoder(len(d.vocab), cfg.emb, cfg.dim, d.vocab.pad_id))
+    encoder = (
+        copy.deepcopy(dae.encoder)
+        if name.startswith("dae")
+        else SentenceEncoder(len(d.vocab), cfg.emb, cfg.dim, d.vocab.pad_id)
+    )
     model = SentimentClassifier(encoder, len(d.data.classes)).to(dev)
     scale = cfg.finetune_lr_scale if name == "dae-finetune" else 1.0
     params = sentiment_params(model, "frozen" if name == "dae-frozen" else "train", tcfg.lr, tcfg.lr * scale)
     step = clf_step(tcfg.label_smoothing)
-    res = fit(model, lab.batches("train", tcfg, cfg.seed), lab.batches("val", tcfg, cfg.seed), tcfg, device=dev,
-              stage=f"clf-{name}", run=ctx.run, resume=ctx.resume, params=params, step=step, verbose=ctx.verbose)
+    res = fit(
+        model,
+        lab.batches("train", tcfg, cfg.seed),
+        lab.batches("val", tcfg, cfg.seed),
+        tcfg,
+        device=dev,
+        stage=f"clf-{name}",
+        run=ctx.run,
+        resume=ctx.resume,
+        params=params,
+        step=step,
+        verbose=ctx.verbose,
+    )
     test = evaluate(model, lab.batches("test", tcfg, cfg.seed), step, device=dev)
     return _clf_row(name, model, res, test, cfg), res
 
 
-def train_minilm_head(j: int, d: TextData, lab: Labelled, cfg: Config, ctx: Context
-                      ) -> tuple[dict[str, Any], FitResult]:
+def train_minilm_head(
+    j: int, d: TextData, lab: Labelled, cfg: Config, ctx: Context
+) -> tuple[dict[str, Any], FitResult]:
     """The outside reference: the same MLP head on frozen MiniLM sentence embeddings (stage
     `clf-minilm-frozen`, group `clf`)."""
     tcfg, dev = ctx.train_config(group="clf"), ctx.device
@@ -374,20 +483,38 @@ def train_minilm_head(j: int, d: TextData, lab: Labelled, cfg: Config, ctx: Cont
     y = {s: torch.tensor(lab.labels[s]) for s in x}
 
     def batches(s: str) -> FeatureBatches:
-        return FeatureBatches(x[s], y[s], tcfg.batch_size if s == "train" else tcfg.eval_batch_size,
-                              shuffle=s == "train", seed=cfg.seed)
+        return FeatureBatches(
+            x[s], y[s], tcfg.batch_size if s == "train" else tcfg.eval_batch_size, shuffle=s == "train", seed=cfg.seed
+        )
 
     torch.manual_seed(cfg.seed + 10 + j)
     head = mlp_head(x["train"].shape[1], cfg.dim, len(d.data.classes)).to(dev)
     step = feature_step(tcfg.label_smoothing)
-    res = fit(head, batches("train"), batches("val"), tcfg, device=dev, stage="clf-minilm-frozen", run=ctx.run,
-              resume=ctx.resume, step=step, verbose=ctx.verbose)
+    res = fit(
+        head,
+        batches("train"),
+        batches("val"),
+        tcfg,
+        device=dev,
+        stage="clf-minilm-frozen",
+        run=ctx.run,
+        resume=ctx.resume,
+        step=step,
+        verbose=ctx.verbose,
+    )
     test = evaluate(head, batches("test"), step, device=dev)
     return _clf_row("minilm-frozen", head, res, test, cfg), res
 
 
-def report_sentiment(rows: list[dict[str, Any]], hists: dict[str, list[dict[str, Any]]], lab: Labelled,
-                     d: TextData, dae_eval: dict[str, float], cfg: Config, ctx: Context) -> tuple[float, float]:
+def report_sentiment(
+    rows: list[dict[str, Any]],
+    hists: dict[str, list[dict[str, Any]]],
+    lab: Labelled,
+    d: TextData,
+    dae_eval: dict[str, float],
+    cfg: Config,
+    ctx: Context,
+) -> tuple[float, float]:
     """The transfer section: design, hyper-parameters, results, curves, verdict. Returns (majority, gain)."""
     tcfg = ctx.train_config(group="clf")
     y_te = lab.labels["test"]
@@ -404,9 +531,12 @@ def report_sentiment(rows: list[dict[str, Any]], hists: dict[str, list[dict[str,
         "z already encodes, fine-tuning lets it adapt (at a lower learning rate, clf.lr x "
         f"{cfg.finetune_lr_scale}, so it keeps what it learned), the from-scratch encoder of the same size is the "
         "control, and MiniLM, a sentence encoder pretrained on a billion sentence pairs, is an outside reference "
-        "for what a strong pretrained encoder reaches here.")
-    ctx.report.table([{"setting": k, "value": v} for k, v in hyper_parameters(tcfg).items()],
-                     caption="what every classifier trained with (group clf; stages clf-<classifier>)")
+        "for what a strong pretrained encoder reaches here."
+    )
+    ctx.report.table(
+        [{"setting": k, "value": v} for k, v in hyper_parameters(tcfg).items()],
+        caption="what every classifier trained with (group clf; stages clf-<classifier>)",
+    )
     ctx.report.table(rows, caption="each sentiment classifier: validation accuracy of its best epoch, test accuracy")
     if hists:
         figures.curves(hists, ctx.run.figure_path("clf_curves"), title="sentiment classifiers")
@@ -420,15 +550,19 @@ def report_sentiment(rows: list[dict[str, Any]], hists: dict[str, list[dict[str,
             "objective rewards keeping which words were in the sentence, not how they feel, and at this scale the "
             f"DAE itself is weak (held-out token accuracy {dae_eval['held']:.1%} against {dae_eval['copy']:.1%} for "
             f"copying): its sentence vector carries the frame of a tweet more than its content words, while the "
-            f"from-scratch encoder spends all of its {n_lab:,}-example budget on the few sentiment words it needs.")
+            f"from-scratch encoder spends all of its {n_lab:,}-example budget on the few sentiment words it needs."
+        )
     elif "scratch" in summary:
-        ctx.report.text(f"The transferred encoder beats the from-scratch one by {gain:+.3f} accuracy at the same "
-                        f"training budget: unlabelled pretraining helps when only {n_lab:,} labels are available.")
+        ctx.report.text(
+            f"The transferred encoder beats the from-scratch one by {gain:+.3f} accuracy at the same "
+            f"training budget: unlabelled pretraining helps when only {n_lab:,} labels are available."
+        )
     return majority, gain
 
 
-def sentiment_transfer(dae: TextDAE, d: TextData, dae_eval: dict[str, float], cfg: Config, ctx: Context
-                       ) -> dict[str, Any]:
+def sentiment_transfer(
+    dae: TextDAE, d: TextData, dae_eval: dict[str, float], cfg: Config, ctx: Context
+) -> dict[str, Any]:
     """Every classifier in `classifiers`, then the report section; the summary's sentiment numbers."""
     lab = sentiment_data(d, cfg)
     rows, hists = [], {}
@@ -441,8 +575,12 @@ def sentiment_transfer(dae: TextDAE, d: TextData, dae_eval: dict[str, float], cf
         rows.append(row)
         hists[name] = res.history
     majority, gain = report_sentiment(rows, hists, lab, d, dae_eval, cfg, ctx)
-    return {"majority_acc": majority, "sentiment": {r["classifier"]: r["test_acc"] for r in rows},
-            "sentiment_val": {r["classifier"]: r["val_acc"] for r in rows}, "transfer_gain": gain}
+    return {
+        "majority_acc": majority,
+        "sentiment": {r["classifier"]: r["test_acc"] for r in rows},
+        "sentiment_val": {r["classifier"]: r["val_acc"] for r in rows},
+        "transfer_gain": gain,
+    }
 
 
 def run(cfg: Config, ctx: Context) -> dict[str, Any]:
@@ -453,7 +591,15 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     dae, res, tcfg = train_dae(d, cfg, ctx)
     dae_eval = heldout_evaluation(dae, res, tcfg, d, cfg, ctx)
     transfer = sentiment_transfer(dae, d, dae_eval, cfg, ctx)
-    return {"dataset": d.data.name, "vocab": len(d.vocab), "overfit_final_acc": of[-1]["train_token_acc"],
-            "overfit_final_loss": of[-1]["train_loss"], "heldout_token_acc": dae_eval["held"],
-            "heldout_clean_token_acc": dae_eval["clean"], "copy_baseline_acc": dae_eval["copy"],
-            "dae_best_epoch": res.best_epoch, "dae_s_per_epoch": res.seconds_per_epoch, **transfer}
+    return {
+        "dataset": d.data.name,
+        "vocab": len(d.vocab),
+        "overfit_final_acc": of[-1]["train_token_acc"],
+        "overfit_final_loss": of[-1]["train_loss"],
+        "heldout_token_acc": dae_eval["held"],
+        "heldout_clean_token_acc": dae_eval["clean"],
+        "copy_baseline_acc": dae_eval["copy"],
+        "dae_best_epoch": res.best_epoch,
+        "dae_s_per_epoch": res.seconds_per_epoch,
+        **transfer,
+    }

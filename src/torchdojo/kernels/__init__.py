@@ -78,8 +78,11 @@ def load() -> ctypes.CDLL | None:
         return None
     cc = _compiler()
     if cc is None:
-        warnings.warn("torchdojo: no C compiler (cc) found; fused CPU kernels use PyTorch ops instead "
-                      "(install gcc for ~10% faster CPU training of CNNs with BN and max-pool)", stacklevel=2)
+        warnings.warn(
+            "torchdojo: no C compiler (cc) found; fused CPU kernels use PyTorch ops instead "
+            "(install gcc for ~10% faster CPU training of CNNs with BN and max-pool)",
+            stacklevel=2,
+        )
         return None
     import torch  # noqa: F401  (load torch's libgomp first, so the kernels share its OpenMP runtime)
 
@@ -87,8 +90,9 @@ def load() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(_build(cc)))
     except (OSError, subprocess.CalledProcessError) as e:
         detail = e.stderr.strip().splitlines()[-1:] if isinstance(e, subprocess.CalledProcessError) else [str(e)]
-        warnings.warn(f"torchdojo: building the fused CPU kernels failed ({' '.join(detail)}); using PyTorch ops",
-                      stacklevel=2)
+        warnings.warn(
+            f"torchdojo: building the fused CPU kernels failed ({' '.join(detail)}); using PyTorch ops", stacklevel=2
+        )
         return None
     for name, (restype, argtypes) in _SIGNATURES.items():
         fn = getattr(lib, name)

@@ -188,8 +188,9 @@ def train_e2(
     # validation: fixed triplets (eval_batch_size // 3 per batch), the plain triplet loss, and the
     # nearest-centroid accuracy (no head yet)
     val = setup.triplet_batches(setup.val, tcfg.eval_batch_size, False)
-    hist1 = _fit_triplet(model, setup, tcfg, "e2-triplet", TripletObjective(margin, miner), monitor, val,
-                         TripletObjective(margin, None))
+    hist1 = _fit_triplet(
+        model, setup, tcfg, "e2-triplet", TripletObjective(margin, miner), monitor, val, TripletObjective(margin, None)
+    )
     hist2 = fit_head_frozen(
         model,
         setup.batches(setup.train, head_cfg.batch_size, True),
@@ -211,8 +212,9 @@ def train_e4(
 ) -> RegimeResult:
     """E4: triplet + ce_weight * cross-entropy, whole model, one stage; validation loss is the CE part."""
     val = setup.batches(setup.val, tcfg.eval_batch_size, False)
-    hist = _fit_triplet(model, setup, tcfg, "e4", TripletObjective(margin, miner, ce_weight=ce_weight), monitor, val,
-                        cross_entropy())
+    hist = _fit_triplet(
+        model, setup, tcfg, "e4", TripletObjective(margin, miner, ce_weight=ce_weight), monitor, val, cross_entropy()
+    )
     return RegimeResult("e4", model, {"e4": hist}, monitor)
 
 

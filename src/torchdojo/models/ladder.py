@@ -140,9 +140,16 @@ class TextbookCNN(Classifier):
         super().__init__()
         c, h, w = in_shape
         self.features = nn.Sequential(
-            nn.Conv2d(c, 32, 3, padding=1), nn.BatchNorm2d(32), *pool_relu(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), *pool_relu(),
-            nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 128), nn.ReLU(), nn.Dropout(0.3),
+            nn.Conv2d(c, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            *pool_relu(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            *pool_relu(),
+            nn.Flatten(),
+            nn.Linear(64 * (h // 4) * (w // 4), 128),
+            nn.ReLU(),
+            nn.Dropout(0.3),
         )
         self.num_features = 128
         self.head = nn.Sequential(nn.Linear(128, num_classes))

@@ -29,12 +29,17 @@ class SmallResNet(Classifier):
     """Stem conv -> 3 downsampling residual blocks -> adaptive average pool -> Linear head."""
 
     def __init__(
-        self, in_shape: tuple[int, int, int], num_classes: int, widths: tuple[int, ...] = (32, 64, 128),
+        self,
+        in_shape: tuple[int, int, int],
+        num_classes: int,
+        widths: tuple[int, ...] = (32, 64, 128),
         stem: int = 32,
     ):
         super().__init__()
         layers: list[nn.Module] = [
-            nn.Conv2d(in_shape[0], stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)
+            nn.Conv2d(in_shape[0], stem, 3, padding=1, bias=False),
+            nn.BatchNorm2d(stem),
+            nn.ReLU(inplace=True),
         ]
         cin = stem
         for w in widths:

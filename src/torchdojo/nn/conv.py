@@ -24,16 +24,20 @@ def check_channels(in_channels: int, out_channels: int, groups: int) -> None:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if in_channels % groups or out_channels % groups:
-        raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
-                         f"divisible by groups ({groups})")
+        raise ValueError(
+            f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be divisible by groups ({groups})"
+        )
 
 
 def pair(value: int | tuple[int, int] | list[int], name: str, minimum: int = 1) -> Pair:
     """An int or a pair of ints -> (h, w), each >= minimum; anything else is a ValueError naming `name`."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(value) < minimum:
         raise ValueError(f"{name} must be >= {minimum} in each dimension, got {tuple(value)}")
@@ -58,8 +62,9 @@ def windows(xp: torch.Tensor, kernel: Pair, stride: Pair, dilation: Pair) -> tor
     oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
     s_b, s_c, s_h, s_w = xp.stride()
     # moving one output row jumps `sh` input rows; moving one kernel row jumps `dh` input rows
-    return xp.as_strided((b, c, oh, ow, kh, kw), (s_b, s_c, s_h * sh, s_w * sw, s_h * dh, s_w * dw),
-                         xp.storage_offset())
+    return xp.as_strided(
+        (b, c, oh, ow, kh, kw), (s_b, s_c, s_h * sh, s_w * sw, s_h * dh, s_w * dw), xp.storage_offset()
+    )
 
 
 def im2col(xp: torch.Tensor, kernel: Pair, stride: Pair, dilation: Pair, groups: int) -> torch.Tensor:
@@ -69,8 +74,9 @@ def im2col(xp: torch.Tensor, kernel: Pair, stride: Pair, dilation: Pair, groups:
     return win.permute(0, 1, 4, 5, 2, 3).reshape(b, groups, c // groups * kh * kw, oh * ow)
 
 
-def correlate(xp: torch.Tensor, weight: torch.Tensor, stride: Pair, dilation: Pair, groups: int,
-              cols: torch.Tensor | None = None) -> torch.Tensor:
+def correlate(
+    xp: torch.Tensor, weight: torch.Tensor, stride: Pair, dilation: Pair, groups: int, cols: torch.Tensor | None = None
+) -> torch.Tensor:
     """Valid cross-correlation of an already padded (B, C, H, W) input with weight (O, C/G, kh, kw)."""
     o, cg, kh, kw = weight.shape
     b = xp.shape[0]
@@ -100,8 +106,15 @@ def flip_kernel(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return w.reshape(groups * cg, o // groups, kh, kw).flip(2, 3)
 
 
-def grad_input(gy: torch.Tensor, weight: torch.Tensor, input_shape: torch.Size, stride: Pair, padding: Pair,
-               dilation: Pair, groups: int) -> torch.Tensor:
+def grad_input(
+    gy: torch.Tensor,
+    weight: torch.Tensor,
+    input_shape: torch.Size,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+) -> torch.Tensor:
     """dL/dX: the stride-dilated dL/dY correlated in full with the flipped kernel, cropped to X."""
     _, _, h, w = input_shape
     _, _, kh, kw = weight.shape
@@ -153,20 +166,35 @@ class Conv2dFunction(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None
 
 
-def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           stride: int | Pair = 1, padding: int | Pair = 0, dilation: int | Pair = 1,
-           groups: int = 1) -> torch.Tensor:
+def conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | Pair = 1,
+    padding: int | Pair = 0,
+    dilation: int | Pair = 1,
+    groups: int = 1,
+) -> torch.Tensor:
     """Like `torch.nn.functional.conv2d` on (B, C, H, W), computed by `Conv2dFunction`."""
-    return Conv2dFunction.apply(x, weight, bias, pair(stride, "stride"), pair(padding, "padding", 0),
-                                pair(dilation, "dilation"), groups)
+    return Conv2dFunction.apply(
+        x, weight, bias, pair(stride, "stride"), pair(padding, "padding", 0), pair(dilation, "dilation"), groups
+    )
 
 
 class Conv2d(nn.Module):
     """A drop-in for `nn.Conv2d` (same weight/bias layout and init) computed without torch.nn."""
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, kernel_size: int | Pair = (1, 1),
-                 stride: int | Pair = 1, padding: int | Pair = 0, dilation: int | Pair = 1, groups: int = 1,
-                 bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        kernel_size: int | Pair = (1, 1),
+        stride: int | Pair = 1,
+        padding: int | Pair = 0,
+        dilation: int | Pair = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ):
         super().__init__()
         check_channels(in_channels, out_channels, groups)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
@@ -197,30 +225,44 @@ class Conv2d(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"Conv2d expects a torch.Tensor, got {type(x).__name__}")
         if x.dim() not in (3, 4):
-            raise ValueError(f"Conv2d expects a 4-D input (batch, channels, height, width) or 3-D (channels, "
-                             f"height, width), got {x.dim()}-D input of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"Conv2d expects a 4-D input (batch, channels, height, width) or 3-D (channels, "
+                f"height, width), got {x.dim()}-D input of shape {tuple(x.shape)}"
+            )
         c, h, w = x.shape[-3:]
         if c != self.in_channels:
-            raise ValueError(f"Conv2d expects {self.in_channels} input channels, got {c} "
-                             f"(input shape {tuple(x.shape)})")
+            raise ValueError(
+                f"Conv2d expects {self.in_channels} input channels, got {c} (input shape {tuple(x.shape)})"
+            )
         (kh, kw), (ph, pw), (dh, dw) = self.kernel_size, self.padding, self.dilation
         eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
         if eh > h + 2 * ph or ew > w + 2 * pw:
-            raise ValueError(f"Conv2d kernel {eh}x{ew} (dilated extent) is larger than the padded input "
-                             f"{h + 2 * ph}x{w + 2 * pw} (input {h}x{w}, padding {ph},{pw})")
+            raise ValueError(
+                f"Conv2d kernel {eh}x{ew} (dilated extent) is larger than the padded input "
+                f"{h + 2 * ph}x{w + 2 * pw} (input {h}x{w}, padding {ph},{pw})"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, O, OH, OW); a 3-D (C, H, W) input gives (O, OH, OW)."""
         self.check_input(x)
         unbatched = x.dim() == 3
-        y = conv2d(x.unsqueeze(0) if unbatched else x, self.weight, self.bias, self.stride, self.padding,
-                   self.dilation, self.groups)
+        y = conv2d(
+            x.unsqueeze(0) if unbatched else x,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+        )
         return y.squeeze(0) if unbatched else y
 
     def extra_repr(self) -> str:
         """Same summary line as nn.Conv2d."""
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"stride={self.stride}, padding={self.padding}")
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
         if self.groups != 1:

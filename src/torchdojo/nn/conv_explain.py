@@ -73,14 +73,11 @@ def explain_conv_backprop(
     lines = [
         f"Backprop through a convolution by hand (A2): X is {h}x{w}, K is {kh}x{kw}, stride {stride}, "
         f"no padding, so Y = X ⋆ K is {oh}x{ow}.",
-        "⋆ is cross-correlation (PyTorch's convolution); indices start at 1; dC/dY is known from the "
-        "layer above.",
+        "⋆ is cross-correlation (PyTorch's convolution); indices start at 1; dC/dY is known from the layer above.",
         "",
         "Forward:",
     ]
-    lines += [
-        f"  {Y(*ij)} = " + " + ".join(f"{X(*mn)}·{K(*ab)}" for mn, ab in t) for ij, t in y_terms.items()
-    ]
+    lines += [f"  {Y(*ij)} = " + " + ".join(f"{X(*mn)}·{K(*ab)}" for mn, ab in t) for ij, t in y_terms.items()]
     lines += [
         "",
         "dC/dK: every kernel weight is used at every output position, so",
@@ -90,8 +87,7 @@ def explain_conv_backprop(
     lines += [f"  dC/d{K(*ab)} = " + " + ".join(f"{G(*ij)}·{X(*mn)}" for ij, mn in t) for ab, t in dk.items()]
     lines += [
         "",
-        "dC/dX: a pixel gets gradient from each output whose window covers it, through the kernel weight "
-        "that met it:",
+        "dC/dX: a pixel gets gradient from each output whose window covers it, through the kernel weight that met it:",
     ]
     lines += [
         f"  dC/d{X(*mn)} = " + (" + ".join(f"{G(*ij)}·{K(*ab)}" for ij, ab in t) or "0 (no window covers it)")
@@ -117,10 +113,7 @@ def explain_conv_backprop(
     def evaluate(terms: dict, a: torch.Tensor, b: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
         """Sum a[p] * b[q] over each entry's (p, q) terms, in plain Python floats."""
         return torch.tensor(
-            [
-                [sum(a[p].item() * b[q].item() for p, q in terms[(r, c)]) for c in range(cols)]
-                for r in range(rows)
-            ],
+            [[sum(a[p].item() * b[q].item() for p, q in terms[(r, c)]) for c in range(cols)] for r in range(rows)],
             dtype=torch.float64,
         )
 
@@ -132,14 +125,8 @@ def explain_conv_backprop(
     x_o, k_o = xv.view(1, 1, h, w).clone().requires_grad_(), kv.view(1, 1, kh, kw).clone().requires_grad_()
     conv2d(x_o, k_o, stride=stride).backward(gv.view(1, 1, oh, ow))
     checks = {
-        "dC/dK formulas vs autograd (torch.nn.functional.conv2d)": (dk_formula - k_t.grad[0, 0])
-        .abs()
-        .max()
-        .item(),
-        "dC/dX formulas vs autograd (torch.nn.functional.conv2d)": (dx_formula - x_t.grad[0, 0])
-        .abs()
-        .max()
-        .item(),
+        "dC/dK formulas vs autograd (torch.nn.functional.conv2d)": (dk_formula - k_t.grad[0, 0]).abs().max().item(),
+        "dC/dX formulas vs autograd (torch.nn.functional.conv2d)": (dx_formula - x_t.grad[0, 0]).abs().max().item(),
         "dC/dK formulas vs torchdojo's manual backward": (dk_formula - k_o.grad[0, 0]).abs().max().item(),
         "dC/dX formulas vs torchdojo's manual backward": (dx_formula - x_o.grad[0, 0]).abs().max().item(),
     }
@@ -169,9 +156,7 @@ def format_grid(m: torch.Tensor, indent: str = "  ") -> str:
     return "\n".join(indent + " ".join(c.rjust(width) for c in row) for row in cells)
 
 
-def explain_transposed_conv(
-    x: torch.Tensor, k: torch.Tensor, stride: int = 1, padding: int = 0
-) -> Explanation:
+def explain_transposed_conv(x: torch.Tensor, k: torch.Tensor, stride: int = 1, padding: int = 0) -> Explanation:
     """Each input element's contribution grid, their sum, the padding crop, and a check against PyTorch."""
     if stride < 1 or padding < 0:
         raise ValueError(f"need stride >= 1 and padding >= 0, got stride {stride}, padding {padding}")
@@ -220,16 +205,11 @@ def explain_transposed_conv(
     ours = conv_transpose2d(x.view(1, 1, h, w), k.view(1, 1, kh, kw), stride=stride, padding=padding)[0, 0]
     checks = {
         "by hand vs torch.nn.functional.conv_transpose2d": (result - ref).abs().max().item(),
-        "torchdojo.nn.conv_transpose2d vs torch.nn.functional.conv_transpose2d": (ours - ref)
-        .abs()
-        .max()
-        .item(),
+        "torchdojo.nn.conv_transpose2d vs torch.nn.functional.conv_transpose2d": (ours - ref).abs().max().item(),
     }
     exp = Explanation("", checks, 1e-9)
     lines += ["", "PyTorch (torch.nn.functional.conv_transpose2d) gives:", format_grid(ref)]
     lines += [f"  {name}: max |diff| {v:.2g}" for name, v in checks.items()]
-    lines.append(
-        "OK: the hand computation matches PyTorch." if exp.ok else "MISMATCH: see the differences above."
-    )
+    lines.append("OK: the hand computation matches PyTorch." if exp.ok else "MISMATCH: see the differences above.")
     exp.text = "\n".join(lines)
     return exp

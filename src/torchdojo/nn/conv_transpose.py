@@ -14,8 +14,7 @@ from torch import nn
 from torchdojo.nn.conv import Pair, check_channels, pair
 
 
-def output_size(size: Pair, kernel: Pair, stride: Pair, padding: Pair, output_padding: Pair,
-                dilation: Pair) -> Pair:
+def output_size(size: Pair, kernel: Pair, stride: Pair, padding: Pair, output_padding: Pair, dilation: Pair) -> Pair:
     """(OH, OW) = (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1."""
     dims = zip(size, kernel, stride, padding, output_padding, dilation, strict=True)
     return tuple((n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, k, s, p, op, d in dims)  # type: ignore[return-value]
@@ -31,9 +30,16 @@ def stamps(x: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tens
     return out.reshape(b, groups * og, h, w, kh, kw)
 
 
-def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                     stride: int | Pair = 1, padding: int | Pair = 0, output_padding: int | Pair = 0,
-                     groups: int = 1, dilation: int | Pair = 1) -> torch.Tensor:
+def conv_transpose2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | Pair = 1,
+    padding: int | Pair = 0,
+    output_padding: int | Pair = 0,
+    groups: int = 1,
+    dilation: int | Pair = 1,
+) -> torch.Tensor:
     """Like `torch.nn.functional.conv_transpose2d` on (B, C, H, W), computed as a scatter-add of stamps."""
     (sh, sw), (ph, pw) = pair(stride, "stride"), pair(padding, "padding", 0)
     (oph, opw), (dh, dw) = pair(output_padding, "output_padding", 0), pair(dilation, "dilation")
@@ -43,8 +49,10 @@ def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     fh, fw = (h - 1) * sh + dh * (kh - 1) + 1 + oph, (w - 1) * sw + dw * (kw - 1) + 1 + opw
     out_h, out_w = fh - 2 * ph, fw - 2 * pw
     if out_h < 1 or out_w < 1:
-        raise ValueError(f"conv_transpose2d output would be {out_h}x{out_w}: padding {ph},{pw} crops more "
-                         f"than the {fh}x{fw} result of a {h}x{w} input")
+        raise ValueError(
+            f"conv_transpose2d output would be {out_h}x{out_w}: padding {ph},{pw} crops more "
+            f"than the {fh}x{fw} result of a {h}x{w} input"
+        )
     s = stamps(x, weight, groups)  # (B, O, H, W, kh, kw)
     # where stamp entry (h, w, i, j) lands: row h*sh + i*dh, column w*sw + j*dw of the full output
     dev = x.device
@@ -62,9 +70,18 @@ def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 class ConvTranspose2d(nn.Module):
     """A drop-in for `nn.ConvTranspose2d` (same constructor, weight layout (C, O/G, kh, kw) and init)."""
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, kernel_size: int | Pair = (1, 1),
-                 stride: int | Pair = 1, padding: int | Pair = 0, output_padding: int | Pair = 0,
-                 groups: int = 1, bias: bool = True, dilation: int | Pair = 1):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        kernel_size: int | Pair = (1, 1),
+        stride: int | Pair = 1,
+        padding: int | Pair = 0,
+        output_padding: int | Pair = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: int | Pair = 1,
+    ):
         super().__init__()
         check_channels(in_channels, out_channels, groups)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
@@ -75,9 +92,11 @@ class ConvTranspose2d(nn.Module):
         self.dilation = pair(dilation, "dilation")
         for op, s, d in zip(self.output_padding, self.stride, self.dilation, strict=True):
             if op >= max(s, d):
-                raise ValueError(f"output_padding must be smaller than stride or dilation, got "
-                                 f"output_padding={self.output_padding}, stride={self.stride}, "
-                                 f"dilation={self.dilation}")
+                raise ValueError(
+                    f"output_padding must be smaller than stride or dilation, got "
+                    f"output_padding={self.output_padding}, stride={self.stride}, "
+                    f"dilation={self.dilation}"
+                )
         self.weight = nn.Parameter(torch.empty(in_channels, out_channels // groups, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
@@ -94,20 +113,34 @@ class ConvTranspose2d(nn.Module):
         """(B, C, H, W) -> (B, O, OH, OW); a 3-D (C, H, W) input gives (O, OH, OW)."""
         if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
             got = f"{x.dim()}-D input {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"ConvTranspose2d expects a 4-D input (batch, channels, height, width) or 3-D "
-                             f"(channels, height, width), got {got}")
+            raise ValueError(
+                f"ConvTranspose2d expects a 4-D input (batch, channels, height, width) or 3-D "
+                f"(channels, height, width), got {got}"
+            )
         if x.shape[-3] != self.in_channels:
-            raise ValueError(f"ConvTranspose2d expects {self.in_channels} input channels, got {x.shape[-3]} "
-                             f"(input shape {tuple(x.shape)})")
+            raise ValueError(
+                f"ConvTranspose2d expects {self.in_channels} input channels, got {x.shape[-3]} "
+                f"(input shape {tuple(x.shape)})"
+            )
         unbatched = x.dim() == 3
-        y = conv_transpose2d(x.unsqueeze(0) if unbatched else x, self.weight, self.bias, self.stride,
-                             self.padding, self.output_padding, self.groups, self.dilation)
+        y = conv_transpose2d(
+            x.unsqueeze(0) if unbatched else x,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
+        )
         return y.squeeze(0) if unbatched else y
 
     def extra_repr(self) -> str:
         """Same summary line as nn.ConvTranspose2d."""
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"stride={self.stride}, padding={self.padding}")
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )
         if self.output_padding != (0, 0):
             s += f", output_padding={self.output_padding}"
         if self.dilation != (1, 1):

@@ -41,8 +41,9 @@ class ElmanCell(nn.Module):
     def forward(self, x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
         """One step: x (B, I) or (I,), h (B, H) or (H,) or None (zeros) -> next h of h's shape."""
         if x.dim() not in (1, 2):
-            raise ValueError(f"ElmanCell expects x of shape (B, {self.input_size}) or ({self.input_size},), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"ElmanCell expects x of shape (B, {self.input_size}) or ({self.input_size},), got {tuple(x.shape)}"
+            )
         if x.shape[-1] != self.input_size:
             raise ValueError(f"ElmanCell expects {self.input_size} input features, got {x.shape[-1]}")
         unbatched = x.dim() == 1

@@ -42,13 +42,15 @@ class Report:
         """A table of `rows`; its columns are `columns`, or else every key of the rows in first-seen order
         (each once). A row without a column's key shows an empty cell."""
         cols = list(dict.fromkeys(columns or (k for r in rows for k in r)))
-        self.blocks.append({"type": "table", "caption": caption, "columns": cols,
-                            "rows": [[r.get(c, "") for c in cols] for r in rows]})
+        self.blocks.append(
+            {"type": "table", "caption": caption, "columns": cols, "rows": [[r.get(c, "") for c in cols] for r in rows]}
+        )
 
     def figure(self, path: str | Path, caption: str = "") -> None:
         """A PNG under the run folder; stored by its path relative to the run folder."""
-        self.blocks.append({"type": "figure", "path": Path(path).name if Path(path).is_absolute() else str(path),
-                            "caption": caption})
+        self.blocks.append(
+            {"type": "figure", "path": Path(path).name if Path(path).is_absolute() else str(path), "caption": caption}
+        )
 
     def warning(self, text: str) -> None:
         self.blocks.append({"type": "warning", "text": text})
@@ -104,9 +106,15 @@ def render_html(run_dir: Path) -> Path:
     if meta:
         cfg = meta[0]
         env = meta[1] if len(meta) > 1 else {}
-        bits = [f"run {run_dir.name}", f"experiment {cfg.get('experiment', '?')}", f"scale {cfg.get('scale', '?')}",
-                f"seed {cfg.get('config', {}).get('seed', '?')}", f"device {env.get('device', '?')}",
-                f"torch {env.get('torch', '?')}", f"git {str(env.get('git_revision') or '-')[:10]}"]
+        bits = [
+            f"run {run_dir.name}",
+            f"experiment {cfg.get('experiment', '?')}",
+            f"scale {cfg.get('scale', '?')}",
+            f"seed {cfg.get('config', {}).get('seed', '?')}",
+            f"device {env.get('device', '?')}",
+            f"torch {env.get('torch', '?')}",
+            f"git {str(env.get('git_revision') or '-')[:10]}",
+        ]
         parts.append(f"<p class='meta'>{html.escape(' · '.join(bits))}</p>")
     for b in doc["blocks"]:
         t = b["type"]
@@ -121,8 +129,9 @@ def render_html(run_dir: Path) -> Path:
             parts.append(f"<pre>{html.escape(b['text'])}</pre>")
         elif t == "table":
             head = "".join(f"<th>{html.escape(str(c))}</th>" for c in b["columns"])
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
-                           for row in b["rows"])
+            body = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in b["rows"]
+            )
             cap = f"<caption>{html.escape(b['caption'])}</caption>" if b.get("caption") else ""
             parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif t == "figure":
@@ -130,15 +139,20 @@ def render_html(run_dir: Path) -> Path:
             if path.exists():
                 data = base64.b64encode(path.read_bytes()).decode()
                 src = f"data:image/png;base64,{data}"
-                parts.append(f"<figure><img src='{src}' alt='{html.escape(b.get('caption', ''), quote=True)}'>"
-                             f"<figcaption>{html.escape(b.get('caption', ''))}</figcaption></figure>")
+                parts.append(
+                    f"<figure><img src='{src}' alt='{html.escape(b.get('caption', ''), quote=True)}'>"
+                    f"<figcaption>{html.escape(b.get('caption', ''))}</figcaption></figure>"
+                )
             else:
                 parts.append(f"<div class='warn'>missing figure {html.escape(b['path'])}</div>")
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            f"<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
-            f"style-src 'unsafe-inline'\">"
-            f"<title>{html.escape(doc['title'])}</title><style>{CSS}</style></head><body>"
-            + "\n".join(parts) + "</body></html>\n")
+    page = (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
+        f"style-src 'unsafe-inline'\">"
+        f"<title>{html.escape(doc['title'])}</title><style>{CSS}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>\n"
+    )
     out = run_dir / "report.html"
     atomic_write_bytes(out, page.encode())
     return out

@@ -26,8 +26,9 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def curves(histories: dict[str, list[dict[str, Any]]], path: Path, keys: Sequence[str] = ("loss", "acc"),
-           title: str = "") -> Path:
+def curves(
+    histories: dict[str, list[dict[str, Any]]], path: Path, keys: Sequence[str] = ("loss", "acc"), title: str = ""
+) -> Path:
     """One panel per key (loss, acc); train solid and val dashed, one colour per run/rung."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.8), squeeze=False)
@@ -59,13 +60,21 @@ def _to_img(x: torch.Tensor) -> np.ndarray:
     return arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
 
 
-def image_grid(images: Sequence[torch.Tensor], path: Path, ncols: int, titles: Sequence[str] | None = None,
-               row_labels: Sequence[str] | None = None, title: str = "", cell: float = 1.3) -> Path:
+def image_grid(
+    images: Sequence[torch.Tensor],
+    path: Path,
+    ncols: int,
+    titles: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    title: str = "",
+    cell: float = 1.3,
+) -> Path:
     """Images in a grid; optional per-image titles and per-row labels (e.g. class names)."""
     plt = _plt()
     nrows = -(-len(images) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols + (1.6 if row_labels else 0), cell * nrows),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(cell * ncols + (1.6 if row_labels else 0), cell * nrows), squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -73,8 +82,12 @@ def image_grid(images: Sequence[torch.Tensor], path: Path, ncols: int, titles: S
             s.set_visible(False)
         if i < len(images):
             img = _to_img(images[i])
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0 if img.dtype == np.uint8 else None,
-                      vmax=255 if img.dtype == np.uint8 else None)
+            ax.imshow(
+                img,
+                cmap="gray" if img.ndim == 2 else None,
+                vmin=0 if img.dtype == np.uint8 else None,
+                vmax=255 if img.dtype == np.uint8 else None,
+            )
             if titles:
                 ax.set_title(titles[i], fontsize=7)
         if row_labels and i % ncols == 0 and i // ncols < len(row_labels):
@@ -94,8 +107,15 @@ def confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path, title: 
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                str(int(cm[i, j])),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), classes, fontsize=8)
     ax.set_xlabel("predicted")
@@ -115,8 +135,14 @@ def bars(values: dict[str, float], path: Path, ylabel: str, title: str = "") -> 
     return _save(fig, path)
 
 
-def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path, xlabel: str, ylabel: str,
-              title: str = "", logy: bool = False) -> Path:
+def line_plot(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logy: bool = False,
+) -> Path:
     """Several named (x, y) lines on one axis."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))

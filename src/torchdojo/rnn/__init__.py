@@ -4,5 +4,16 @@ from torchdojo.rnn.cells import CELLS, LipschitzCell, ResetGateCell, build_cell,
 from torchdojo.rnn.model import RNNClassifier, Trace
 from torchdojo.rnn.train import clip_gradients, evaluate, position_gradients, train_classifier
 
-__all__ = ["CELLS", "LipschitzCell", "RNNClassifier", "ResetGateCell", "Trace", "build_cell",
-           "clip_gradients", "evaluate", "position_gradients", "structured", "train_classifier"]
+__all__ = [
+    "CELLS",
+    "LipschitzCell",
+    "RNNClassifier",
+    "ResetGateCell",
+    "Trace",
+    "build_cell",
+    "clip_gradients",
+    "evaluate",
+    "position_gradients",
+    "structured",
+    "train_classifier",
+]

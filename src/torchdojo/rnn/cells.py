@@ -69,8 +69,17 @@ class LipschitzCell(nn.Module):
     gamma: the state neither explodes nor dies out quickly.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, structured: bool = False, beta: float = 0.75,
-                 gamma_a: float = 0.001, gamma_w: float = 0.001, eps: float = 0.03, init_std: float = 0.1):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        structured: bool = False,
+        beta: float = 0.75,
+        gamma_a: float = 0.001,
+        gamma_w: float = 0.001,
+        eps: float = 0.03,
+        init_std: float = 0.1,
+    ):
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
         self.is_structured, self.beta, self.eps = structured, beta, eps

@@ -45,17 +45,25 @@ class ClipRun:
         def med(key: str) -> float:
             return float(torch.tensor([r[key] for r in s]).median()) if s else float("nan")
 
-        return {"run": self.name, "clip": self.mode, "threshold": self.threshold, "steps": len(s),
-                "diverged_at": self.diverged_at if self.diverged_at is not None else "-",
-                "final_loss": s[-1]["loss"] if s else float("nan"),
-                "max_raw_grad_norm": max((r["raw_norm"] for r in s), default=float("nan")),
-                "median_scale": med("scale"), "median_cos": med("cos"), "min_cos": min((r["cos"] for r in s),
-                                                                                        default=float("nan")),
-                "sum_cos": self.sum_cos, "test_acc": self.test_acc if math.isfinite(self.test_acc) else None}
+        return {
+            "run": self.name,
+            "clip": self.mode,
+            "threshold": self.threshold,
+            "steps": len(s),
+            "diverged_at": self.diverged_at if self.diverged_at is not None else "-",
+            "final_loss": s[-1]["loss"] if s else float("nan"),
+            "max_raw_grad_norm": max((r["raw_norm"] for r in s), default=float("nan")),
+            "median_scale": med("scale"),
+            "median_cos": med("cos"),
+            "min_cos": min((r["cos"] for r in s), default=float("nan")),
+            "sum_cos": self.sum_cos,
+            "test_acc": self.test_acc if math.isfinite(self.test_acc) else None,
+        }
 
 
-def exploding_model(vocab_size: int, num_classes: int, radius: float, embed_dim: int = 32, hidden_size: int = 64,
-                    seed: int = 0) -> RNNClassifier:
+def exploding_model(
+    vocab_size: int, num_classes: int, radius: float, embed_dim: int = 32, hidden_size: int = 64, seed: int = 0
+) -> RNNClassifier:
     """An Elman classifier with ReLU whose recurrent matrix is `radius` x a random orthogonal matrix."""
     torch.manual_seed(seed)
     model = RNNClassifier(vocab_size, num_classes, "elman", embed_dim, hidden_size, dropout=0.0)
@@ -70,14 +78,21 @@ def _flat_grad(params: list[torch.nn.Parameter]) -> torch.Tensor:
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
 
 
-def train_with_clipping(model: RNNClassifier, train: TextBatches, test: TextBatches, mode: ClipMode,
-                        threshold: float, lr: float, max_steps: int, name: str = "") -> ClipRun:
+def train_with_clipping(
+    model: RNNClassifier,
+    train: TextBatches,
+    test: TextBatches,
+    mode: ClipMode,
+    threshold: float,
+    lr: float,
+    max_steps: int,
+    name: str = "",
+) -> ClipRun:
     """Plain SGD for `max_steps` steps (cycling epochs), recording raw vs clipped gradients; stops on divergence."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr)
     run = ClipRun(name or mode, mode, threshold)
-    sum_raw = sum_applied = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64,
-                                        device=params[0].device)
+    sum_raw = sum_applied = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64, device=params[0].device)
     step, epoch = 0, 0
     while step < max_steps and run.diverged_at is None:
         epoch += 1
@@ -100,8 +115,16 @@ def train_with_clipping(model: RNNClassifier, train: TextBatches, test: TextBatc
             cos = F.cosine_similarity(raw.double(), applied.double(), dim=0).item() if raw_norm > 0 else 1.0
             sum_raw = sum_raw + raw.double()
             sum_applied = sum_applied + applied.double()
-            run.steps.append({"step": step, "loss": loss.item(), "raw_norm": raw_norm, "applied_norm": app_norm,
-                              "scale": app_norm / raw_norm if raw_norm > 0 else 1.0, "cos": cos})
+            run.steps.append(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "raw_norm": raw_norm,
+                    "applied_norm": app_norm,
+                    "scale": app_norm / raw_norm if raw_norm > 0 else 1.0,
+                    "cos": cos,
+                }
+            )
             opt.step()
             step += 1
     if run.steps:
@@ -111,9 +134,21 @@ def train_with_clipping(model: RNNClassifier, train: TextBatches, test: TextBatc
     return run
 
 
-def clipping_study(train: TextBatches, test: TextBatches, vocab_size: int, num_classes: int, *, radius: float,
-                   lr: float, max_steps: int, norm_threshold: float, value_threshold: float,
-                   hidden_size: int = 64, seed: int = 0, device: torch.device | str = "cpu") -> list[ClipRun]:
+def clipping_study(
+    train: TextBatches,
+    test: TextBatches,
+    vocab_size: int,
+    num_classes: int,
+    *,
+    radius: float,
+    lr: float,
+    max_steps: int,
+    norm_threshold: float,
+    value_threshold: float,
+    hidden_size: int = 64,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> list[ClipRun]:
     """The three runs (none, norm, value) from the same initial weights, trained on `device` (the batches')."""
     runs = []
     for mode, thr in (("none", 0.0), ("norm", norm_threshold), ("value", value_threshold)):

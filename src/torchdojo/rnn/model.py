@@ -43,8 +43,16 @@ class RNNClassifier(nn.Module):
     `cell` is a name in `CELLS` (stepped in Python, any cell) or "torch" (`nn.RNN`, fused, packed sequences).
     """
 
-    def __init__(self, vocab_size: int, num_classes: int, cell: str = "elman", embed_dim: int = 64,
-                 hidden_size: int = 128, dropout: float = 0.1, pad_id: int = 0):
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        cell: str = "elman",
+        embed_dim: int = 64,
+        hidden_size: int = 128,
+        dropout: float = 0.1,
+        pad_id: int = 0,
+    ):
         super().__init__()
         self.cell_name, self.hidden_size = cell, hidden_size
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
@@ -60,8 +68,9 @@ class RNNClassifier(nn.Module):
         """Every accepted `cell` value."""
         return [*CELLS.names(), "torch"]
 
-    def encode(self, ids: torch.Tensor, lengths: torch.Tensor, tbptt_steps: int = 0,
-               trace: Trace | None = None) -> torch.Tensor:
+    def encode(
+        self, ids: torch.Tensor, lengths: torch.Tensor, tbptt_steps: int = 0, trace: Trace | None = None
+    ) -> torch.Tensor:
         """Final state (B, H) of each sentence; ids (B, T) right-padded, lengths (B,) >= 1."""
         x = self.embed(ids)  # (B, T, E)
         if trace is not None:
@@ -108,7 +117,8 @@ class RNNClassifier(nn.Module):
         _, h = self.rnn(packed, h0.detach())
         return h[0]
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, tbptt_steps: int = 0,
-                trace: Trace | None = None) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, lengths: torch.Tensor, tbptt_steps: int = 0, trace: Trace | None = None
+    ) -> torch.Tensor:
         """Logits (B, K)."""
         return self.head(self.drop(self.encode(ids, lengths, tbptt_steps, trace)))

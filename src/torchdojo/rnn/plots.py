@@ -6,12 +6,14 @@ from pathlib import Path
 from torchdojo.report.figures import _plt, _save
 
 
-def gate_map(tokens: Sequence[str], gate: Sequence[Sequence[float]], state_norm: Sequence[float], path: Path,
-             title: str = "") -> Path:
+def gate_map(
+    tokens: Sequence[str], gate: Sequence[Sequence[float]], state_norm: Sequence[float], path: Path, title: str = ""
+) -> Path:
     """Top: R_t per hidden unit (rows) and token (columns); bottom: mean R_t and ||h_t|| per token."""
     plt = _plt()
-    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(max(6.0, 0.38 * len(tokens) + 2), 6.2), sharex=True,
-                                   gridspec_kw={"height_ratios": [2, 1.3]})
+    fig, (ax0, ax1) = plt.subplots(
+        2, 1, figsize=(max(6.0, 0.38 * len(tokens) + 2), 6.2), sharex=True, gridspec_kw={"height_ratios": [2, 1.3]}
+    )
     im = ax0.imshow(gate, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax0, label="R_t")
     ax0.set_ylabel("hidden unit")

@@ -49,8 +49,9 @@ def make_reset_task(pairs: list[tuple[str, int]], n_per_class: int, seed: int, m
     return ResetTask(picked, examples, vocab)
 
 
-def _tensors(task: ResetTask, device: torch.device | str = "cpu"
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _tensors(
+    task: ResetTask, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """All examples as one padded batch: ids (N, T), lengths (N,), mask (N, T), labels (N,), on `device`."""
     ids, lengths, mask = pad_batch([task.vocab.encode(t) for t, _ in task.examples])
     y = torch.tensor([y for _, y in task.examples])
@@ -62,10 +63,20 @@ def overfitted(row: dict[str, Any]) -> bool:
     return row["train_acc"] == 1.0 and row["train_loss"] < 0.01
 
 
-def overfit(task: ResetTask, cfg: TrainConfig, cell: str = "reset", hidden: int = 32, embed_dim: int = 16,
-            seed: int = 0, *, device: torch.device | str = "cpu", stage: str = "reset-overfit",
-            run: Run | None = None, resume: bool = False, verbose: bool = False
-            ) -> tuple[RNNClassifier, FitResult]:
+def overfit(
+    task: ResetTask,
+    cfg: TrainConfig,
+    cell: str = "reset",
+    hidden: int = 32,
+    embed_dim: int = 16,
+    seed: int = 0,
+    *,
+    device: torch.device | str = "cpu",
+    stage: str = "reset-overfit",
+    run: Run | None = None,
+    resume: bool = False,
+    verbose: bool = False,
+) -> tuple[RNNClassifier, FitResult]:
     """Training through `engine.fit` until `overfitted` (or `cfg.epochs` epochs), in batches of `cfg.batch_size`.
 
     The experiment sets `cfg.batch_size` to the number of examples: one full batch per epoch, so an epoch is
@@ -74,12 +85,30 @@ def overfit(task: ResetTask, cfg: TrainConfig, cell: str = "reset", hidden: int 
     device = torch.device(device)
     torch.manual_seed(seed)
     num_classes = 1 + max(y for _, y in task.examples)
-    model = RNNClassifier(len(task.vocab), num_classes, cell, embed_dim=embed_dim, hidden_size=hidden,
-                          dropout=0.0).to(device)
-    batches = TextBatches([task.vocab.encode(t) for t, _ in task.examples], [y for _, y in task.examples],
-                          cfg.batch_size, shuffle=False, bucket=False, device=device)  # the examples in order
-    result = fit(model, batches, None, cfg, device=device, stage=stage, run=run, resume=resume,
-                 step=rnn_step(0, cfg.label_smoothing), until=overfitted, verbose=verbose)
+    model = RNNClassifier(len(task.vocab), num_classes, cell, embed_dim=embed_dim, hidden_size=hidden, dropout=0.0).to(
+        device
+    )
+    batches = TextBatches(
+        [task.vocab.encode(t) for t, _ in task.examples],
+        [y for _, y in task.examples],
+        cfg.batch_size,
+        shuffle=False,
+        bucket=False,
+        device=device,
+    )  # the examples in order
+    result = fit(
+        model,
+        batches,
+        None,
+        cfg,
+        device=device,
+        stage=stage,
+        run=run,
+        resume=resume,
+        step=rnn_step(0, cfg.label_smoothing),
+        until=overfitted,
+        verbose=verbose,
+    )
     return model, result
 
 

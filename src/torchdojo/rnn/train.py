@@ -47,13 +47,34 @@ def rnn_step(tbptt_steps: int = 0, label_smoothing: float = 0.0) -> Step:
     return step
 
 
-def train_classifier(model: RNNClassifier, train: TextBatches, val: TextBatches | None, cfg: TrainConfig, *,
-                     device: torch.device, tbptt_steps: int = 0, stage: str = "main", run: Run | None = None,
-                     resume: bool = False, verbose: bool = True) -> FitResult:
+def train_classifier(
+    model: RNNClassifier,
+    train: TextBatches,
+    val: TextBatches | None,
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    tbptt_steps: int = 0,
+    stage: str = "main",
+    run: Run | None = None,
+    resume: bool = False,
+    verbose: bool = True,
+) -> FitResult:
     """`engine.fit` with `rnn_step`: training on cross-entropy with `cfg.label_smoothing` and the truncation
     window `tbptt_steps`; validation (best epoch by `cfg.monitor`) on the plain cross-entropy, like the test."""
-    return engine.fit(model, train, val, cfg, device=device, stage=stage, run=run, resume=resume,
-                      step=rnn_step(tbptt_steps, cfg.label_smoothing), val_step=rnn_step(), verbose=verbose)
+    return engine.fit(
+        model,
+        train,
+        val,
+        cfg,
+        device=device,
+        stage=stage,
+        run=run,
+        resume=resume,
+        step=rnn_step(tbptt_steps, cfg.label_smoothing),
+        val_step=rnn_step(),
+        verbose=verbose,
+    )
 
 
 def evaluate(model: RNNClassifier, batches: TextBatches, device: torch.device | None = None) -> dict[str, Any]:
@@ -63,8 +84,9 @@ def evaluate(model: RNNClassifier, batches: TextBatches, device: torch.device | 
     return engine.evaluate(model, batches, rnn_step(), device=device)
 
 
-def position_gradients(model: RNNClassifier, ids: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor,
-                       tbptt_steps: int = 0) -> dict[str, torch.Tensor]:
+def position_gradients(
+    model: RNNClassifier, ids: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, tbptt_steps: int = 0
+) -> dict[str, torch.Tensor]:
     """Per-sentence ||dL/dx_k|| and ||dL/dh_k|| (B, T) of the cross-entropy loss, in eval mode (no dropout).
 
     The loss is summed over the batch so that each sentence's gradients are its own loss's gradients.

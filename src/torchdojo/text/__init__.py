@@ -4,5 +4,17 @@ from torchdojo.text.batching import TextBatches, bucket_batches, pad_batch, padd
 from torchdojo.text.datasets import TEXT_DATASETS, TextSplits, load_text_dataset
 from torchdojo.text.vocab import PAD, UNK, Vocab, WordPiece, tokenize
 
-__all__ = ["PAD", "TEXT_DATASETS", "UNK", "TextBatches", "TextSplits", "Vocab", "WordPiece", "bucket_batches",
-           "load_text_dataset", "pad_batch", "padding_fraction", "tokenize"]
+__all__ = [
+    "PAD",
+    "TEXT_DATASETS",
+    "UNK",
+    "TextBatches",
+    "TextSplits",
+    "Vocab",
+    "WordPiece",
+    "bucket_batches",
+    "load_text_dataset",
+    "pad_batch",
+    "padding_fraction",
+    "tokenize",
+]

