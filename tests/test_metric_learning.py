@@ -183,19 +183,20 @@ def test_miner_choices_are_literals_checked_centrally() -> None:
 
 
 def test_stage_configs_user_settings_win_over_the_head_stage_defaults(tmp_path: Path) -> None:
-    """E2's head stage: head_epochs/head_lr/no weight decay as its defaults, the user's train.* on top."""
+    """E2's head stage trains with the `head` group, its triplet stage with `train`: each as the user set it."""
     common = {"dataset": "digits", "classes": "3,8", "regimes": "e2", "feature_map_epochs": "1"}
-    path = _run(tmp_path / "a", **common, head_epochs=2, head_lr=0.02)
+    path = _run(tmp_path / "a", **common)
     stages = json.loads((path / "config.json").read_text())["stages"]
-    assert (stages["e2-head"]["epochs"], stages["e2-head"]["lr"], stages["e2-head"]["weight_decay"]) == (2, 0.02, 0)
+    assert (stages["e2-head"]["lr"], stages["e2-head"]["weight_decay"]) == (1e-2, 0)  # the head group's defaults
     assert stages["e2-triplet"]["lr"] == 2e-3 and stages["e2-triplet"]["epochs"] == 2  # the train group
-    path = _run(tmp_path / "b", **common, **{"train.lr": 0.0031, "train.epochs": 1, "train.weight_decay": 0.01})
+    overrides = {"train.lr": 0.0031, "train.epochs": 1, "head.lr": 0.02, "head.epochs": 2, "head.weight_decay": 0.01}
+    path = _run(tmp_path / "b", **common, **overrides)
     stages = json.loads((path / "config.json").read_text())["stages"]
-    for stage in ("e2-triplet", "e2-head"):
-        assert (stages[stage]["lr"], stages[stage]["epochs"], stages[stage]["weight_decay"]) == (0.0031, 1, 0.01)
+    assert (stages["e2-triplet"]["lr"], stages["e2-triplet"]["epochs"]) == (0.0031, 1)
+    assert (stages["e2-head"]["lr"], stages["e2-head"]["epochs"], stages["e2-head"]["weight_decay"]) == (0.02, 2, 0.01)
     hp = [
         b
         for b in json.loads((path / "report.json").read_text())["blocks"]
         if b["type"] == "table" and "stage" in b["columns"]
     ]
-    assert hp and {r[hp[0]["columns"].index("lr")] for r in hp[0]["rows"]} == {0.0031}  # the report: resolved
+    assert hp and {r[hp[0]["columns"].index("lr")] for r in hp[0]["rows"]} == {0.0031, 0.02}  # as resolved

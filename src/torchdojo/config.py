@@ -65,7 +65,6 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "shuffle": (0, 1, False, False),
     "target_acc": (0, 1, False, False),
     "lr": (0, None, True, False),
-    "head_lr": (0, None, True, False),
     "clip_lr": (0, None, True, False),
     "reset_lr": (0, None, True, False),
     "overfit_lr": (0, None, True, False),

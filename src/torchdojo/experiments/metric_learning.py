@@ -49,6 +49,8 @@ SUMMARY = "metric learning: cross-entropy vs triplet loss (+ frozen FC) vs both,
 UNUSED = {
     "train.label_smoothing": "E2's triplet stage has no cross-entropy to smooth, so no setting could apply to every "
     "regime alike; E3 compares the losses as E1/E2/E4 define them (plain cross-entropy)",
+    "head.label_smoothing": "E2's head stage is compared with E1's plain cross-entropy; smoothing only it would "
+    "change what E3 compares",
 }
 REGIMES = {
     "e1": "E1: cross-entropy, end to end",
@@ -80,9 +82,6 @@ class Config:
     augment: tuple[str, ...] = ("flip",)
     crop_padding: int = 2
     target_acc: float = 0.85  # validation accuracy that counts as "converged"
-    # E2 stage 2's own defaults, under the user's settings: --set train.epochs / train.lr set every stage
-    head_epochs: int = 3
-    head_lr: float = 1e-2
     feature_map_epochs: tuple[int, ...] = ()  # () = first, middle and last (epoch 0 = init is always shown)
     feature_map_channels: int = 8
     feature_map_inputs: int = 1  # fixed training images per class
@@ -92,6 +91,10 @@ class Config:
     tsne: bool = True
     train: TrainConfig = dataclasses.field(
         default_factory=lambda: TrainConfig(epochs=6, optimizer="adamw", lr=2e-3, weight_decay=5e-4, schedule="cosine")
+    )
+    # E2 stage 2: the FC head alone on the frozen extractor (--set head.lr=..., head.epochs=...)
+    head: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(epochs=3, optimizer="adamw", lr=1e-2, weight_decay=0.0, schedule="cosine")
     )
 
     def __post_init__(self) -> None:
@@ -120,9 +123,9 @@ SCALES = {
         "projection_points": 100,
         "channels": "8,16",
         "embedding_dim": 16,
-        "head_epochs": 1,
         "tsne": False,
         "train": {"epochs": 2, "batch_size": 48, "max_batches": 3},
+        "head": {"epochs": 1, "batch_size": 48, "max_batches": 3},
     },
     # minutes on a shared 2-core CPU: a narrower net, 6,000 of the 10,800 training images
     "small": {
@@ -132,7 +135,7 @@ SCALES = {
         "probe_images": 1500,
         "train": {"epochs": 5},
     },
-    "full": {"head_epochs": 10, "train": {"epochs": 30}},
+    "full": {"train": {"epochs": 30}, "head": {"epochs": 10}},
 }
 PRESETS = {
     "cifar10": {
@@ -203,10 +206,10 @@ def prepare(cfg: Config, ctx: Context) -> Prepared:
 
 
 def stage_configs(cfg: Config, ctx: Context) -> dict[str, TrainConfig]:
-    """Every stage's TrainConfig: the `train` group as resolved; E2's head stage with its own defaults
-    (head_epochs, head_lr, no weight decay) under the user's `train.*` settings (the user wins)."""
+    """Every stage's TrainConfig: the `train` group for E1, E2's triplet stage and E4; the `head` group for
+    E2's head stage (both resolved with the user's settings)."""
     tcfg = ctx.train_config()
-    head = ctx.train_config({"epochs": cfg.head_epochs, "lr": cfg.head_lr, "weight_decay": 0.0})
+    head = ctx.train_config(group="head")
     return {"e1": tcfg, "e2-triplet": tcfg, "e2-head": head, "e4": tcfg}
 
 
