@@ -178,6 +178,43 @@ def run_experiment(
     return path
 
 
+def _resumed_config(
+    module: ModuleType,
+    name: str,
+    run_dir: Path,
+    scale: str | None,
+    preset: str | None,
+    overrides: list[str] | dict[str, Any] | None,
+) -> tuple[Any, str, str | None, list[str] | dict[str, Any]]:
+    """The config, scale, preset and user settings a run folder was started with. New settings given with
+    --resume are refused (a resumed run cannot silently ignore them), as is a folder of another experiment."""
+    if not (run_dir / "config.json").exists():
+        raise DojoError(f"{run_dir} is not a run folder (no config.json)", "pass the folder printed by `run`")
+    saved = Run(run_dir, is_main=False).read_json("config.json")
+    if saved.get("experiment") != name:
+        raise DojoError(
+            f"{run_dir} is a run of {saved.get('experiment')!r}, not {name!r}",
+            f"resume it with: torchdojo run {saved.get('experiment')} --resume {run_dir}",
+        )
+    asked = {
+        "--scale": (scale, saved.get("scale")),
+        "--preset": (preset, saved.get("preset")),
+        "--set/--rungs": (list(overrides) if overrides else None, saved.get("overrides") or None),
+    }
+    for flag, (given, was) in asked.items():
+        if given is not None and given != was:
+            raise DojoError(
+                f"{run_dir} was started with {flag} {was}; --resume cannot change it to {given}",
+                "resume with the same options (or none), or start a new run without --resume",
+            )
+    return (
+        from_dict(module.Config, saved["config"]),
+        saved.get("scale", scale),
+        saved.get("preset"),
+        saved.get("overrides") or [],
+    )
+
+
 def _run(
     module: ModuleType,
     name: str,
@@ -195,27 +232,7 @@ def _run(
 ) -> Path:
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "config.json").exists():
-            raise DojoError(f"{run_dir} is not a run folder (no config.json)", "pass the folder printed by `run`")
-        saved = Run(run_dir, is_main=is_main).read_json("config.json")
-        if saved.get("experiment") != name:
-            raise DojoError(
-                f"{run_dir} is a run of {saved.get('experiment')!r}, not {name!r}",
-                f"resume it with: torchdojo run {saved.get('experiment')} --resume {run_dir}",
-            )
-        asked = {
-            "--scale": (scale, saved.get("scale")),
-            "--preset": (preset, saved.get("preset")),
-            "--set/--rungs": (list(overrides) if overrides else None, saved.get("overrides") or None),
-        }
-        for flag, (given, was) in asked.items():
-            if given is not None and given != was:  # a resumed run cannot silently ignore new settings
-                raise DojoError(
-                    f"{run_dir} was started with {flag} {was}; --resume cannot change it to {given}",
-                    "resume with the same options (or none), or start a new run without --resume",
-                )
-        cfg = from_dict(module.Config, saved["config"])
-        scale, preset = saved.get("scale", scale), saved.get("preset")
+        cfg, scale, preset, overrides = _resumed_config(module, name, run_dir, scale, preset, overrides)
         run = Run(run_dir, is_main=is_main)
     else:
         scale = scale or "small"
@@ -251,7 +268,7 @@ def _run(
         resume is not None,
         verbose,
         cfg,
-        parse_overrides(saved["overrides"] if resume is not None else overrides),
+        parse_overrides(overrides),
     )
     torch.manual_seed(getattr(cfg, "seed", 0))
     start = time.perf_counter()
