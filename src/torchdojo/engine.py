@@ -139,6 +139,13 @@ def _sums_to_means(
     return out, n
 
 
+def _accumulate(sums: dict[str, torch.Tensor], key: str, value: Any, device: torch.device, dtype: torch.dtype) -> None:
+    """sums[key] += value, in place on the device (no allocation and no sync per step)."""
+    if key not in sums:
+        sums[key] = torch.zeros((), dtype=dtype, device=device)
+    sums[key].add_(torch.as_tensor(value, device=device).detach())
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[Any],
@@ -212,7 +219,7 @@ def _train_one_epoch(
             scheduler.step()
         loss_sum += out.loss.detach().float() * out.count
         for k, v in out.metrics.items():
-            sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=device).detach()
+            _accumulate(sums, k, v, device, torch.float64)
         n += int(out.count)
         # Check now and then (a sync per step is costly on GPU); under DDP every rank must stop together.
         if i % 25 == 0 and distributed.any_rank(not bool(torch.isfinite(loss_sum)), device):
@@ -280,7 +287,7 @@ def _evaluate(
             out = step(model, batch)
         loss_sum += out.loss.detach().float().double() * out.count
         for k, v in out.metrics.items():
-            sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=device).double()
+            _accumulate(sums, k, v, device, torch.float64)
         n += int(out.count)
         if return_outputs and out.outputs is not None:
             probs.append(out.outputs.float().softmax(1).cpu())
