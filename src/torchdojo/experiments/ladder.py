@@ -290,6 +290,12 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         f"Every rung trains on the same {len(train):,}-image split (validation: {len(val):,} images, "
         f"stratified, seed {cfg.seed}), keeps the weights of its best validation epoch, and is then "
         f"evaluated on the {len(test):,} test images."
+        + (
+            f" At this scale train.max_batches={cfg.train.max_batches} caps every pass, evaluation included: the "
+            "tables' `images` column says how many images each number is over."
+            if cfg.train.max_batches
+            else ""
+        )
     )
     done = {name: train_rung(i, name, data, splits, cfg, ctx) for i, name in enumerate(cfg.rungs)}
     rows = [d["row"] for d in done.values()]
