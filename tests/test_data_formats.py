@@ -94,6 +94,138 @@ def test_idx_checksum_mismatch_names_the_file_and_the_fix(tmp_path, data_env):
     assert "--download" in e.value.fix and "--no-verify" in e.value.fix
 
 
+# ---- idx files that are damaged or do not fit together: clean errors (issue 16) ----------------------------
+
+
+def _write_idx(path: Path, data: bytes) -> None:
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_idx_label_out_of_range_is_a_clear_error(data_env, name):
+    folder = data_env["data_dir"] / DATASETS.get(name).folder
+    write_idx_dataset(folder, n_train=12)
+    labels = (np.arange(12) % 10).astype(np.uint8)
+    labels[5], labels[9] = 10, 255
+    _write_idx(folder / "train-labels-idx1-ubyte.gz", idx_bytes(labels))
+    with pytest.raises(DojoError) as e:
+        load_dataset(name, data_dir=data_env["data_dir"], verify=False)
+    p = e.value.problem
+    assert "train-labels-idx1-ubyte.gz" in p and "2 labels are outside 0..9" in p and "label 10 of image 5" in p
+    assert "--download" in e.value.fix
+
+
+@pytest.mark.parametrize("n_labels", [11, 13])
+def test_idx_image_label_count_mismatch_is_a_clear_error(data_env, n_labels):
+    folder = data_env["data_dir"] / "mnist"
+    write_idx_dataset(folder, n_train=12)
+    _write_idx(folder / "train-labels-idx1-ubyte.gz", idx_bytes((np.arange(n_labels) % 10).astype(np.uint8)))
+    with pytest.raises(DojoError) as e:
+        load_dataset("mnist", data_dir=data_env["data_dir"], verify=False)
+    assert f"train-images-idx3-ubyte.gz holds 12 images but {folder}/train-labels-idx1-ubyte.gz holds {n_labels}" in (
+        e.value.problem
+    )
+    assert "--download" in e.value.fix
+
+
+def _deflate_broken(data: bytes) -> bytes:
+    blob = bytearray(gzip.compress(data))
+    blob[10] = 0xFF  # the first deflate block: BTYPE 11 (reserved) -> zlib.error "invalid block type"
+    return bytes(blob)
+
+
+IDX_DAMAGE = {
+    # file, bytes written (raw, or .gz as given), words the error must hold
+    "int32 labels cut mid-value": (
+        "train-labels-idx1-ubyte",
+        idx_bytes(np.arange(12, dtype=">i4"))[:-3],
+        "header says (12,) = 12 values",
+    ),
+    "bad deflate data": ("train-images-idx3-ubyte.gz", None, "invalid block type"),
+    "labels file as images": ("train-images-idx3-ubyte", idx_bytes(np.zeros(12, np.uint8)), "not an images file"),
+    "images not 28x28": (
+        "train-images-idx3-ubyte",
+        idx_bytes(np.zeros((12, 28, 27), np.uint8)),
+        "expected uint8 (N, 28, 28)",
+    ),
+    "float images": (
+        "train-images-idx3-ubyte",
+        bytes([0, 0, 0x0D, 3]) + struct.pack(">3I", 12, 28, 28) + b"\0" * 4 * 12 * 28 * 28,
+        "float32",
+    ),
+    "float labels": (
+        "train-labels-idx1-ubyte",
+        bytes([0, 0, 0x0D, 1]) + struct.pack(">I", 12) + b"\0" * 48,
+        "expected (N,) integers",
+    ),
+    "2-d labels": ("train-labels-idx1-ubyte", idx_bytes(np.zeros((12, 1), np.uint8)), "expected (N,) integers"),
+    "zero bytes": ("train-labels-idx1-ubyte", b"", "bad magic number"),
+    "header only": ("train-labels-idx1-ubyte", bytes([0, 0, 8, 1]), "header is cut short"),
+    "huge dims": ("train-images-idx3-ubyte", bytes([0, 0, 8, 3]) + b"\xff" * 12, "too large"),
+    "trailing data": ("train-labels-idx1-ubyte", idx_bytes(np.zeros(12, np.uint8)) + b"x", "trailing data"),
+}
+
+
+@pytest.mark.parametrize("case", IDX_DAMAGE)
+def test_truncated_or_malformed_idx_is_a_clear_error(data_env, case):
+    folder = data_env["data_dir"] / "mnist"
+    write_idx_dataset(folder, n_train=12, gz=False)
+    name, data, what = IDX_DAMAGE[case]
+    if data is None:
+        data = _deflate_broken(idx_bytes(np.zeros((12, 28, 28), np.uint8)))
+        (folder / "train-images-idx3-ubyte").unlink()
+    (folder / name).write_bytes(data)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(DojoError) as e:
+        load_dataset("mnist", data_dir=data_env["data_dir"], verify=False)
+    assert str(folder / name) in e.value.problem and what in e.value.problem, e.value.problem
+    assert e.value.fix
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing changed
+
+
+@pytest.mark.parametrize("where", ["data-dir/mnist", "data-dir itself"])
+def test_missing_idx_file_in_data_dir_is_an_error_not_another_copy(data_env, where):
+    """A --data-dir copy with one file missing is not silently replaced by a complete copy found later in the
+    resolution order (here $TORCHDOJO_DATA; the system copy in the finding); the error names the file and folder."""
+    folder = data_env["data_dir"] / "mnist" if where == "data-dir/mnist" else data_env["data_dir"]
+    write_idx_dataset(folder)
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    write_idx_dataset(data_env["env_data"] / "mnist", n_train=20)  # a complete copy further down the order
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(DataMissingError) as e:
+        load_dataset("mnist", data_dir=data_env["data_dir"], verify=False)
+    p = e.value.problem
+    assert "t10k-labels-idx1-ubyte or t10k-labels-idx1-ubyte.gz" in p and f"in {folder} is incomplete" in p
+    assert "train-images" not in p  # only the missing file is named
+    assert str(folder) in e.value.fix
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_partial_copy_is_not_downloaded_over(data_env):
+    """With --download too: the partial folder is reported, nothing is fetched over the user's files."""
+    import dataclasses
+
+    from torchdojo.data.base import find_dataset
+
+    calls = []
+    spec = dataclasses.replace(DATASETS.get("mnist"), download=calls.append)
+    write_idx_dataset(data_env["data_dir"] / "mnist")
+    (data_env["data_dir"] / "mnist" / "train-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(DataMissingError, match="train-images-idx3-ubyte"):
+        find_dataset(spec, data_env["data_dir"], download=True)
+    assert calls == []
+
+
+def test_an_empty_data_dir_still_falls_through_to_the_next_place(data_env):
+    """The stated choice: a --data-dir that holds none of the dataset's files is passed over (it may hold other
+    datasets); only a partial copy stops the search."""
+    (data_env["data_dir"] / "mnist").mkdir()
+    (data_env["data_dir"] / "unrelated.txt").write_text("x")
+    write_idx_dataset(data_env["env_data"] / "mnist", n_train=20)
+    s = load_dataset("mnist", data_dir=data_env["data_dir"], verify=False)
+    assert Path(s.source) == data_env["env_data"] / "mnist" and len(s.train) == 20
+
+
 # ---- CIFAR-10 python pickles -------------------------------------------------------------------------------
 
 
@@ -142,7 +274,7 @@ def test_cifar10_truncated_batch_is_a_clear_error_without_verification(tmp_path,
 
 def test_cifar10_checksum(tmp_path, data_env):
     write_cifar(tmp_path / "data_dir" / "cifar-10-batches-py")
-    with pytest.raises(ChecksumError, match="data_batch_1") as e:
+    with pytest.raises(ChecksumError, match="batches.meta") as e:  # every file read is verified, the meta first
         load_dataset("cifar10", data_dir=tmp_path / "data_dir", verify=True)
     assert "delete" in e.value.fix
 

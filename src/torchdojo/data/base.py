@@ -79,8 +79,12 @@ class DatasetSpec:
     description: str = ""
     needs_files: bool = True
 
+    def missing_in(self, folder: Path) -> list[str]:
+        """The files (alternatives as "a|b") that `folder` lacks."""
+        return [f for f in self.files if not any((folder / alt).exists() for alt in f.split("|"))]
+
     def present_in(self, folder: Path) -> bool:
-        return all(any((folder / alt).exists() for alt in f.split("|")) for f in self.files)
+        return not self.missing_in(folder)
 
 
 def user_cache() -> Path:
@@ -100,11 +104,24 @@ def candidate_dirs(spec: DatasetSpec, data_dir: str | Path | None = None) -> lis
 
 
 def find_dataset(spec: DatasetSpec, data_dir: str | Path | None = None, download: bool = False) -> Path:
-    """The first folder that holds `spec`'s files; downloads only when allowed, else a clear error."""
+    """The first folder that holds `spec`'s files; downloads only when allowed, else a clear error.
+
+    A folder that holds some of the files but not all is an error naming what is missing: it is never
+    silently passed over for a copy elsewhere (a --data-dir with one file missing must not be replaced by the
+    system copy), and nothing is downloaded over it."""
     looked = candidate_dirs(spec, data_dir)
     for folder in looked:
-        if spec.present_in(folder):
+        missing = spec.missing_in(folder)
+        if not missing:
             return folder
+        if len(missing) < len(spec.files):
+            lacks = ", ".join(m.replace("|", " or ") for m in missing)
+            raise DataMissingError(
+                f"dataset {spec.name!r} in {folder} is incomplete, it lacks {lacks} (a partial copy is not "
+                "replaced by one found elsewhere)",
+                f"put the missing file(s) into {folder} ({spec.how_to_get}), or move that folder's {spec.name} "
+                "files away to use another copy",
+            )
     if download and spec.download is not None:
         target = Path(data_dir) / spec.folder if data_dir else user_cache() / "data" / spec.folder
         try:

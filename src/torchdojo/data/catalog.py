@@ -8,6 +8,8 @@ import torch
 from torchdojo.data.base import DatasetSpec, ImageData, Splits, verify_md5
 from torchdojo.data.flowers import SPEC as FLOWERS102
 from torchdojo.data.readers import (
+    check_images,
+    check_labels,
     first_existing,
     read_cifar_batches,
     read_cifar_meta,
@@ -62,7 +64,11 @@ FASHION_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
+# Every file the reader opens, batches.meta included (the md5s of the files in the official
+# cifar-10-python.tar.gz, as torchvision lists them). The files are pickles: with verification on nothing
+# is unpickled before all of them match; with --no-verify they are still read by a restricted unpickler.
 CIFAR10_MD5 = {
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
     "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
     "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
@@ -80,16 +86,18 @@ STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monk
 
 
 def _load_idx(name: str, classes: list[str], md5s: dict[str, tuple[str, ...]], folder: Path, verify: bool) -> Splits:
-    def read(stem: str) -> torch.Tensor:
+    def read(stem: str) -> tuple[Path, torch.Tensor]:
         path = first_existing(folder, stem)
         # Raw (unzipped) files are verified too where their md5 is known (Fashion-MNIST's table holds it).
         if verify and (path.suffix == ".gz" or name == "fashion-mnist"):
             verify_md5(path, md5s[stem], f"{name} {stem}")
-        return read_idx(path)
+        return path, read_idx(path)
 
     def split(prefix: str) -> ImageData:
-        x = read(f"{prefix}-images-idx3-ubyte").to(torch.uint8).unsqueeze(1)  # (N, 1, 28, 28)
-        return ImageData(x, read(f"{prefix}-labels-idx1-ubyte").long(), classes)
+        images, x = read(f"{prefix}-images-idx3-ubyte")
+        check_images(images, x, (28, 28))
+        labels, y = read(f"{prefix}-labels-idx1-ubyte")
+        return ImageData(x.unsqueeze(1), check_labels(images, labels, len(x), y, len(classes)), classes)
 
     return Splits(name, split("train"), split("t10k"), str(folder))
 
@@ -120,12 +128,12 @@ def _torchvision_download(cls_name: str, folder: Path) -> None:
 
 def _load_cifar10(folder: Path, verify: bool) -> Splits:
     train_names = [f"data_batch_{i}" for i in range(1, 6)]
-    if verify:
-        for n in [*train_names, "test_batch"]:
-            verify_md5(folder / n, CIFAR10_MD5[n], f"CIFAR-10 {n}")
+    if verify:  # all of them before any is read
+        for n, h in CIFAR10_MD5.items():
+            verify_md5(folder / n, h, f"CIFAR-10 {n}")
     classes = read_cifar_meta(folder)
-    xtr, ytr = read_cifar_batches(folder, train_names)
-    xte, yte = read_cifar_batches(folder, ["test_batch"])
+    xtr, ytr = read_cifar_batches(folder, train_names, len(classes))
+    xte, yte = read_cifar_batches(folder, ["test_batch"], len(classes))
     return Splits("cifar10", ImageData(xtr, ytr, classes), ImageData(xte, yte, classes), str(folder))
 
 
@@ -139,7 +147,9 @@ def _load_stl10(folder: Path, verify: bool) -> Splits:
         classes = [c.strip() for c in names.read_text().splitlines() if c.strip()]
 
     def split(p: str) -> ImageData:
-        return ImageData(read_stl10_images(folder / f"{p}_X.bin"), read_stl10_labels(folder / f"{p}_y.bin"), classes)
+        images, labels = folder / f"{p}_X.bin", folder / f"{p}_y.bin"
+        x = read_stl10_images(images)
+        return ImageData(x, check_labels(images, labels, len(x), read_stl10_labels(labels), len(classes)), classes)
 
     return Splits("stl10", split("train"), split("test"), str(folder))
 
@@ -195,7 +205,7 @@ DATASETS.register(
     DatasetSpec(
         name="cifar10",
         folder="cifar-10-batches-py",
-        files=("batches.meta", *CIFAR10_MD5),
+        files=tuple(CIFAR10_MD5),
         load=_load_cifar10,
         how_to_get="download cifar-10-python.tar.gz from www.cs.toronto.edu/~kriz/cifar.html and extract it",
         download=partial(_torchvision_download, "CIFAR10"),
