@@ -36,7 +36,17 @@ def main(args: argparse.Namespace) -> int:
     for r in runs:
         if not (r / "summary.json").exists():
             raise DojoError(f"{r} has no summary.json (not a finished run folder)", "pass folders from `torchdojo run`")
-    summaries = {r.name: _flatten(json.loads((r / "summary.json").read_text())) for r in runs}
+    summaries = {}
+    for r in runs:
+        try:
+            summary = json.loads((r / "summary.json").read_bytes())
+        except (OSError, ValueError, RecursionError) as e:
+            raise DojoError(
+                f"{r / 'summary.json'} cannot be read ({str(e)[:200]})", "re-run or --resume that run"
+            ) from None
+        if not isinstance(summary, dict):
+            raise DojoError(f"{r / 'summary.json'} is not a JSON object", "re-run or --resume that run")
+        summaries[r.name] = _flatten(summary)
     keys = [k for k in dict.fromkeys(k for s in summaries.values() for k in s)]
     rows = [{"metric": k, **{name: s.get(k, "") for name, s in summaries.items()}} for k in keys]
     t = Table(title="runs side by side")

@@ -1,6 +1,10 @@
-"""`torchdojo report RUN`: re-render a run's report.html from its folder alone."""
+"""`torchdojo report RUN`: re-render a run's report.html from its folder alone.
+
+Only files inside RUN are read: a figure block of report.json that names an absolute path, a path with '..', a
+symlink out of the folder or a file that is not a PNG is refused (an error, exit 2, report.html left as it was)."""
 
 import argparse
+import os
 from pathlib import Path
 
 NAME = "report"
@@ -16,7 +20,9 @@ def main(args: argparse.Namespace) -> int:
     from torchdojo.report import render_html
 
     run = Path(args.run)
-    if not (run / "report.json").exists():
+    if not run.is_dir():
+        raise DojoError(f"{run} is not a folder", "pass a run folder written by `torchdojo run`")
+    if not os.path.lexists(run / "report.json"):
         raise DojoError(f"{run} has no report.json", "pass a run folder written by `torchdojo run`")
     print(render_html(run))
     return 0

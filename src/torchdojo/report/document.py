@@ -3,10 +3,47 @@
 import base64
 import html
 import json
-from pathlib import Path
+import os
+import stat
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from torchdojo.errors import DojoError
 from torchdojo.runs import atomic_write_bytes, atomic_write_json
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_FIGURE_BYTES = 64 << 20  # a figure torchdojo draws is well under 5 MB
+MAX_JSON_BYTES = 64 << 20
+BLOCK_TYPES = ("heading", "text", "code", "table", "figure", "warning")
+
+
+class ReportError(DojoError):
+    """report.json (or a file it names) is not what torchdojo writes: refused before anything is read from it."""
+
+
+class FigureRefused(ReportError):
+    """A figure block names a file that is not a PNG inside its run folder; nothing is read from it."""
+
+
+def _shown(s: Any, n: int = 120) -> str:
+    """A value for an error message: repr'd, at most n characters."""
+    r = repr(s)
+    return r if len(r) <= n else r[: n - 1] + "…"
+
+
+def unsafe_figure_path(path: Any) -> str | None:
+    """Why a figure path is refused on its face (before the file system is asked), or None.
+
+    A figure path is relative and has no '..' part: a bare name (figures/NAME.png) or a path below the run folder."""
+    if not isinstance(path, str) or not path:
+        return "the path is not a non-empty string"
+    if "\x00" in path:
+        return "the path contains a NUL byte"
+    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).anchor:
+        return "the path is absolute"
+    if ".." in PurePosixPath(path).parts or ".." in PureWindowsPath(path).parts:
+        return "the path has a '..' part"
+    return None
 
 
 def _fmt(v: Any) -> str:
@@ -47,10 +84,13 @@ class Report:
         )
 
     def figure(self, path: str | Path, caption: str = "") -> None:
-        """A PNG under the run folder; stored by its path relative to the run folder."""
-        self.blocks.append(
-            {"type": "figure", "path": Path(path).name if Path(path).is_absolute() else str(path), "caption": caption}
-        )
+        """A PNG under the run folder; stored by its path relative to the run folder (an absolute path by its
+        name: figures/NAME.png). A relative path with a '..' part is a bug in the caller: ValueError."""
+        stored = Path(path).name if Path(path).is_absolute() else str(path)
+        why = unsafe_figure_path(stored)
+        if why:
+            raise ValueError(f"figure path {_shown(stored)}: {why}")
+        self.blocks.append({"type": "figure", "path": stored, "caption": caption})
 
     def warning(self, text: str) -> None:
         self.blocks.append({"type": "warning", "text": text})
@@ -64,8 +104,11 @@ class Report:
 
     @classmethod
     def load(cls, run_dir: Path) -> "Report":
-        data = json.loads((Path(run_dir) / "report.json").read_text())
-        return cls(data["title"], data["blocks"])
+        """The report of run_dir/report.json, checked like `render_html` checks it (ReportError if malformed)."""
+        run_dir = Path(run_dir)
+        doc = _read_json(run_dir, "report.json")
+        _check_doc(run_dir / "report.json", doc)
+        return cls(doc["title"], doc["blocks"])
 
 
 CSS = """
@@ -78,6 +121,7 @@ td:first-child,th:first-child{text-align:left}caption{caption-side:top;text-alig
 figure{display:inline-block;vertical-align:top;margin:1em 1em 1em 0;max-width:100%}
 figure img{max-width:100%;border:1px solid #e3e8ef}figcaption{color:#4a5568;font-size:.9em}
 pre{background:#f5f7fa;padding:.8em;overflow-x:auto;border:1px solid #e3e8ef}
+td,th,p,li,h1,h2,h3,h4,caption,figcaption,.warn{overflow-wrap:anywhere}
 .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em .8em}.meta{color:#4a5568;font-size:.9em}
 """
 
@@ -94,23 +138,141 @@ def _text_html(text: str) -> str:
     return "\n".join(out)
 
 
+def _inside(run_dir: Path, rel: str) -> Path:
+    """run_dir/rel resolved (symlinks followed), or ReportError if that lands outside the run folder."""
+    root = run_dir.resolve()
+    try:
+        target = (run_dir / rel).resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise ReportError(f"{run_dir / rel} cannot be resolved ({e})", "remove the looping symlink") from None
+    if target == root or not target.is_relative_to(root):
+        raise ReportError(
+            f"{run_dir / rel} leads outside the run folder (to {target})",
+            "a run folder's files must stay inside it; remove the link, or copy the file into the folder",
+        )
+    return target
+
+
+def _read_inside(run_dir: Path, rel: str, limit: int) -> bytes:
+    """The bytes of a regular file inside run_dir, at most `limit` of them; never follows a path out of the folder,
+    never opens a FIFO or device, and never reads past `limit`."""
+    target = _inside(run_dir, rel)
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise ReportError(
+            f"cannot open {run_dir / rel}: {e.strerror}", "check that it exists and is readable"
+        ) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ReportError(f"{run_dir / rel} is not a regular file", "replace it with the file torchdojo wrote")
+        if st.st_size > limit:
+            raise ReportError(
+                f"{run_dir / rel} is {st.st_size:,} bytes, over the {limit:,}-byte limit",
+                "replace it with the file torchdojo wrote (figures and report.json are far smaller)",
+            )
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ReportError(f"{run_dir / rel} grew past the {limit:,}-byte limit while read", "try again")
+    return data
+
+
+def _read_json(run_dir: Path, name: str) -> Any:
+    try:
+        return json.loads(_read_inside(run_dir, name, MAX_JSON_BYTES))
+    except ReportError:
+        raise
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ReportError(
+            f"{run_dir / name} is not valid JSON ({str(e)[:200]})",
+            f"restore {name} (re-run the experiment to write it again)",
+        ) from None
+
+
+_FIX = (
+    "a figure block names a PNG inside its run folder (figures/NAME.png); remove or correct that block in "
+    "report.json, or re-run the experiment to write the report again"
+)
+
+
+def _check_doc(where: Path, doc: Any) -> None:
+    """ReportError unless doc has the shape `Report.to_dict` writes (figure paths are checked when read)."""
+
+    def bad(what: str) -> ReportError:
+        return ReportError(f"{where}: {what}", "restore report.json, or re-run the experiment to write it again")
+
+    if not isinstance(doc, dict) or not isinstance(doc.get("title"), str) or not isinstance(doc.get("blocks"), list):
+        raise bad("not a report (an object with a string 'title' and a list of 'blocks')")
+    for i, b in enumerate(doc["blocks"]):
+        t = b.get("type") if isinstance(b, dict) else None
+        if t not in BLOCK_TYPES:
+            raise bad(f"block {i} has no known type ({_shown(t)}; known: {', '.join(BLOCK_TYPES)})")
+        required = {"figure": ("path",), "table": ()}.get(t, ("text",))
+        optional = ("caption",) if t in ("figure", "table") else ()
+        for key in required + optional:
+            if (key in required and key not in b) or not isinstance(b.get(key, ""), str):
+                raise bad(f"block {i} ({t}): {key!r} is not a string")
+        level = b.get("level", 2)
+        if t == "heading" and (not isinstance(level, int) or isinstance(level, bool)):
+            raise bad(f"block {i} (heading): level {_shown(level)} is not an integer")
+        if t == "table":
+            cols, rows = b.get("columns"), b.get("rows")
+            if not isinstance(cols, list) or not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+                raise bad(f"block {i} (table): 'columns' and 'rows' are not lists (rows: lists of cells)")
+
+
+def _figure_bytes(run_dir: Path, rel: Any) -> bytes | None:
+    """The PNG a figure block names, or None when it is missing; FigureRefused (before anything is read) for a path
+    that is absolute, has a '..' part, leads outside the run folder (a symlink), or for a file that is not a PNG."""
+
+    def refused(why: str) -> FigureRefused:
+        return FigureRefused(f"{run_dir / 'report.json'}: figure {_shown(rel)} refused: {why}", _FIX)
+
+    why = unsafe_figure_path(rel)
+    if why:
+        raise refused(why)
+    candidates = [run_dir / rel, run_dir / "figures" / rel]  # as named, else under figures/ (what Report writes)
+    chosen = next((c for c in candidates if os.path.lexists(c)), None)
+    if chosen is None:
+        return None
+    rel_chosen = str(chosen.relative_to(run_dir))
+    try:
+        target = _inside(run_dir, rel_chosen)
+    except ReportError as e:
+        raise refused(e.problem) from None
+    if not target.exists():
+        return None  # a dangling link inside the folder: missing
+    try:
+        data = _read_inside(run_dir, rel_chosen, MAX_FIGURE_BYTES)
+    except ReportError as e:
+        raise refused(e.problem) from None
+    if not data.startswith(PNG_SIGNATURE):
+        raise refused("the file is not a PNG image")
+    return data
+
+
 def render_html(run_dir: Path) -> Path:
     """Render run_dir/report.json and its figures into run_dir/report.html (images embedded)."""
     run_dir = Path(run_dir)
-    doc = json.loads((run_dir / "report.json").read_text())
+    doc = _read_json(run_dir, "report.json")
+    _check_doc(run_dir / "report.json", doc)
     parts = [f"<h1>{html.escape(doc['title'])}</h1>"]
-    meta = []
+    meta = {}
     for name in ("config.json", "env.json"):
-        if (run_dir / name).exists():
-            meta.append(json.loads((run_dir / name).read_text()))
+        if os.path.lexists(run_dir / name):
+            meta[name] = _read_json(run_dir, name)
+            if not isinstance(meta[name], dict):
+                raise ReportError(f"{run_dir / name} is not a JSON object", f"restore {name} or delete it")
     if meta:
-        cfg = meta[0]
-        env = meta[1] if len(meta) > 1 else {}
+        cfg = meta.get("config.json", {})
+        env = meta.get("env.json", {})
+        cfg_config = cfg.get("config") if isinstance(cfg.get("config"), dict) else {}
         bits = [
             f"run {run_dir.name}",
             f"experiment {cfg.get('experiment', '?')}",
             f"scale {cfg.get('scale', '?')}",
-            f"seed {cfg.get('config', {}).get('seed', '?')}",
+            f"seed {cfg_config.get('seed', '?')}",
             f"device {env.get('device', '?')}",
             f"torch {env.get('torch', '?')}",
             f"git {str(env.get('git_revision') or '-')[:10]}",
@@ -119,7 +281,7 @@ def render_html(run_dir: Path) -> Path:
     for b in doc["blocks"]:
         t = b["type"]
         if t == "heading":
-            lvl = min(max(int(b.get("level", 2)), 2), 4)
+            lvl = min(max(b.get("level", 2), 2), 4)
             parts.append(f"<h{lvl}>{html.escape(b['text'])}</h{lvl}>")
         elif t == "text":
             parts.append(_text_html(b["text"]))
@@ -135,10 +297,9 @@ def render_html(run_dir: Path) -> Path:
             cap = f"<caption>{html.escape(b['caption'])}</caption>" if b.get("caption") else ""
             parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif t == "figure":
-            path = run_dir / "figures" / b["path"] if not (run_dir / b["path"]).exists() else run_dir / b["path"]
-            if path.exists():
-                data = base64.b64encode(path.read_bytes()).decode()
-                src = f"data:image/png;base64,{data}"
+            png = _figure_bytes(run_dir, b["path"])
+            if png is not None:
+                src = f"data:image/png;base64,{base64.b64encode(png).decode()}"
                 parts.append(
                     f"<figure><img src='{src}' alt='{html.escape(b.get('caption', ''), quote=True)}'>"
                     f"<figcaption>{html.escape(b.get('caption', ''))}</figcaption></figure>"
@@ -154,5 +315,10 @@ def render_html(run_dir: Path) -> Path:
         + "</body></html>\n"
     )
     out = run_dir / "report.html"
-    atomic_write_bytes(out, page.encode())
+    try:
+        atomic_write_bytes(out, page.encode())
+    except OSError as e:
+        raise ReportError(
+            f"cannot write {out}: {e.strerror or e}", "make the run folder writable and free some disk space"
+        ) from None
     return out

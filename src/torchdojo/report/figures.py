@@ -1,11 +1,27 @@
-"""Figures as PNG files: training curves, labelled image grids, confusion matrices, bar charts."""
+"""Figures as PNG files: training curves, labelled image grids, confusion matrices, bar charts.
 
+Text in a figure is drawn literally (a '$' is a dollar, never mathtext) and capped: a label longer than its cap ends
+in '…', so a 5000-character class name gives a figure of the usual size. Every figure is written through `_save`:
+a uniquely named temp file in the same folder, then a rename, so concurrent writers never collide and a reader
+never sees half a PNG.
+"""
+
+import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from torchdojo.errors import DojoError
+
+LABEL_CHARS = 40  # tick labels, class names, per-image titles and row labels
+TEXT_CHARS = 100  # any other text (titles, axis labels, legend entries), per line
+TEXT_LINES = 6
+DPI = 90
+MAX_SIDE_PX = 8000  # a bigger figure is drawn at a lower dpi
 
 
 def _plt() -> Any:
@@ -17,12 +33,74 @@ def _plt() -> Any:
     return plt
 
 
+def cap(text: Any, chars: int = LABEL_CHARS, lines: int = 2) -> str:
+    """`text` as drawn: at most `lines` lines of at most `chars` characters (cut ones end in '…'), '$' literal."""
+    rows = str(text).replace("\\$", "$").split("\n")  # undo an earlier cap's escapes: capping twice is capping once
+    if len(rows) > lines:
+        rows = rows[:lines]
+        rows[-1] = rows[-1][: chars - 1] + "…"
+    rows = [r if len(r) <= chars else r[: chars - 1] + "…" for r in rows]
+    return "\n".join(rows).replace("$", "\\$")
+
+
+def _cap_figure_text(fig: Any) -> None:
+    """Every text of `fig` capped (`cap`): tick labels given as strings at LABEL_CHARS, the rest at TEXT_CHARS."""
+    from matplotlib.category import StrCategoryFormatter
+    from matplotlib.text import Text
+    from matplotlib.ticker import FixedFormatter, FuncFormatter
+
+    for ax in fig.axes:
+        for axis in (getattr(ax, name, None) for name in ("xaxis", "yaxis", "zaxis")):
+            if axis is None:
+                continue
+            for which in (axis.major, axis.minor):
+                fmt = which.formatter
+                if isinstance(fmt, FixedFormatter):
+                    fmt.seq = [cap(s) for s in fmt.seq]
+                elif isinstance(fmt, StrCategoryFormatter):  # bars of named categories
+                    wrapped = FuncFormatter(lambda x, pos=None, f=fmt: cap(f(x, pos)))
+                    (axis.set_major_formatter if which is axis.major else axis.set_minor_formatter)(wrapped)
+    for t in fig.findobj(Text):
+        text = t.get_text()
+        capped = cap(text, TEXT_CHARS, TEXT_LINES)
+        if capped != text:
+            t.set_text(capped)
+
+
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90, bbox_inches="tight")
-    _plt().close(fig)
-    tmp.replace(path)
+    """Write `fig` to `path` (PNG) through a temp file of a unique name in the same folder and a rename; the file's
+    mode follows the umask. An unwritable folder or a full disk is a DojoError naming the path."""
+    path = Path(path)
+    tmp: Path | None = None
+    try:
+        _cap_figure_text(fig)
+        w, h = fig.get_size_inches()
+        dpi = min(DPI, MAX_SIDE_PX / max(w, h, 1e-6))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(8):
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+                break
+            except FileExistsError:
+                tmp = None
+        else:
+            raise FileExistsError(f"no free temp name next to {path}")
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise DojoError(
+            f"cannot write the figure {path}: {e.strerror or e}",
+            "make the run folder writable and free some disk space, then run again (or --resume)",
+        ) from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        _plt().close(fig)
     return path
 
 
@@ -89,11 +167,11 @@ def image_grid(
                 vmax=255 if img.dtype == np.uint8 else None,
             )
             if titles:
-                ax.set_title(titles[i], fontsize=7)
+                ax.set_title(cap(titles[i], LABEL_CHARS, 3), fontsize=7)
         if row_labels and i % ncols == 0 and i // ncols < len(row_labels):
-            ax.set_ylabel(row_labels[i // ncols], rotation=0, ha="right", va="center", fontsize=9)
+            ax.set_ylabel(cap(row_labels[i // ncols]), rotation=0, ha="right", va="center", fontsize=9)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(cap(title, TEXT_CHARS, TEXT_LINES), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -102,10 +180,12 @@ def confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path, title: 
     """Counts with row-normalised colour; rows are true classes, columns predictions."""
     plt = _plt()
     k = len(classes)
-    fig, ax = plt.subplots(figsize=(0.55 * k + 2.5, 0.55 * k + 2))
+    side = min(0.55 * k, 60.0)  # past ~100 classes the cells shrink instead of the figure growing
+    font = max(1.0, min(8.0, 72 * 0.8 * side / max(k, 1)))
+    fig, ax = plt.subplots(figsize=(side + 2.5, side + 2))
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(k):
+    for i in range(k if k <= 100 else 0):  # counts only while they fit in their cells
         for j in range(k):
             ax.text(
                 j,
@@ -116,8 +196,9 @@ def confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path, title: 
                 fontsize=7,
                 color="white" if norm[i, j] > 0.5 else "black",
             )
-    ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), classes, fontsize=8)
+    names = [cap(c) for c in classes]
+    ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=font)
+    ax.set_yticks(range(k), names, fontsize=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
@@ -127,7 +208,8 @@ def confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path, title: 
 def bars(values: dict[str, float], path: Path, ylabel: str, title: str = "") -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.2 * len(values) + 2, 3.5))
-    ax.bar(list(values), list(values.values()), color="#3b6ea5")
+    ax.bar(range(len(values)), list(values.values()), color="#3b6ea5")
+    ax.set_xticks(range(len(values)), [cap(name) for name in values])  # names cut alike stay separate bars
     for i, v in enumerate(values.values()):
         ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel(ylabel)
