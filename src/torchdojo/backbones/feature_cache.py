@@ -94,10 +94,14 @@ class FeatureCache:
         feats, labels, meta = self._paths(key)
         if not meta.exists() or not feats.exists() or not labels.exists():
             return None
-        info = json.loads(meta.read_text())
-        f = np.load(feats, mmap_mode="r")
-        y = np.load(labels)
-        if list(f.shape) != info["shape"] or len(y) != info["shape"][0]:
+        try:
+            info = json.loads(meta.read_text())
+            f = np.load(feats, mmap_mode="r")  # allow_pickle stays False: an object array is refused, not run
+            y = np.load(labels)
+            shape = list(info["shape"])
+        except (OSError, ValueError, KeyError, TypeError, EOFError):
+            return None  # unreadable or hand-made files (object arrays, bad JSON, truncated): a cache miss
+        if f.dtype != np.float32 or list(f.shape) != shape or y.ndim != 1 or len(y) != shape[0]:
             return None  # inconsistent files (e.g. replaced by hand): treat as a miss
         return f, y
 

@@ -29,9 +29,19 @@ def main(args: argparse.Namespace) -> int:
         if not spec.needs_files:
             t.add_row(name, "[green]present", spec.how_to_get.replace("install", "ships with"))
             continue
-        found = next((d for d in candidate_dirs(spec, args.data_dir) if spec.present_in(d)), None)
-        if found:
+        # as `find_dataset` looks: the first folder with all of the files, or the first with only some of them
+        found = next(
+            (
+                d
+                for d in candidate_dirs(spec, args.data_dir)
+                if d.is_dir() and len(spec.missing_in(d)) < len(spec.files)
+            ),
+            None,
+        )
+        if found is not None and spec.present_in(found):
             t.add_row(name, "[green]present", str(found))
+        elif found is not None:
+            t.add_row(name, "[red]incomplete", f"{found} lacks {', '.join(spec.missing_in(found))}")
         else:
             t.add_row(
                 name,
