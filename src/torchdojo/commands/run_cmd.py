@@ -46,6 +46,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="continue an interrupted run in its folder (config is read from it)",
     )
+    p.add_argument(
+        "--ddp-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="under torchrun: how long a process waits for the others before the job stops with an error "
+        "(default: $TORCHDOJO_DDP_TIMEOUT, else 600)",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-epoch output")
     p.add_argument("--config", action="store_true", help="print the resolved config and exit")
 
@@ -76,20 +84,25 @@ def main(args: argparse.Namespace) -> int:
         if unused:
             print(f"not used by {args.experiment} (refused if set): {', '.join(unused)}", file=sys.stderr)
         return 0
+    from torchdojo import distributed
+
+    distributed.set_timeout(args.ddp_timeout)
+    distributed.timeout_seconds()  # a bad $TORCHDOJO_DDP_TIMEOUT is refused before anything runs
     keep_freed_memory()  # process-wide allocator tuning: the CLI's choice, never the library's
-    path = run_experiment(
-        module,
-        scale=args.scale,
-        preset=args.preset,
-        overrides=overrides,
-        device=args.device,
-        data_dir=args.data_dir,
-        download=args.download,
-        verify=args.verify,
-        runs_root=args.runs_dir,
-        resume=args.resume,
-        verbose=not args.quiet,
-    )
+    with distributed.faults_as_errors(args.experiment, args.runs_dir, args.resume):  # a hung rank: an error
+        path = run_experiment(
+            module,
+            scale=args.scale,
+            preset=args.preset,
+            overrides=overrides,
+            device=args.device,
+            data_dir=args.data_dir,
+            download=args.download,
+            verify=args.verify,
+            runs_root=args.runs_dir,
+            resume=args.resume,
+            verbose=not args.quiet,
+        )
     import os
 
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the job, not one per process
