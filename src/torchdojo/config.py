@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from difflib import get_close_matches
@@ -52,6 +53,10 @@ class TrainConfig:
             )
 
 
+# The largest whole number any setting takes (counts, sizes, steps, seeds): 10**30 epochs or a 10**30 batch is
+# a typo, and torch cannot even index with it.
+INT_MAX = 2**31 - 1
+
 # Ranges of fields by name, for every config (experiments' own fields included): (lo, hi, lo_open, hi_open).
 # Every float must be finite and every int >= 0 besides (`check_numbers`).
 RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
@@ -77,6 +82,9 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "clip_norm": (0, None, True, False),
     "clip_value": (0, None, True, False),
     "clip_radius": (0, None, True, False),
+    # zero padding around each image before a random crop: beyond 64 px the crops of any image here are mostly
+    # padding, and the padded batch grows with its square (2**31 px: an overflow, not a run)
+    "crop_padding": (0, 64, False, False),
 }
 
 
@@ -110,6 +118,9 @@ def _check_number(key: str, value: Any) -> None:
         raise DojoError(f"{key} must be a finite number, got {value}", f"pass a finite value, e.g. --set {key}=...")
     if isinstance(value, int) and value < 0:
         raise DojoError(f"{key} must be >= 0, got {value}", f"pass a non-negative value, e.g. --set {key}=0")
+    if isinstance(value, int) and value > INT_MAX:
+        shown = f"{value:,}" if value < 10**40 else f"a {value.bit_length():,}-bit number"
+        raise DojoError(f"{key} must be <= {INT_MAX:,}, got {shown}", f"pass a smaller value, e.g. --set {key}=...")
     name = key.rsplit(".", 1)[-1]
     if name in RANGES and isinstance(value, (int, float)):
         _check_range(key, value, *RANGES[name])
@@ -141,6 +152,8 @@ def _coerce(value: str, tp: Any, key: str) -> Any:
         return _coerce(value, args[0], key)
     if origin in (tuple, list):
         (inner, *_) = get_args(tp) or (str,)
+        if get_origin(inner) in (tuple, list):
+            raise DojoError(f"{key} cannot be set from the command line (type {tp})")
         parts = [p.strip() for p in value.split(",") if p.strip()]
         seq = [_coerce(p, inner, key) for p in parts]
         return tuple(seq) if origin is tuple else seq
@@ -159,8 +172,85 @@ def _coerce(value: str, tp: Any, key: str) -> Any:
             return value
     except ValueError:
         allowed = "true or false" if tp is bool else f"a value of type {tp.__name__}"
-        raise DojoError(f"bad value {value!r} for {key}", f"{key} takes {allowed}") from None
+        raise DojoError(f"bad value {_shown(value)} for {key}", f"{key} takes {allowed}") from None
     raise DojoError(f"{key} cannot be set from the command line (type {tp})")
+
+
+def _shown(value: Any) -> str:
+    """repr(value), shortened: an error message quotes what it refuses, not a megabyte of it."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than sys.get_int_max_str_digits() digits
+        return f"a {value.bit_length():,}-bit number" if isinstance(value, int) else f"a {type(value).__name__}"
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
+
+
+def _typed(value: Any, tp: Any, key: str) -> Any:
+    """A setting given as a Python value (a dict override, config.json) checked against the field's type `tp`,
+    as strictly as a `--set` string: a bool is no int, a float no int unless whole, a list no scalar, an
+    element of a tuple has the element type. Strings are parsed by `_coerce`. Returns the value (tuples as
+    tuples, ints of float fields as floats) or raises a DojoError naming `key`."""
+    if isinstance(value, str):
+        return _coerce(value, tp, key)
+    origin = get_origin(tp)
+
+    def bad(want: str) -> DojoError:
+        return DojoError(
+            f"bad value {_shown(value)} (a {type(value).__name__}) for {key}",
+            f"{key} takes {want}, e.g. --set {key}=...",
+        )
+
+    if origin is Literal:
+        allowed = get_args(tp)
+        if isinstance(value, (int, float)):  # bools included: str(True) is no choice unless it is one
+            return _coerce(str(value), tp, key)  # Python values are checked against the choices too
+        raise bad(f"one of {', '.join(map(str, allowed))}")
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(get_args(tp)):
+            return None
+        first: DojoError | None = None
+        for a in args:
+            try:
+                return _typed(value, a, key)
+            except DojoError as e:
+                first = first or e
+        raise first or bad("a value")
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            raise bad(f"a list of {', '.join(getattr(a, '__name__', str(a)) for a in get_args(tp)) or 'values'}")
+        inner = get_args(tp)
+        if len(inner) == 2 and inner[1] is Ellipsis or origin is list:
+            seq = [_typed(v, inner[0] if inner else Any, key) for v in value]
+        else:
+            if len(value) != len(inner):
+                raise bad(f"exactly {len(inner)} values")
+            seq = [_typed(v, t, key) for v, t in zip(value, inner, strict=True)]
+        return tuple(seq) if origin is tuple else seq
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (numbers.Integral, float)):
+            raise bad("a whole number")
+        if isinstance(value, float):
+            if not value.is_integer():  # NaN and inf included
+                raise bad("a whole number")
+            return int(value)
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise bad("a number")
+        try:
+            return float(value)
+        except OverflowError:
+            raise bad("a finite number") from None
+    if tp is str:
+        raise bad("a string")
+    if dataclasses.is_dataclass(tp):
+        raise DojoError(f"{key!r} is a group of settings", f"set one of its fields, e.g. {key}.<field>")
+    return value  # a field of a type this module does not know: as given
 
 
 def field_names(cfg: Any, prefix: str = "") -> list[str]:
@@ -181,8 +271,12 @@ def parse_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, A
         return {}
     if isinstance(overrides, dict):
         return dict(overrides)
+    if isinstance(overrides, str):
+        overrides = [overrides]
     parsed: dict[str, Any] = {}
     for item in overrides:
+        if not isinstance(item, str):
+            raise DojoError(f"bad --set {_shown(item)}: not a key=value string", "e.g. --set train.lr=0.01")
         if "=" not in item:
             raise DojoError(f"bad --set {item!r}", "write it as key=value, e.g. --set train.lr=0.01")
         k, v = item.split("=", 1)
@@ -201,14 +295,16 @@ def apply_overrides(cfg: C, overrides: dict[str, Any] | list[str], prefix: str =
     hints = get_type_hints(type(cfg))
     names = {f.name for f in dataclasses.fields(cfg)}
     for key, value in overrides.items():
+        if not isinstance(key, str):
+            raise DojoError(f"config key {_shown(key)} is not a string", "name a setting, e.g. train.lr")
         head, _, rest = key.partition(".")
         if head not in names:
             known = field_names(cfg, prefix)
-            close = get_close_matches(prefix + key, known, n=1) or [
+            close = (get_close_matches(prefix + key, known, n=1) if len(key) <= 200 else []) or [
                 n for n in known if n.endswith("." + key.split(".")[-1])
             ]
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise DojoError(f"unknown config key {prefix + key!r}", f"{hint}known keys: {', '.join(known)}")
+            raise DojoError(f"unknown config key {_shown(prefix + key)}", f"{hint}known keys: {', '.join(known)}")
         if rest:
             nested.setdefault(head, {})[rest] = value
         else:
@@ -220,9 +316,7 @@ def apply_overrides(cfg: C, overrides: dict[str, Any] | list[str], prefix: str =
                 raise DojoError(
                     f"{prefix + key!r} is a group of settings", f"set one of its fields, e.g. {prefix + key}.<field>"
                 )
-            if not isinstance(value, str) and get_origin(hints[head]) is Literal:
-                value = str(value)  # Python values are checked against the choices too
-            flat[head] = _coerce(value, hints[head], prefix + key) if isinstance(value, str) else value
+            flat[head] = _typed(value, hints[head], prefix + key)
             _check_number(prefix + key, flat[head])
     for head, sub in nested.items():
         current = getattr(cfg, head)
@@ -231,7 +325,12 @@ def apply_overrides(cfg: C, overrides: dict[str, Any] | list[str], prefix: str =
                 f"unknown config key {prefix + head + '.' + next(iter(sub))!r}", f"{prefix + head} has no sub-fields"
             )
         flat[head] = apply_overrides(current, sub, f"{prefix}{head}.")
-    return dataclasses.replace(cfg, **flat)
+    try:
+        return dataclasses.replace(cfg, **flat)
+    except DojoError as e:  # TrainConfig's own checks say "train."; name the group this one is
+        if isinstance(cfg, TrainConfig) and prefix and prefix != "train." and e.problem.startswith("train."):
+            raise type(e)(prefix + e.problem[len("train.") :], e.fix) from None
+        raise
 
 
 def hyper_parameters(cfg: TrainConfig) -> dict[str, Any]:
@@ -259,15 +358,23 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     """Rebuild a (nested) dataclass config from `to_dict` output."""
+    return _from_dict(cls, data, "")
+
+
+def _from_dict(cls: type[C], data: Any, prefix: str) -> C:
+    """`from_dict`, each value checked like a dict override (a config.json edited by hand, or damaged, is a
+    DojoError naming the key, not a TypeError deep in a run)."""
+    if not isinstance(data, dict):
+        raise DojoError(f"config {prefix.rstrip('.') or 'file'} is a {type(data).__name__}, not a mapping of settings")
     hints = get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name not in data:
             continue
         tp, val = hints[f.name], data[f.name]
-        if dataclasses.is_dataclass(tp) and isinstance(val, dict):
-            val = from_dict(tp, val)
-        elif get_origin(tp) is tuple and isinstance(val, list):
-            val = tuple(val)
+        if dataclasses.is_dataclass(tp):
+            val = _from_dict(tp, val, f"{prefix}{f.name}.")
+        else:
+            val = _typed(val, tp, prefix + f.name)  # types only: ranges are the config's own __post_init__'s
         kwargs[f.name] = val
     return cls(**kwargs)

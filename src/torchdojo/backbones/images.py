@@ -2,6 +2,7 @@
 backbone's weights expect (resize shorter side, center crop, normalise) into a (1, 3, S, S) batch.
 """
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,21 @@ from torchdojo.backbones.zoo import Preprocessing
 from torchdojo.errors import DojoError
 
 SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "cat")
+
+
+def check_image(spec: str) -> None:
+    """The cheap checks of `read_image` (the sample's name; a file's existence and header: empty, not an
+    image, more pixels than the decompression-bomb limit), each a DojoError naming the file."""
+    if spec.startswith("skimage:"):
+        if spec.split(":", 1)[1] not in SAMPLES:
+            names = ", ".join("skimage:" + s for s in SAMPLES)
+            raise DojoError(f"unknown sample photo {spec!r}", f"use one of {names}")
+        return
+    if not Path(spec).is_file():
+        raise DojoError(f"image {spec} not found", "pass an image file (jpg, png, ...) or skimage:chelsea")
+    from torchdojo.data.imagefile import image_size
+
+    image_size(spec)
 
 
 def read_image(spec: str) -> torch.Tensor:
@@ -28,13 +44,9 @@ def read_image(spec: str) -> torch.Tensor:
         path = Path(spec)
         if not path.is_file():
             raise DojoError(f"image {spec} not found", "pass an image file (jpg, png, ...) or skimage:chelsea")
-        from PIL import Image, UnidentifiedImageError
+        from torchdojo.data.imagefile import load_rgb
 
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except UnidentifiedImageError:
-            raise DojoError(f"{spec} is not an image PIL can read", "pass a jpg, png, bmp, ... file") from None
+        arr = np.asarray(load_rgb(path))  # a DojoError naming the file: empty, not an image, too large, damaged
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, -1)
     return torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1)
@@ -45,6 +57,13 @@ def preprocess(img: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     x = img[None].float() / 255
     h, w = x.shape[-2:]
     scale = prep.resize / min(h, w)
+    if max(h, w) * scale > 4 * max(prep.resize, prep.input_size):
+        # An extreme aspect ratio (a 2x20000 strip) would resize to gigabytes: keep only the middle of the long
+        # side that the center crop reaches (and a margin for the resampling filter). Photos never get here.
+        keep = max(min(h, w), math.ceil((prep.input_size + 16) / scale))
+        top, left = max(h - keep, 0) // 2, max(w - keep, 0) // 2
+        x = x[..., top : top + keep, left : left + keep]
+        h, w = x.shape[-2:]
     x = F.interpolate(
         x,
         size=(max(round(h * scale), prep.input_size), max(round(w * scale), prep.input_size)),

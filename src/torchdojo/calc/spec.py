@@ -14,6 +14,7 @@ Every layer records closed-form formulas (params, MACs, FLOPs, output size, rece
 
 import collections
 import dataclasses
+import math
 import re
 
 from torch import nn
@@ -75,10 +76,34 @@ class Spec:
     model: nn.Sequential
 
 
+# What a spec may build: the modules are real and `check_spec` runs them, so a typo like `fc 10000000` or
+# `p100000` must not allocate gigabytes. Per layer: parameters (1 GiB of float32), values per example.
+MAX_PARAMS = 2**28
+MAX_VALUES = 2**27
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    """Values in one example of `shape`."""
+    n = 1
+    for v in shape:
+        n *= v
+    return n
+
+
 def _shape(text: str) -> tuple[int, ...]:
-    if not re.fullmatch(r"\d+(x\d+){0,3}", text.strip()):
-        raise DojoError(f"spec input {text.strip()!r} is not a shape", "start the spec with e.g. 3x128x128 or 64")
-    return tuple(int(v) for v in text.strip().split("x"))
+    if not re.fullmatch(r"[0-9]+(x[0-9]+x[0-9]+)?", text.strip()):  # F or CxHxW: what the layers handle
+        raise DojoError(
+            f"spec input {text.strip()!r} is not a shape (F or CxHxW)", "start the spec with e.g. 3x128x128 or 64"
+        )
+    shape = tuple(int(v) for v in text.strip().split("x"))
+    if min(shape) < 1:
+        raise DojoError(f"spec input {text.strip()!r} has a size 0", "every size is >= 1, e.g. 3x128x128")
+    if numel(shape) > MAX_VALUES:
+        raise DojoError(
+            f"spec input {text.strip()!r} has {numel(shape):,} values per example, more than {MAX_VALUES:,}",
+            "use a smaller input shape",
+        )
+    return shape
 
 
 class _Builder:
@@ -92,9 +117,21 @@ class _Builder:
     def fail(self, i: int, text: str, problem: str, fix: str) -> DojoError:
         return DojoError(f"spec layer {i} '{text}': {problem}", fix)
 
+    def budget(self, i: int, text: str, params: int, out: tuple[int, ...]) -> None:
+        """Refuse a layer too large to build and run, before its modules allocate anything."""
+        if params > MAX_PARAMS:
+            raise self.fail(i, text, f"{params:,} parameters, more than {MAX_PARAMS:,}", "use fewer channels/units")
+        if numel(out) > MAX_VALUES:
+            raise self.fail(
+                i,
+                text,
+                f"output {'x'.join(map(str, out))} has {numel(out):,} values per example, more than {MAX_VALUES:,}",
+                "use fewer channels, a larger stride or less padding",
+            )
+
 
 def _kv(tok: str, prefix: str) -> tuple[int, ...] | None:
-    m = re.fullmatch(prefix + r"(\d+)(?:x(\d+))?", tok)
+    m = re.fullmatch(prefix + r"([0-9]+)(?:x([0-9]+))?", tok)
     if not m:
         return None
     return (int(m.group(1)), int(m.group(2) or m.group(1)))
@@ -113,7 +150,7 @@ def _conv_args(words: list[str], err: "callable") -> dict:
             opts["padding"] = "same"
         elif (v := _kv(w, "d")) is not None:
             opts["dilation"] = v
-        elif re.fullmatch(r"g\d+", w):
+        elif re.fullmatch(r"g[0-9]+", w):
             opts["groups"] = int(w[1:])
         elif w == "nobias":
             opts["bias"] = False
@@ -121,11 +158,24 @@ def _conv_args(words: list[str], err: "callable") -> dict:
             opts["act"] = w
         elif (v := _kv(w, "")) is not None:
             nums.append(v)
+        elif re.fullmatch(r"[spdg]?-[0-9.]+(x-?[0-9.]+)?", w):
+            raise err(f"{w!r} is negative", "padding is >= 0; kernel, stride, dilation, groups and channels are >= 1")
         else:
             raise err(f"cannot read {w!r}", "options are sS, pP or same, dD, gG, nobias and an activation")
     if len(nums) != 2:
         raise err("needs a kernel size and an output channel count", "e.g. conv 5 s2 p2 64 relu")
     opts["kernel"], opts["out"] = nums[0], nums[1][0]
+    if nums[1][0] != nums[1][1]:
+        raise err(f"output channels {'x'.join(map(str, nums[1]))} is not one number", "e.g. conv 5 s2 p2 64 relu")
+    for what, v, fix in (
+        ("kernel size", opts["kernel"], "e.g. conv 3 64"),
+        ("output channel count", (opts["out"],), "e.g. conv 3 64"),
+        ("stride", opts["stride"], "use s1 or more (s1: no downsampling)"),
+        ("dilation", opts["dilation"], "use d1 or more (d1: no dilation)"),
+        ("groups", (opts["groups"],), "use g1 or more (g1: a dense conv)"),
+    ):
+        if min(v) < 1:
+            raise err(f"{what} {'x'.join(map(str, v))} must be >= 1", fix)
     if opts["padding"] == "same":
         if opts["stride"] != (1, 1):
             raise err("'same' padding needs stride 1", "give the padding as pP")
@@ -235,6 +285,11 @@ def _layer(b: _Builder, i: int, text: str) -> tuple[str, list[nn.Module], dict[s
         if m % g or n % g:
             raise err(f"groups {g} must divide {m} input and {n} output channels", "pick another gG")
         (ho, wo), closed = _dims(b, i, text, k, s, p, d, transposed=word == "convt")
+        bias_n = n if o["bias"] else 0
+        if word == "dsconv":
+            b.budget(i, text, k[0] * k[1] * m + m * n + (m + bias_n if o["bias"] else 0), (max(m, n), ho, wo))
+        else:
+            b.budget(i, text, k[0] * k[1] * (m // g) * n + bias_n, (n, ho, wo))
         kk, kv = _sym(k)
         mm = "M" if g == 1 else "(M//G)"
         bias = " + N" if o["bias"] else ""
@@ -272,7 +327,16 @@ def _layer(b: _Builder, i: int, text: str) -> tuple[str, list[nn.Module], dict[s
             elif (v := _kv(w, "p")) is not None:
                 p = v
             else:
-                raise err(f"cannot read {w!r}", "pool options are sS and pP")
+                raise err(f"cannot read {w!r}", "pool options are sS and pP (each >= 0)")
+        if min(k) < 1:
+            raise err(f"window {'x'.join(map(str, k))} must be >= 1", "e.g. maxpool 2")
+        if min(s) < 1:
+            raise err(f"stride {'x'.join(map(str, s))} must be >= 1", "e.g. maxpool 3 s2 (s1: no downsampling)")
+        if any(2 * pp > kk for pp, kk in zip(p, k, strict=True)):
+            raise err(
+                f"padding {p[0]} is more than half the window {k[0]}",
+                "pool padding is at most K/2, e.g. maxpool 3 s2 p1",
+            )
         (ho, wo), closed = _dims(b, i, text, k, s, p, (1, 1))
         mods = [nn.MaxPool2d(k, s, p) if mode == "max" else nn.AvgPool2d(k, s, p)]
         kk, kv = _sym(k)
@@ -287,13 +351,18 @@ def _layer(b: _Builder, i: int, text: str) -> tuple[str, list[nn.Module], dict[s
         closed = {"params": Formula("2*C", C=c), "macs": n, "flops": Formula(f"2*{n.expr}", **n.values)}
         return word, [nn.BatchNorm2d(c) if image else nn.BatchNorm1d(c)], closed
     if word == "dropout":
-        prob = float(rest[0]) if rest else 0.5
+        try:
+            prob = float(rest[0]) if len(rest) == 1 else 0.5 if not rest else math.nan
+        except ValueError:
+            prob = math.nan
+        if not 0 <= prob <= 1:
+            raise err(f"needs one probability in [0, 1], got {' '.join(rest)!r}", "e.g. dropout 0.5")
         return word, [nn.Dropout(prob)], {"params": Formula("0"), "flops": Formula("0")}
     if word in ("flatten", "gap"):
         if not image and word == "gap":
             raise err("needs a CxHxW input", "gap goes after the convs")
         c = b.shape[0]
-        flat = c * (b.shape[1] * b.shape[2] if image and word == "flatten" else 1)
+        flat = numel(b.shape) if word == "flatten" else c
         closed = {
             "params": Formula("0"),
             "out": Formula("C*H*W", C=c, H=b.shape[1], W=b.shape[2])
@@ -312,19 +381,20 @@ def _layer(b: _Builder, i: int, text: str) -> tuple[str, list[nn.Module], dict[s
                 f"needs a flat input, got {'x'.join(map(str, b.shape))}",
                 "add '| flatten |' or '| gap |' before it",
             )
-        nums = [w for w in rest if w.isdigit()]
+        nums = [w for w in rest if re.fullmatch("[0-9]+", w)]
         acts = [w for w in rest if w in ACTS]
-        if len(nums) != 1 or len(nums) + len(acts) != len(rest):
-            raise err("needs one output size and an optional activation", "e.g. fc 200 softmax")
+        if len(nums) != 1 or len(acts) > 1 or len(nums) + len(acts) != len(rest) or int(nums[0]) < 1:
+            raise err("needs one output size >= 1 and an optional activation", "e.g. fc 200 softmax")
         f, n = b.shape[0], int(nums[0])
+        b.budget(i, text, f * n + n, (n,))
         mods = [nn.Linear(f, n)] + ([ACTS[acts[0]]()] if acts else [])
         closed = {"params": Formula("F*N + N", F=f, N=n), "macs": Formula("F*N", F=f, N=n)}
         _act(closed, acts[0] if acts else None, closed["macs"], Formula("N", N=n))
         b.shape, b.all_rf = (n,), b.rf is not None
         return word, mods, closed
     if word == "rnncell":
-        if len(rest) != 2 or not all(w.isdigit() for w in rest):
-            raise err("needs IN and HIDDEN sizes", "e.g. rnncell 64 256")
+        if len(rest) != 2 or not all(re.fullmatch("[0-9]+", w) and int(w) >= 1 for w in rest):
+            raise err("needs IN and HIDDEN sizes (each >= 1)", "e.g. rnncell 64 256")
         n_in, hid = int(rest[0]), int(rest[1])
         if b.shape != (n_in,):
             raise err(
@@ -336,6 +406,7 @@ def _layer(b: _Builder, i: int, text: str) -> tuple[str, list[nn.Module], dict[s
             "macs": Formula("H*(I + H)", H=hid, I=n_in),
             "flops": Formula("2*H*(I + H) + 4*H", H=hid, I=n_in),
         }
+        b.budget(i, text, hid * (n_in + hid) + 2 * hid, (hid,))
         b.shape = (hid,)
         return word, [nn.RNNCell(n_in, hid)], closed
     if word == "yolo":
@@ -359,9 +430,16 @@ def _yolo(b: _Builder, i: int, text: str, rest: list[str], err: "callable") -> t
     ver, kv = rest[0], dict(w.split("=", 1) for w in rest[1:] if "=" in w)
     if any("=" not in w for w in rest[1:]) or not set(kv) <= {"classes", "boxes", "grid"}:
         raise err("options are classes=C boxes=B grid=S", "e.g. yolo v1 classes=80 boxes=2 grid=7")
-    c = int(kv.get("classes", 80))
+
+    def num(key: str, default: int) -> int:
+        v = kv.get(key, str(default))
+        if not re.fullmatch("[0-9]+", v) or int(v) < 1:
+            raise err(f"{key}={v} is not a whole number >= 1", "e.g. yolo v1 classes=80 boxes=2 grid=7")
+        return int(v)
+
+    c = num("classes", 80)
     if ver == "v1":
-        nb, s = int(kv.get("boxes", 2)), int(kv.get("grid", 7))
+        nb, s = num("boxes", 2), num("grid", 7)
         if len(b.shape) != 1:
             raise err("v1's head is fully connected: it needs a flat input", "add '| flatten |' before it")
         f = b.shape[0]
@@ -372,12 +450,13 @@ def _yolo(b: _Builder, i: int, text: str, rest: list[str], err: "callable") -> t
             "macs": Formula("F*S*S*(5*B + C)", F=f, S=s, B=nb, C=c),
         }
         closed["flops"] = Formula("2*F*S*S*(5*B + C)", F=f, S=s, B=nb, C=c)
+        b.budget(i, text, (f + 1) * s * s * depth.value, (depth.value, s, s))
         mods = [nn.Linear(f, s * s * depth.value), nn.Unflatten(1, (depth.value, s, s))]
         b.shape = (depth.value, s, s)
         return "yolo", mods, closed
     if len(b.shape) != 3:
         raise err(f"{ver}'s head is a 1x1 conv: it needs a CxHxW feature map", "put it after the convs")
-    na = int(kv.get("boxes", 5 if ver == "v2" else 3))
+    na = num("boxes", 5 if ver == "v2" else 3)
     m, h, w = b.shape
     depth = Formula("A*(5 + C)", A=na, C=c)
     closed = {
@@ -386,6 +465,7 @@ def _yolo(b: _Builder, i: int, text: str, rest: list[str], err: "callable") -> t
         "macs": Formula("H*W*M*A*(5 + C)", H=h, W=w, M=m, A=na, C=c),
         "flops": Formula("2*H*W*M*A*(5 + C)", H=h, W=w, M=m, A=na, C=c),
     }
+    b.budget(i, text, (m + 1) * depth.value, (depth.value, h, w))
     _field(b, closed, (1, 1), (1, 1), (1, 1))
     b.shape = (depth.value, h, w)
     return "yolo", [nn.Conv2d(m, depth.value, 1)], closed

@@ -3,7 +3,8 @@
 from typing import Any
 
 from torchdojo.calc.graph import Analysis, Layer, analyze
-from torchdojo.calc.spec import Spec, SpecLayer, parse_spec
+from torchdojo.calc.spec import MAX_VALUES, Spec, SpecLayer, numel, parse_spec
+from torchdojo.errors import DojoError
 
 
 def _int(v: float) -> float:
@@ -34,6 +35,14 @@ def measured(analysis: Analysis, layer: SpecLayer) -> dict[str, Any]:
 def check_spec(spec: Spec | str, batch: int = 1) -> tuple[Spec, Analysis, list[dict[str, Any]]]:
     """Build, measure and compare: one row per (layer, quantity): formula, closed-form value, measured."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise DojoError(f"batch must be a whole number >= 1, got {batch!r}", "use --batch 1")
+    biggest = max(numel(shape) for shape in (spec.input_shape, *(layer.out_shape for layer in spec.layers)))
+    if batch * biggest > 2 * MAX_VALUES:
+        raise DojoError(
+            f"batch {batch:,} x {biggest:,} values of the largest layer output is more than {2 * MAX_VALUES:,} values",
+            f"use a smaller --batch (at most {max(2 * MAX_VALUES // biggest, 1):,} for this spec)",
+        )
     analysis = analyze(spec.model, spec.input_shape, batch=batch, name="spec")
     rows = []
     for layer in spec.layers:

@@ -27,11 +27,13 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from torchdojo.backbones import OFFLINE_DEFAULT, load_backbone
-    from torchdojo.backbones.images import preprocess, read_image
+    from torchdojo.backbones.images import check_image, preprocess, read_image
     from torchdojo.errors import DojoError
 
     if args.topk < 1:
         raise DojoError(f"--topk must be >= 1, got {args.topk}")
+    for spec in args.images:  # the cheap header checks first: a bad file is named before the backbone loads
+        check_image(spec)
     name = args.backbone or OFFLINE_DEFAULT
     model = load_backbone(name, weights_path=args.weights, download=args.download, verify=args.verify)
     classes = model.spec.classes()

