@@ -58,3 +58,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished epochs are kept (resume with --resume RUN_DIR)", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as e:  # a model or batch sized beyond this machine: say so
+        if not _out_of_memory(e):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:240]
+        print(f"error: out of memory: {first}", file=sys.stderr)
+        print(
+            "  fix: lower the sizes you set (batch_size, hidden sizes, image_size, ...) or use a machine with more "
+            "memory; finished epochs are kept (resume with --resume RUN_DIR)",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, torch's OutOfMemoryError (CUDA) or the CPU allocator's failure."""
+    if isinstance(e, MemoryError):
+        return True
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)

@@ -29,8 +29,9 @@ def read_jpg(path: Path, size: int) -> np.ndarray:
     """One image as uint8 (3, size, size): shorter side resized to `size`, then center-cropped."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
+    from torchdojo.data.imagefile import load_rgb  # refuses empty, damaged and decompression-bomb files
+
+    with load_rgb(path) as im:
         w, h = im.size
         s = size / min(w, h)
         im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
