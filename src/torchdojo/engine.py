@@ -28,7 +28,7 @@ from torch import nn
 
 from torchdojo import distributed
 from torchdojo.config import TrainConfig, to_dict
-from torchdojo.errors import DojoError, TrainingDiverged
+from torchdojo.errors import CheckpointError, DojoError, TrainingDiverged
 from torchdojo.fusion import fused_bn_relu_pool
 from torchdojo.optim import build_optimizer, build_scheduler
 from torchdojo.runs import Run, atomic_torch_save, load_checkpoint
@@ -408,6 +408,9 @@ def _audit(
     to check that the settings a user gave are the ones that run."""
 
 
+_LAST_KEYS = "model optimizer scheduler epoch history rng_cpu best_value best_epoch bad_epochs".split()
+
+
 class _Loop:
     """The state of one `fit` call: epochs, best weights, early stopping, checkpoints and resume."""
 
@@ -444,10 +447,25 @@ class _Loop:
         self.stopped_early = False
 
     def resume(self) -> None:
-        """Continue exactly from last.pt (weights, optimizer, schedule, RNG, history), when there is one."""
-        if self.ckpt_dir is None or not (self.ckpt_dir / "last.pt").exists():
+        """Continue exactly from last.pt (weights, optimizer, schedule, RNG, history), when there is one.
+
+        The stage's metrics rows past last.pt's epoch are dropped (those epochs run again); without a last.pt
+        (killed between the stage's first row and its first checkpoint) all of them are."""
+        if self.ckpt_dir is None:
             return
-        state = load_checkpoint(self.ckpt_dir / "last.pt", map_location=self.device)
+        path = self.ckpt_dir / "last.pt"
+        if not path.exists():
+            if self.writes:
+                self.run.metrics.truncate(self.stage, 0)
+            return
+        state = load_checkpoint(path, map_location=self.device)
+        missing = [k for k in _LAST_KEYS if k not in state]
+        if missing:
+            raise CheckpointError(
+                f"checkpoint {path} is not a last.pt of torchdojo's fit (it lacks {', '.join(missing)})",
+                f"put the stage's own last.pt back, or delete {self.ckpt_dir} to train stage {self.stage!r} "
+                "again from its first epoch on --resume",
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

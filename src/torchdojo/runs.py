@@ -9,31 +9,81 @@ runs/<experiment>/<timestamp>-<id>/
     figures/         PNG figures
     summary.json     the experiment's final numbers
     report.json      the report's blocks; report.html is rendered from it and the figures
+    .lock            while a process writes the folder: its pid, host and start time (see `RunLock`)
+
+Integrity: one writer at a time (`RunLock`); every file but metrics.jsonl (appended) is replaced through a
+uniquely named temp file and a rename (`atomic_write_bytes`), with the mode the umask gives; on resume
+`Run.repair` drops the metrics rows of epochs that no checkpoint holds and the temp files a kill left.
 """
 
+import collections
+import contextlib
 import csv
+import errno
+import functools
+import io
 import json
 import os
 import platform
 import secrets
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from torchdojo.errors import CheckpointError
+from torchdojo.errors import CheckpointError, DojoError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: run folders are not locked
+    fcntl = None  # type: ignore[assignment]
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask, read once. On Linux from /proc (reading it with os.umask means setting it, which
+    another thread could see for a moment); elsewhere set and restored once."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain open() gives a new file: 0o666 less the umask (mkstemp's files are 0600)."""
+    return 0o666 & ~_umask()
+
+
+def _new_temp(path: Path) -> tuple[int, str]:
+    """A uniquely named temp file next to `path` (so the rename stays on one filesystem), with the umask's
+    mode; its name (.NAME.XXXXXXXX.tmp) is what `Run.repair` recognises as an orphan."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        if hasattr(os, "fchmod"):  # POSIX (Windows has no such modes)
+            os.fchmod(fd, file_mode())
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, tmp
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, then rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_temp(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with _naming(path), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -43,35 +93,71 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OSError without a file name (a write to an open file: a full disk) gets `path` as its name."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save through a temp file and a rename, so a kill never leaves a truncated checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_temp(path)
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # torch's zip writer reports a full disk as "unexpected pos ...", no errno
+            if shutil.disk_usage(path.parent).free < 16 << 20:  # measured with the partial temp file still there
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+            raise
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with weights_only=True; a truncated or corrupt file is a clear CheckpointError."""
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with weights_only=True; a missing, empty, truncated or corrupt file is a clear
+    CheckpointError naming it. `mmap`: map the tensors instead of reading them (to look at a few fields)."""
+    path = Path(path)
+    redo = (
+        f"delete the stage's checkpoint folder {path.parent} and run the same `torchdojo run ... --resume "
+        "RUN_DIR` again (that stage then restarts from its first epoch; the others keep theirs), "
+        "or start a new run without --resume"
+    )
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        size = path.stat().st_size
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist", "check the run folder path") from None
-    except Exception as e:  # torch raises RuntimeError/EOFError/UnpicklingError for damaged files
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({e.strerror})", "check the run folder") from None
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it is truncated or corrupt", redo)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except PermissionError as e:
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-            "it is truncated or corrupt",
-            f"delete {path} and resume from an earlier checkpoint, or start a new run without --resume",
+            f"checkpoint {path} cannot be read ({e.strerror})", f"make it readable (chmod u+r {path})"
         ) from None
+    except Exception as e:  # torch raises RuntimeError/EOFError/UnpicklingError for damaged files
+        first = (str(e).strip().splitlines() or [""])[0][:120]  # some say nothing: str(e) == ""
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}{': ' + first if first else ''}); "
+            "it is truncated or corrupt",
+            redo,
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a torchdojo checkpoint", redo)
+    return state
 
 
 def git_revision() -> str | None:
@@ -128,7 +214,8 @@ class MetricsLogger:
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
+        path = self.run_dir / "metrics.jsonl"
+        with _naming(path), open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
         self._write_csv()
         tb = self._writer()
@@ -140,25 +227,36 @@ class MetricsLogger:
             tb.flush()
 
     def _write_csv(self) -> None:
-        rows = read_metrics(self.run_dir)
+        self._rewrite_csv(read_metrics(self.run_dir))
+
+    def _rewrite_csv(self, rows: list[dict[str, Any]]) -> None:
+        """metrics.csv from `rows` (the columns: every key, in first-seen order); unchanged bytes are not rewritten."""
         keys: list[str] = []
         for r in rows:
             keys += [k for k in r if k not in keys]
-        tmp = self.run_dir / ".metrics.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, self.run_dir / "metrics.csv")
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+        data, path = buf.getvalue().encode(), self.run_dir / "metrics.csv"
+        if not (path.exists() and path.read_bytes() == data):
+            atomic_write_bytes(path, data)
+
+    def keep(self, rows: list[dict[str, Any]]) -> None:
+        """Make metrics.jsonl and metrics.csv hold exactly `rows` (files already so are left as they are)."""
+        path = self.run_dir / "metrics.jsonl"
+        data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        if path.exists() and path.read_bytes() != data:
+            atomic_write_bytes(path, data)
+        if path.exists() or (self.run_dir / "metrics.csv").exists():
+            self._rewrite_csv(rows)
 
     def truncate(self, stage: str, after_epoch: int) -> None:
         """Drop rows of `stage` past `after_epoch` (used on resume: those epochs are re-run)."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
+        if not (self.run_dir / "metrics.jsonl").exists():
             return
-        rows = [r for r in read_metrics(self.run_dir) if not (r.get("stage") == stage and r["epoch"] > after_epoch)]
-        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
-        self._write_csv()
+        rows = read_metrics(self.run_dir)
+        self.keep([r for r in rows if not (r.get("stage") == stage and r.get("epoch", 0) > after_epoch)])
 
     def close(self) -> None:
         if self._tb:
@@ -179,6 +277,11 @@ def read_metrics(run_dir: Path, stage: str | None = None) -> list[dict[str, Any]
     return [r for r in rows if stage is None or r.get("stage") == stage]
 
 
+def new_run_path(experiment: str, root: Path | str = "runs") -> Path:
+    """A new run folder's path (not created): runs/<experiment>/<timestamp>-<random id>."""
+    return Path(root) / experiment / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
 class Run:
     """A run folder and the writers that fill it. Only the main process (rank 0) writes."""
 
@@ -192,8 +295,7 @@ class Run:
 
     @classmethod
     def create(cls, experiment: str, root: Path | str = "runs", is_main: bool = True) -> "Run":
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        return cls(Path(root) / experiment / f"{stamp}-{secrets.token_hex(3)}", is_main=is_main)
+        return cls(new_run_path(experiment, root), is_main=is_main)
 
     def figure_path(self, name: str) -> Path:
         return self.path / "figures" / f"{name}.png"
@@ -217,5 +319,184 @@ class Run:
         saved.setdefault("stages", {})[stage] = train_config
         atomic_write_json(path, saved)
 
+    def repair(self) -> list[str]:
+        """Bring an interrupted run folder back to a state a resume continues from (call it holding the
+        `RunLock`): metrics rows of epochs past their stage's last.pt are dropped (all of a stage's rows when it
+        has no last.pt yet: killed between its first row and its first checkpoint), as are lines cut by a kill;
+        temp files of interrupted atomic writes are deleted. Every checkpoint is checked first (a damaged one is
+        a CheckpointError naming it), so nothing changes unless everything can be read. Returns what was done."""
+        rows = read_metrics(self.path)
+        stages = list(dict.fromkeys(r["stage"] for r in rows if isinstance(r.get("stage"), str)))
+        done: dict[str, int] = {}
+        for stage in stages:
+            last = self.checkpoint_dir(stage) / "last.pt"
+            done[stage] = int(load_checkpoint(last, mmap=True).get("epoch", 0)) if last.exists() else 0
+        for best in sorted(self.path.glob("checkpoints/**/best.pt")):
+            load_checkpoint(best, mmap=True)
+        keep = [r for r in rows if r.get("stage") not in done or r.get("epoch", 0) <= done[r["stage"]]]
+        dropped = collections.Counter(r["stage"] for r in rows if r.get("stage") in done) - collections.Counter(
+            r["stage"] for r in keep if r.get("stage") in done
+        )
+        changes = [
+            f"dropped {n} metrics row(s) of stage {s} "
+            + (f"past its checkpoint (epoch {done[s]})" if done[s] else "(it had no checkpoint yet)")
+            for s, n in dropped.items()
+        ]
+        self.metrics.keep(keep)
+        for tmp in orphan_temp_files(self.path):
+            tmp.unlink(missing_ok=True)
+            changes.append(f"removed the temp file {tmp.relative_to(self.path)} of an interrupted write")
+        return changes
+
     def close(self) -> None:
         self.metrics.close()
+
+
+def orphan_temp_files(run_dir: Path) -> list[Path]:
+    """Temp files of atomic writes (.NAME.XXXX.tmp, and the older .NAME.tmp / .NAME.tmp.png) under `run_dir`."""
+    return sorted(
+        p
+        for p in Path(run_dir).rglob(".*")
+        if (p.name.endswith(".tmp") or ".tmp." in p.name) and p.is_file() and not p.is_symlink()
+    )
+
+
+class RunLock:
+    """An exclusive lock on a run folder (flock on RUN_DIR/.lock) for as long as one process writes it.
+
+    The lock file holds the holder's pid, host, start time and command line, so a second writer is refused
+    with a message naming it. The kernel releases a flock when its process ends in any way (exit, crash,
+    SIGKILL), so a stale lock file never blocks anyone; `release` deletes the file while still holding it,
+    and `acquire` checks that the file it locked is still the one in the folder."""
+
+    NAME = ".lock"
+
+    def __init__(self, path: Path, fd: int | None):
+        self.path, self.fd = path, fd
+
+    @classmethod
+    def acquire(cls, run_dir: Path | str) -> "RunLock":
+        """Lock `run_dir` (which must exist) or raise a DojoError naming the process that holds it."""
+        path = Path(run_dir) / cls.NAME
+        if fcntl is None:
+            return cls(path, None)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                raise _held_error(Path(run_dir), holder) from None
+            except OSError as e:  # a filesystem without locks (some network mounts): say so, go on unlocked
+                os.close(fd)
+                print(
+                    f"warning: {path} cannot be locked ({e.strerror}); do not resume this run twice at once",
+                    file=sys.stderr,
+                )
+                return cls(path, None)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(fd)
+            if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
+                break
+            os.close(fd)  # the previous holder deleted the file between our open and our lock: again
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": sys.argv,
+        }
+        lock = cls(path, fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        except BaseException:  # a full disk: no lock left held by this process
+            lock.release()
+            raise
+        return lock
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()  # while still locked: see acquire
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path | str) -> Iterator[RunLock]:
+    """`with locked(run_dir):` write a run folder as its only writer (a DojoError if another process is one)."""
+    lock = RunLock.acquire(run_dir)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def _lock_holder(fd: int) -> dict[str, Any]:
+    """What the holder wrote into the lock file; it writes right after locking, so wait a moment for it."""
+    for _ in range(20):
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads(os.pread(fd, 65536, 0).decode())
+            if isinstance(info, dict):
+                return info
+        time.sleep(0.05)
+    return {}
+
+
+def _held_error(run_dir: Path, holder: dict[str, Any]) -> DojoError:
+    pid, host, since = holder.get("pid"), holder.get("host", "?"), holder.get("since", "?")
+    command = " ".join(map(str, holder.get("argv") or [])) if isinstance(holder.get("argv"), list) else ""
+    command = f": {command[:200]}{'…' if len(command) > 200 else ''}" if command else ""
+    if pid is None:  # it has not said who it is (yet)
+        who, stop = "another process", f"`fuser -v {run_dir / RunLock.NAME}` shows its pid"
+    else:
+        who = f"another torchdojo process (pid {pid} on {host}, since {since}{command})"
+        stop = f"kill {pid}" if host == socket.gethostname() else f"kill {pid} on {host}"
+    return DojoError(
+        f"{run_dir} is in use by {who}; a run folder takes one writer at a time",
+        f"wait for that process to end (or stop it: {stop}); then, if the run had not finished, resume it "
+        "with the same `torchdojo run ... --resume` command",
+    )
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def write_error(e: OSError, run_dir: Path, again: str, runs_root: Path | None = None) -> DojoError | None:
+    """`e` as a DojoError naming the path when it is a run folder that cannot be written (disk full, read-only,
+    not yours); None for any other error. `again`: how to carry on once it is fixed (resume or rerun);
+    `runs_root`: the runs directory of a new run (None: a resumed one)."""
+    where = Path(e.filename) if isinstance(e.filename, (str, os.PathLike)) else Path(run_dir)
+    what = os.strerror(e.errno) if e.errno else str(e)
+    target, full = Path(os.path.abspath(where)), Path(os.path.abspath(run_dir))
+    inside = target == full or target in full.parents or full in target.parents
+    existing = next((d for d in [target, *target.parents] if d.is_dir()), target)  # a folder `df`/`chmod` can take
+    if e.errno in _NO_SPACE:
+        disk = f" (the disk holding the run folder {run_dir} is full)" if inside else " (its disk is full)"
+        return DojoError(
+            f"cannot write {where}: {what}{disk}", f"free some space there (df -h {existing}), then {again}"
+        )
+    if e.errno not in _NOT_WRITABLE or not inside:
+        return None  # not the run folder (a dataset, a cache): not ours to explain
+    if runs_root is not None:  # a new run
+        why = "the runs directory is read-only or not yours"
+        fix = f"give --runs-dir a folder you can write (now {runs_root}), or make it writable (chmod u+w {existing})"
+    else:
+        why = "the run folder is read-only or not yours"
+        fix = (
+            f"make the run folder writable (chmod -R u+w {run_dir}), or copy it somewhere writable and resume the copy"
+        )
+    return DojoError(f"cannot write {where}: {what} ({why})", f"{fix}; then {again}")

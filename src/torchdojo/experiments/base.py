@@ -11,6 +11,7 @@ re-applies the user's settings on top of the stage's own, and `fit` records what
 in config.json's `stages`.
 """
 
+import contextlib
 import dataclasses
 import shutil
 import sys
@@ -27,7 +28,7 @@ from torchdojo.config import SCALES, TrainConfig, apply_overrides, from_dict, pa
 from torchdojo.data import Splits, load_dataset
 from torchdojo.errors import DojoError
 from torchdojo.report import Report
-from torchdojo.runs import Run, atomic_write_json, environment
+from torchdojo.runs import Run, RunLock, atomic_write_json, environment, new_run_path, write_error
 
 
 def resolve_device(name: str) -> torch.device:
@@ -233,58 +234,142 @@ def _run(
     if resume is not None:
         run_dir = Path(resume)
         cfg, scale, preset, overrides = _resumed_config(module, name, run_dir, scale, preset, overrides)
-        run = Run(run_dir, is_main=is_main)
     else:
         scale = scale or "small"
         cfg = build_config(module, scale, preset, overrides)
-        run = Run.create(name, runs_root, is_main=is_main)
-        run = Run(distributed.broadcast_object(run.path), is_main=is_main)  # rank 0 names the folder
+        run_dir = distributed.broadcast_object(new_run_path(name, runs_root))  # rank 0 names the folder
+    new_root = None if resume is not None else Path(runs_root)
+    lock, finished = _claim(run_dir, name, new_root, is_main)
+    if finished:
         if is_main:
-            run.path.mkdir(parents=True, exist_ok=True)
-    if is_main and resume is None:  # a resumed run keeps its folder's record of how it was started
-        atomic_write_json(
-            run.path / "config.json",
-            {
-                "experiment": name,
-                "scale": scale,
-                "preset": preset,
-                "overrides": overrides or [],
-                "config": to_dict(cfg),
-            },
-        )
-        atomic_write_json(run.path / "env.json", {**environment(dev), "world_size": distributed.world_size()})
-    elif is_main:
-        atomic_write_json(run.path / "env.resumed.json", {**environment(dev), "world_size": distributed.world_size()})
-    if not is_main and distributed.is_initialized():
-        run = RankRun(run.path, distributed.rank())
-    report = Report(f"torchdojo {name}: {module.SUMMARY}")
-    ctx = Context(
-        run,
-        report,
-        dev,
-        Path(data_dir) if data_dir else None,
-        download,
-        verify,
-        resume is not None,
-        verbose,
-        cfg,
-        parse_overrides(overrides),
-    )
-    torch.manual_seed(getattr(cfg, "seed", 0))
-    start = time.perf_counter()
+            print(f"{run_dir} already finished; nothing to do", file=sys.stderr, flush=True)
+        return run_dir
     try:
+        return _run_in(
+            module,
+            name,
+            scale,
+            preset,
+            overrides,
+            cfg,
+            run_dir,
+            dev,
+            data_dir,
+            download,
+            verify,
+            resume is not None,
+            verbose,
+            is_main,
+        )
+    except OSError as e:  # a full disk, a read-only or foreign runs directory: say which path and what to do
+        err = write_error(e, run_dir, _carry_on(name, run_dir), new_root)
+        if err is None:
+            raise
+        raise err from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _claim(run_dir: Path, name: str, new_root: Path | None, is_main: bool) -> tuple[RunLock | None, bool]:
+    """Rank 0 makes (for a new run) and locks the run folder, for the whole run; returns the lock and whether
+    the run (resumed) had already finished, which then leaves the folder untouched. Every rank raises the same
+    DojoError when rank 0 is refused (another process writes the folder; it cannot be written)."""
+    lock, finished, refusal = None, False, None
+    if is_main:
+        try:
+            finished = new_root is None and (run_dir / "summary.json").exists()
+            if not finished:
+                if new_root is not None:
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                lock = RunLock.acquire(run_dir)
+                finished = new_root is None and (run_dir / "summary.json").exists()  # finished while we looked
+        except DojoError as e:
+            refusal = (e.problem, e.fix)
+        except OSError as e:
+            if new_root is not None:  # the new folder, if made, is empty: take it away again
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()
+            err = write_error(e, run_dir, _carry_on(name, run_dir), new_root)
+            if err is None:
+                raise
+            refusal = (err.problem, err.fix)
+    finished, refusal = distributed.broadcast_object((finished, refusal))  # every rank stops together
+    if lock is not None and (finished or refusal):
+        lock.release()
+        lock = None
+    if refusal:
+        raise DojoError(*refusal)
+    return lock, finished
+
+
+def _carry_on(name: str, run_dir: Path) -> str:
+    """How to go on once a write error is fixed: resume when the folder is a run folder, else start again."""
+    if (run_dir / "config.json").exists():
+        return f"resume it: torchdojo run {name} --resume {run_dir} (what was checkpointed is kept)"
+    return "run the same command again"
+
+
+def _run_in(
+    module: ModuleType,
+    name: str,
+    scale: str,
+    preset: str | None,
+    overrides: list[str] | dict[str, Any] | None,
+    cfg: Any,
+    run_dir: Path,
+    dev: torch.device,
+    data_dir: str | Path | None,
+    download: bool,
+    verify: bool,
+    resumed: bool,
+    verbose: bool,
+    is_main: bool,
+) -> Path:
+    """The run itself, in its (locked) folder."""
+    run: Run | None = None
+    try:
+        run = Run(run_dir, is_main=is_main)
+        env = {**environment(dev), "world_size": distributed.world_size()} if is_main else {}
+        if is_main and not resumed:
+            config = {"experiment": name, "scale": scale, "preset": preset, "overrides": overrides or []}
+            atomic_write_json(run.path / "config.json", {**config, "config": to_dict(cfg)})
+            atomic_write_json(run.path / "env.json", env)
+        elif is_main:  # a resumed run keeps its folder's record of how it was started
+            for change in run.repair():  # rows of epochs no checkpoint holds, temp files a kill left
+                if verbose:
+                    print(f"resume: {change}", file=sys.stderr, flush=True)
+            atomic_write_json(run.path / "env.resumed.json", env)
+        if not is_main and distributed.is_initialized():
+            run = RankRun(run.path, distributed.rank())
+        report = Report(f"torchdojo {name}: {module.SUMMARY}")
+        ctx = Context(
+            run,
+            report,
+            dev,
+            Path(data_dir) if data_dir else None,
+            download,
+            verify,
+            resumed,
+            verbose,
+            cfg,
+            parse_overrides(overrides),
+        )
+        torch.manual_seed(getattr(cfg, "seed", 0))
+        start = time.perf_counter()
         summary = module.run(cfg, ctx)
     except BaseException:
-        run.close()
-        if is_main and resume is None:
-            _discard_if_empty(run.path)
+        if run is not None:
+            run.close()
+        if is_main and not resumed:
+            _discard_if_empty(run_dir)
         raise
     run.close()
     summary = dict(summary or {})
     summary["seconds"] = round(time.perf_counter() - start, 2)
-    if is_main:
-        atomic_write_json(run.path / "summary.json", summary)
+    if is_main:  # summary.json last: it marks the run finished (a resume then does nothing)
         report.save(run.path)
+        atomic_write_json(run.path / "summary.json", summary)
     return run.shared if isinstance(run, RankRun) else run.path
 
 
@@ -293,6 +378,7 @@ def _discard_if_empty(path: Path) -> None:
     a bad dataset name or a missing dataset should not leave half-made folders behind."""
     import shutil
 
-    produced = [p for p in path.rglob("*") if p.is_file() and p.name not in ("config.json", "env.json")]
-    if not produced:
+    kept = ("config.json", "env.json", RunLock.NAME)
+    produced = [p for p in path.rglob("*") if p.is_file() and p.name not in kept]
+    if path.exists() and not produced:
         shutil.rmtree(path, ignore_errors=True)
