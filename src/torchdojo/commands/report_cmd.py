@@ -24,5 +24,8 @@ def main(args: argparse.Namespace) -> int:
         raise DojoError(f"{run} is not a folder", "pass a run folder written by `torchdojo run`")
     if not os.path.lexists(run / "report.json"):
         raise DojoError(f"{run} has no report.json", "pass a run folder written by `torchdojo run`")
-    print(render_html(run))
+    from torchdojo.runs import locked
+
+    with locked(run):  # not while a run (or another `report`) is writing the folder
+        print(render_html(run))
     return 0

@@ -17,7 +17,7 @@ from torchdojo.metric import featuremaps
 from torchdojo.metric.collapse import CollapseDetector
 from torchdojo.metric.losses import TripletObjective
 from torchdojo.metric.probes import embed, fisher_ratio, knn_accuracy, mean_pairwise_distance
-from torchdojo.runs import atomic_torch_save
+from torchdojo.runs import atomic_torch_save, load_checkpoint
 
 
 @dataclasses.dataclass
@@ -99,7 +99,7 @@ class RepresentationMonitor:
         """Restore a saved state (resume); False if there is none."""
         if self.state_path is None or not self.state_path.exists():
             return False
-        state = torch.load(self.state_path, weights_only=True)
+        state = load_checkpoint(self.state_path)  # weights_only; an empty or cut file is a clean error
         self.rows, self.snapshots = state["rows"], state["snapshots"]
         self.detector.spreads, self.detector.losses = list(state["spreads"]), list(state["losses"])
         return True
