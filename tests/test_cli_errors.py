@@ -47,6 +47,7 @@ def _corrupt_fashion(data_dir: Path) -> None:
 def _truncated_copy(env: dict) -> Path:
     broken = env["runs"] / "ladder" / "broken"
     shutil.copytree(env["earlier"], broken)
+    (broken / "summary.json").unlink()  # an interrupted run (a finished one is left alone by --resume)
     last = broken / "checkpoints" / "logreg" / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])
     return broken
