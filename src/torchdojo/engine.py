@@ -564,7 +564,8 @@ class _Loop:
         self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
         if self.ckpt_dir is not None and self.writes:
             atomic_torch_save(
-                {"model": self.model.state_dict(), "epoch": epoch, "metrics": row}, self.ckpt_dir / "best.pt"
+                {"model": self.model.state_dict(), "epoch": epoch, "metrics": row, "spec": model_spec(self.model)},
+                self.ckpt_dir / "best.pt",
             )
         else:
             self.best_state = copy.deepcopy(self.model.state_dict())
@@ -575,6 +576,7 @@ class _Loop:
         atomic_torch_save(
             {
                 "model": self.model.state_dict(),
+                "spec": model_spec(self.model),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "epoch": epoch,
@@ -622,6 +624,13 @@ def _training_objective(
         return StepOutput(loss, count, metrics, outputs, targets)
 
     return through_wrappers
+
+
+def model_spec(model: nn.Module) -> dict[str, Any] | None:
+    """What rebuilds `model` from its checkpoint (registry name, options, input shape, classes, preprocessing):
+    the plain dict `build_model` (or an experiment) left on it as `torchdojo_spec`, else None."""
+    spec = getattr(model, "torchdojo_spec", None)
+    return dict(spec) if isinstance(spec, dict) else None
 
 
 def load_best(model: nn.Module, run_dir: Path, stage: str, device: torch.device | str = "cpu") -> dict[str, Any]:
