@@ -5,6 +5,7 @@ from types import ModuleType
 from torchdojo.experiments import (
     arch_arithmetic,
     autoencoder,
+    cnn_properties,
     conv_scratch,
     ladder,
     metric_learning,
@@ -17,7 +18,17 @@ from torchdojo.registry import Registry
 
 EXPERIMENTS: Registry[ModuleType] = Registry("experiment")
 
-for _module in (arch_arithmetic, autoencoder, conv_scratch, ladder, metric_learning, rnn, text_autoencoder, transfer):
+for _module in (
+    arch_arithmetic,
+    autoencoder,
+    cnn_properties,
+    conv_scratch,
+    ladder,
+    metric_learning,
+    rnn,
+    text_autoencoder,
+    transfer,
+):
     EXPERIMENTS.register(module_name(_module), _module)
 
 __all__ = ["EXPERIMENTS"]
