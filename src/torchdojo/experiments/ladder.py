@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from torchdojo.checkpoints import describe
 from torchdojo.config import TrainConfig, hyper_parameters
 from torchdojo.data import ImageData, Splits, random_subset, stratified_split
 from torchdojo.data.augment import AUGMENTATIONS, build_augment
@@ -202,6 +203,7 @@ def train_rung(
 
     torch.manual_seed(cfg.seed + i)
     model = build_model(rung.model, data.train.shape, len(data.classes), **rung.options).to(dev)
+    describe(model, classes=data.classes, mean=mean_std[0], std=mean_std[1], crop=cfg.test_crop or None)
     ctx.log(f"== rung {i + 1}/{len(cfg.rungs)}: {name} ({model.num_params():,} params)")
     train, val, test = splits
     result = fit(
