@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import torch
 
-from torchdojo import engine
+from torchdojo import engine, epochs
 from torchdojo.config import TrainConfig
 from torchdojo.errors import DojoError
 from torchdojo.experiments import EXPERIMENTS
@@ -122,7 +122,7 @@ def _run_instrumented(
     module: Any, overrides: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[_Recorder, set[str], Path]:
     rec, reads = _Recorder(), set()
-    train_epoch, evaluate = engine._train_one_epoch, engine._evaluate
+    train_epoch, evaluate = epochs._train_one_epoch, epochs._evaluate
 
     def train_one(model, batches, *args, **kw):  # noqa: ANN001, ANN202
         if rec.current in rec.stages:
@@ -133,7 +133,7 @@ def _run_instrumented(
         return evaluate(model, rec.counting(batches, "val_batches"), *args, **kw)
 
     monkeypatch.setattr(engine, "_audit", rec.audit)
-    monkeypatch.setattr(engine, "_train_one_epoch", train_one)
+    monkeypatch.setattr(epochs, "_train_one_epoch", train_one)
     build, original_run = experiments_base.build_config, module.run
 
     def tracked_build(*args, **kw):  # noqa: ANN002, ANN003, ANN202
@@ -141,7 +141,7 @@ def _run_instrumented(
 
     def tracked_run(cfg, ctx):  # noqa: ANN001, ANN202
         reads.clear()  # what config.json's writing read does not count: only what the experiment reads
-        monkeypatch.setattr(engine, "_evaluate", evaluate_one)  # validation passes inside fit, and after
+        monkeypatch.setattr(epochs, "_evaluate", evaluate_one)  # validation passes inside fit, and after
         return original_run(cfg, ctx)
 
     monkeypatch.setattr(experiments_base, "build_config", tracked_build)
