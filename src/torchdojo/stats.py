@@ -194,7 +194,8 @@ def compare_pair(
     if not diff.excludes_zero():
         text = (
             f"{a} vs {b}: no measurable difference at {diff.n} seeds ({metric} {fmt_value(ma, unit)} vs "
-            f"{fmt_value(mb, unit)}, difference {fmt_diff(diff.mean, unit)}, {_interval(diff, unit)}; {how})."
+            f"{fmt_value(mb, unit)}, difference {fmt_diff(diff.mean, unit)}, {_interval(diff, unit)}; "
+            f"{'paired' if is_paired else how})."
         )
         return Comparison(a, b, diff, is_paired, "tie", text)
     a_ahead = (diff.mean > 0) == higher_is_better

@@ -15,6 +15,7 @@ Examples:
   torchdojo run ladder
   torchdojo run ladder --scale smoke --rungs logreg,cnn --set train.epochs=2
   torchdojo run ladder --preset cifar10 --data-dir ~/data --download
+  torchdojo run metric-learning --seeds 5     # 5 seeds: intervals, and comparisons the seeds support
   torchdojo run ladder --resume runs/ladder/20261123-101500-ab12cd"""
 
 
@@ -34,6 +35,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--rungs",
         default=None,
         help="comma-separated subset of rungs: the same as --set rungs=... (giving both is an error)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the experiment N times (seeds seed..seed+N-1, each in RUN_DIR/seeds/seed-K) and report mean, "
+        "std and 95%% intervals over them, comparing regimes seed by seed (default: 1, one run)",
     )
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
     p.add_argument("--data-dir", default=None, help="folder with datasets (looked at first)")
@@ -102,6 +111,7 @@ def main(args: argparse.Namespace) -> int:
             runs_root=args.runs_dir,
             resume=args.resume,
             verbose=not args.quiet,
+            seeds=args.seeds,
         )
     import os
 

@@ -13,6 +13,7 @@ in config.json's `stages`.
 
 import contextlib
 import dataclasses
+import json
 import shutil
 import sys
 import tempfile
@@ -119,6 +120,8 @@ def build_config(
             raise DojoError(f"unknown preset {preset!r} for {module_name(module)}", f"presets: {known}")
         cfg = apply_overrides(cfg, presets[preset].get(scale, presets[preset].get("all", {})))
     user = parse_overrides(overrides)
+    if "seeds" in user:
+        raise DojoError("seeds is not a setting: repeated runs are asked for with --seeds N", "use --seeds N")
     unused = getattr(module, "UNUSED", {})
     for key in user:
         if key in unused:
@@ -146,13 +149,32 @@ def run_experiment(
     resume: str | Path | None = None,
     verbose: bool = True,
     is_main: bool = True,
+    seeds: int | None = None,
+    run_dir: str | Path | None = None,
 ) -> Path:
     """Run `module` end to end into a new (or, with `resume`, an existing) run folder; returns its path.
 
-    Launched by torchrun, every process calls this: it joins the process group (see
+    `seeds` N > 1 runs it N times into RUN_DIR/seeds/seed-K and reports over the seeds (`torchdojo.seeds`);
+    resuming such a folder resumes its seeds. `run_dir`: a new run's exact folder (default: a new one under
+    `runs_root`). Launched by torchrun, every process calls this: it joins the process group (see
     `torchdojo.distributed`), rank 0 picks and writes the run folder, the others follow it.
     """
     name = module_name(module)
+    if _repeated(resume, seeds):
+        from torchdojo.seeds import run_seeds
+
+        opts = {"device": device, "data_dir": data_dir, "download": download, "verify": verify}
+        return run_seeds(
+            module,
+            seeds,
+            scale=scale,
+            preset=preset,
+            overrides=overrides,
+            runs_root=runs_root,
+            resume=resume,
+            verbose=verbose,
+            **opts,
+        )
     dev, owns_group = distributed.init_from_env(resolve_device(device))
     try:
         path = _run(
@@ -169,6 +191,7 @@ def run_experiment(
             resume,
             verbose,
             is_main and distributed.is_main(),
+            run_dir,
         )
     except BaseException:
         if owns_group:  # no barrier: the other ranks may wait in a collective; torchrun stops them
@@ -177,6 +200,27 @@ def run_experiment(
     if owns_group:
         distributed.shutdown()
     return path
+
+
+def _repeated(resume: str | Path | None, seeds: int | None) -> bool:
+    """Whether this is a repeated run: `--seeds N` (N > 1) for a new run, or a resumed folder started so. A single
+    run's folder cannot be resumed as a repeated one."""
+    from torchdojo.seeds import check_count
+
+    if seeds is not None:
+        check_count(seeds)
+    if resume is None:
+        return (seeds or 1) > 1
+    try:
+        repeated = "seeds" in json.loads((Path(resume) / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False  # not a run folder: _resumed_config says so
+    if not repeated and seeds not in (None, 1):
+        raise DojoError(
+            f"{resume} is a single run; --resume cannot make it a --seeds {seeds} run",
+            "resume it without --seeds, or start a new run with --seeds N",
+        )
+    return repeated
 
 
 def _resumed_config(
@@ -230,6 +274,7 @@ def _run(
     resume: str | Path | None,
     verbose: bool,
     is_main: bool,
+    given_dir: str | Path | None = None,
 ) -> Path:
     if resume is not None:
         run_dir = Path(resume)
@@ -237,8 +282,9 @@ def _run(
     else:
         scale = scale or "small"
         cfg = build_config(module, scale, preset, overrides)
-        run_dir = distributed.broadcast_object(new_run_path(name, runs_root))  # rank 0 names the folder
-    new_root = None if resume is not None else Path(runs_root)
+        named = Path(given_dir) if given_dir is not None else new_run_path(name, runs_root)
+        run_dir = distributed.broadcast_object(named)  # rank 0 names the folder
+    new_root = None if resume is not None else (Path(given_dir).parent if given_dir is not None else Path(runs_root))
     lock, finished = _claim(run_dir, name, new_root, is_main)
     if finished:
         if is_main:
