@@ -1,24 +1,18 @@
-"""The parity suite: run a submission and its PyTorch reference on the same weights and inputs.
+"""What a target is, and how one property of one case is judged: parent-side comparison and tallies.
 
-A case is plain JSON: {"label", "init" (constructor keywords), "shape" (one input shape per forward
-argument), "dtype", "seed"}. Per case, every property (parameters found, forward, the gradient of each
-input and of each parameter) passes when |ours - torch| <= tol * (1 + |torch|) element-wise. Nothing the
-submission does (raising, printing, returning junk) escapes as a crash: each becomes a failed property.
+A case is plain JSON: {"label", "init" (constructor keywords), "shape" (one input shape per input), "dtype",
+"seed"} plus, for some targets, "args" (non-tensor arguments after the tensors) and "fill" (how input values
+are drawn). Per case, every property (parameters found, forward, the gradient of each input and parameter)
+passes when |ours - torch| <= tol * (1 + |torch|) element-wise and the dtype is the reference's. This module
+never imports a submission: the child process (`torchdojo.verify.child`) runs it and returns tensors, and the
+parent compares them here with what the reference computed.
 """
 
-import contextlib
 import dataclasses
-import io
-import json
-import warnings
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
-
-from torchdojo.verify.load import describe_exception
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
 Case = dict[str, Any]
@@ -26,24 +20,39 @@ Case = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """What `check NAME` verifies: the reference module, the constructor, and how to draw cases."""
+    """What `check NAME` verifies: the reference, how the submission is called, and how to draw cases.
+
+    `kind` is "module" (the submission is an nn.Module built with the case's "init" keywords, its parameters
+    set to the reference's) or "function" (an autograd.Function called as `apply(*inputs, *args)`; an
+    nn.Module is accepted too when `init` builds it). `reference(case, params, inputs)` computes the
+    reference output in the parent. `rules` names the rule set of `torchdojo.verify.rules` (None: no rule).
+    """
 
     name: str
-    reference: str  # e.g. "torch.nn.Conv2d", for messages
-    make_reference: Callable[[dict[str, Any]], nn.Module]
-    param_names: tuple[str, ...]  # the reference's parameters, in order
-    input_names: tuple[str, ...]  # forward's arguments, in order
+    reference_name: str  # e.g. "torch.nn.Conv2d", for messages
+    reference: Callable[[Case, dict[str, torch.Tensor], list[torch.Tensor]], torch.Tensor]
+    param_shapes: Callable[[Case], dict[str, tuple[int, ...]]]  # the reference's parameters, in order
+    input_names: tuple[str, ...]  # the tensor arguments, in order
     strategy: Callable[[], Any]  # () -> a hypothesis strategy drawing cases
     edge_cases: tuple[tuple[str, Case], ...]  # (label, case without dtype/seed)
+    kind: str = "module"
     param_scale: float = 1.0  # reference weights are randn * param_scale
+    rules: str | None = None
+    contract: str = ""  # one line: what the submission must look like
+    fill: Callable[[str, tuple[int, ...], torch.Generator, torch.dtype], torch.Tensor] | None = None
+
+    def param_names(self, case: Case) -> tuple[str, ...]:
+        """The reference's parameter names for this case."""
+        return tuple(self.param_shapes(case))
 
     def properties(self) -> list[str]:
-        """Property names in report order."""
+        """Numeric property names in report order (the rules come after them)."""
+        params = self.param_shapes(self.edge_cases[0][1])
         return [
-            "parameters",
+            *(["parameters"] if self.kind == "module" else []),
             "forward",
             *(f"grad {n}" for n in self.input_names),
-            *(f"grad {n}" for n in self.param_names),
+            *(f"grad {n}" for n in params),
         ]
 
 
@@ -77,20 +86,8 @@ class Tally:
         return self.runs > 0 and self.passed == self.runs
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Swallow the submission's prints and warnings so the report stays readable."""
-    with (
-        contextlib.redirect_stdout(io.StringIO()),
-        contextlib.redirect_stderr(io.StringIO()),
-        warnings.catch_warnings(),
-    ):
-        warnings.simplefilter("ignore")
-        yield
-
-
 def compare(ours: Any, ref: torch.Tensor, tol: float, what: str) -> Outcome:
-    """Element-wise |ours - ref| <= tol * (1 + |ref|); the message names the first mismatching index."""
+    """Element-wise |ours - ref| <= tol * (1 + |ref|) and the same dtype; the message names the first mismatch."""
     if ours is None:
         return Outcome(
             False,
@@ -102,12 +99,17 @@ def compare(ours: Any, ref: torch.Tensor, tol: float, what: str) -> Outcome:
         return Outcome(False, None, f"{what} is a {type(ours).__name__}, expected a tensor")
     if tuple(ours.shape) != tuple(ref.shape):
         return Outcome(False, None, f"{what} has shape {tuple(ours.shape)}, torch gives {tuple(ref.shape)}")
-    note = f" ({what} is {str(ours.dtype)[6:]}, torch gives {str(ref.dtype)[6:]})" if ours.dtype != ref.dtype else ""
+    if not ours.dtype.is_floating_point:
+        return Outcome(False, None, f"{what} has dtype {str(ours.dtype)[6:]}, torch gives {str(ref.dtype)[6:]}")
     a, b = ours.detach().double().cpu(), ref.detach().double().cpu()
     if not torch.isfinite(a).all():
-        return Outcome(False, float("inf"), f"{what} contains NaN or inf{note}")
+        return Outcome(False, float("inf"), f"{what} contains NaN or inf")
     diff = (a - b).abs()
     err = diff.max().item() if diff.numel() else 0.0
+    if ours.dtype != ref.dtype:
+        return Outcome(
+            False, err, f"{what} has dtype {str(ours.dtype)[6:]}, torch gives {str(ref.dtype)[6:]} (values aside)"
+        )
     bad = diff > tol * (1 + b.abs())
     if not bad.any():
         return Outcome(True, err)
@@ -116,105 +118,13 @@ def compare(ours: Any, ref: torch.Tensor, tol: float, what: str) -> Outcome:
         False,
         err,
         f"{what}: max |diff| {err:.3g} (tol {tol:g}); first mismatch at index {idx}: "
-        f"ours {a[idx].item():.6g}, torch {b[idx].item():.6g}{note}",
+        f"ours {a[idx].item():.6g}, torch {b[idx].item():.6g}",
     )
 
 
-def match_parameters(sub: nn.Module, ref: nn.Module, reference: str) -> tuple[dict[str, nn.Parameter], list[str]]:
-    """Pair torch's parameters with the submission's: same name and shape, else same shape in order."""
-    ours = list(sub.named_parameters())
-    ref_names = {n for n, _ in ref.named_parameters()}
-    pairs: dict[str, nn.Parameter] = {}
-    problems: list[str] = []
-    used: set[int] = set()
-    if not ours:
-        return pairs, [
-            "the module has no nn.Parameter (register weights with nn.Parameter so optimizers and state_dict see them)"
-        ]
-    for name, rp in ref.named_parameters():
-        cand = next((p for n, p in ours if n == name and p.shape == rp.shape), None)
-        if cand is None:
-            cand = next((p for n, p in ours if id(p) not in used and n not in ref_names and p.shape == rp.shape), None)
-        if cand is None:
-            same = dict(ours).get(name)
-            problems.append(
-                f"{name} has shape {tuple(same.shape)}, {reference} uses {tuple(rp.shape)}"
-                if same is not None
-                else f"no parameter of shape {tuple(rp.shape)} for {name} ({reference} has one); "
-                f"found {', '.join(f'{n} {tuple(p.shape)}' for n, p in ours)}"
-            )
-            continue
-        used.add(id(cand))
-        pairs[name] = cand
-    return pairs, problems
-
-
-def _init_kwargs(case: Case) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in case["init"].items()}
-
-
-def evaluate(cls: type, target: Target, case: Case, path: Path | None = None) -> dict[str, Outcome]:
-    """Run one case through the submission and the reference; an Outcome per property."""
-    props, out = target.properties(), {}
-    dtype, tol = getattr(torch, case["dtype"]), TOLERANCE[case["dtype"]]
-
-    def fail_rest(msg: str) -> dict[str, Outcome]:
-        for p in props:
-            out.setdefault(p, Outcome(False, None, msg))
-        return out
-
-    gen = torch.Generator().manual_seed(case["seed"])
-    init = _init_kwargs(case)
-    try:
-        ref = target.make_reference(init).to(dtype)
-    except (ValueError, TypeError, RuntimeError) as e:
-        return fail_rest(f"invalid case: {target.reference} itself rejects it ({describe_exception(e)})")
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=dtype) * target.param_scale)
-    try:
-        with quiet():
-            sub = cls(**init).to(dtype)
-    except (Exception, SystemExit) as e:
-        return fail_rest(f"constructor {describe_call(cls.__name__, init)} raised {describe_exception(e, path)}")
-    pairs, problems = match_parameters(sub, ref, target.reference)
-    out["parameters"] = Outcome(not problems, None, "; ".join(problems) or None)
-    ref_params = dict(ref.named_parameters())
-    with torch.no_grad():
-        for name, p in pairs.items():
-            p.copy_(ref_params[name])
-    inputs = [torch.randn(case["shape"][n], generator=gen, dtype=dtype) for n in target.input_names]
-    ref_in = [t.clone().requires_grad_() for t in inputs]
-    sub_in = [t.clone().requires_grad_() for t in inputs]
-    try:
-        y_ref = ref(*ref_in)
-    except RuntimeError as e:
-        return fail_rest(f"invalid case: {target.reference} itself rejects it ({describe_exception(e)})")
-    try:
-        with quiet():
-            y = sub(*sub_in)
-    except (Exception, SystemExit) as e:
-        return fail_rest(f"forward raised {describe_exception(e, path)}")
-    out["forward"] = compare(y, y_ref, tol, "output")
-    if not isinstance(y, torch.Tensor) or y.shape != y_ref.shape:
-        return fail_rest("not checked: the forward output is wrong (see forward)")
-    g = torch.randn(y_ref.shape, generator=gen, dtype=dtype)
-    (y_ref * g).sum().backward()
-    try:
-        with quiet():
-            (y * g.to(y.dtype)).sum().backward()
-    except (Exception, SystemExit) as e:
-        return fail_rest(f"backward raised {describe_exception(e, path)}")
-    for name, t_sub, t_ref in zip(target.input_names, sub_in, ref_in, strict=True):
-        out[f"grad {name}"] = compare(t_sub.grad, t_ref.grad, tol, f"dL/d{name}")
-    for name, rp in ref_params.items():
-        sp = pairs.get(name)
-        out[f"grad {name}"] = (
-            compare(sp.grad, rp.grad, tol, f"dL/d{name}")
-            if sp is not None
-            else Outcome(False, None, f"no parameter matches {name} (see parameters)")
-        )
-    return out
+def init_kwargs(case: Case) -> dict[str, Any]:
+    """The constructor keywords of a case (JSON lists become tuples, as a student would write them)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in case.get("init", {}).items()}
 
 
 def describe_call(cls_name: str, init: dict[str, Any]) -> str:
@@ -226,102 +136,10 @@ def describe_case(cls_name: str, target: Target, case: Case) -> str:
     """A one-line, human-readable configuration."""
     shapes = ", ".join(f"{n} {tuple(case['shape'][n])}" for n in target.input_names)
     label = f'edge case "{case["label"]}": ' if case.get("label") else ""
-    call = describe_call(cls_name, _init_kwargs(case))
-    return f"{label}{call} on {shapes}, {case['dtype']}, seed {case['seed']}"
-
-
-def run_suite(
-    cls: type,
-    target: Target,
-    path: Path | None = None,
-    examples: int = 200,
-    seed: int = 0,
-    only: Case | None = None,
-) -> tuple[list[Tally], int, int]:
-    """Edge cases in both dtypes, then `examples` hypothesis-drawn cases; (tallies, n_edge, n_random)."""
-    tallies = {p: Tally(p) for p in target.properties()}
-
-    def record(case: Case) -> None:
-        try:
-            outcomes = evaluate(cls, target, case, path)
-        except (Exception, SystemExit) as e:  # whatever the submission did, report it and go on
-            outcomes = {p: Outcome(False, None, f"checking raised {describe_exception(e, path)}") for p in tallies}
-        for p, o in outcomes.items():
-            tallies[p].add(o, case)
-
-    if only is not None:
-        record(only)
-        return list(tallies.values()), 0, 0
-    n_edge = 0
-    for label, base in target.edge_cases:
-        for dtype in TOLERANCE:
-            record({"label": label, **base, "dtype": dtype, "seed": seed + n_edge})
-            n_edge += 1
-    n_random = 0
-    if examples > 0:
-        from hypothesis import HealthCheck, Phase, given, settings
-        from hypothesis import seed as hypothesis_seed
-
-        @hypothesis_seed(seed)
-        @settings(
-            max_examples=examples,
-            database=None,
-            deadline=None,
-            phases=[Phase.generate],
-            suppress_health_check=list(HealthCheck),
-            derandomize=False,
-        )
-        @given(target.strategy())
-        def drawn(case: Case) -> None:
-            nonlocal n_random
-            n_random += 1
-            record(case)
-
-        drawn()
-    return list(tallies.values()), n_edge, n_random
-
-
-def format_report(
-    tallies: list[Tally], target: Target, spec: str, cls_name: str, n_edge: int, n_random: int, seed: int
-) -> str:
-    """The text `torchdojo check` prints: one line per property, details under each failure."""
-    total = tallies[0].runs if tallies else 0
-    lines = [
-        f"torchdojo check {target.name}: {spec} against {target.reference}",
-        f"  {total} configurations"
-        + (
-            f": {n_edge} named edge cases (float32 and float64) + {n_random} random (hypothesis, seed {seed})"
-            if n_edge or n_random
-            else " (one --case)"
-        ),
-        "  pass when |ours - torch| <= tol * (1 + |torch|) element-wise, tol = "
-        + ", ".join(f"{v:g} ({k})" for k, v in TOLERANCE.items()),
-        "",
-    ]
-    width = max(len(t.name) for t in tallies)
-    shown = None  # the last case printed in full: a property failing on it again only names its problem
-    for t in tallies:
-        worst = ", ".join(f"{k} {v:.2g}" for k, v in sorted(t.worst.items()))
-        lines.append(
-            f"{'PASS' if t.ok else 'FAIL'}  {t.name:<{width}}  {t.passed}/{t.runs} passed"
-            + (f"  worst |diff|: {worst}" if worst else "")
-        )
-        if t.first_failure is not None:
-            case, msg = t.first_failure
-            repro = json.dumps(case, separators=(", ", ": "))
-            if repro == shown:
-                lines += [f"      first failing: the configuration above; problem: {msg}"]
-                continue
-            shown = repro
-            lines += [
-                f"      first failing: {describe_case(cls_name, target, case)}",
-                f"      problem: {msg}",
-                f"      reproduce: torchdojo check {target.name} {spec} --case '{repro}'",
-            ]
-    failed = [t.name for t in tallies if not t.ok]
-    lines += [
-        "",
-        f"{len(tallies) - len(failed)}/{len(tallies)} properties pass"
-        + (f"; failing: {', '.join(failed)}" if failed else ""),
-    ]
-    return "\n".join(lines)
+    if target.kind == "function":
+        args = "".join(f", {a!r}" for a in case.get("args", []))
+        call = f"{cls_name}.apply({', '.join(target.input_names)}{args})"
+    else:
+        call = describe_call(cls_name, init_kwargs(case))
+    fill = f", values {case['fill']}" if case.get("fill") else ""
+    return f"{label}{call} on {shapes}, {case['dtype']}, seed {case['seed']}{fill}"

@@ -7,6 +7,7 @@ import sys
 import traceback
 from pathlib import Path
 
+import torch
 from torch import nn
 
 
@@ -58,8 +59,8 @@ def _import_file(path: Path) -> object:
     return module
 
 
-def load_class(spec: str) -> tuple[type, Path | None]:
-    """The nn.Module subclass named by `spec` and its source file (None for an installed module)."""
+def load_class(spec: str, allow_function: bool = False) -> tuple[type, Path | None]:
+    """The nn.Module subclass (or, with `allow_function`, autograd.Function subclass) named by `spec`, and its file."""
     source, name = split_spec(spec)
     path = Path(source)
     if source.endswith(".py") or path.exists():
@@ -76,6 +77,9 @@ def load_class(spec: str) -> tuple[type, Path | None]:
     if obj is None:
         classes = sorted(k for k, v in vars(module).items() if isinstance(v, type) and not k.startswith("_"))
         raise LoadFailure(f"{source} has no {name!r}; classes defined there: {', '.join(classes) or 'none'}")
+    if isinstance(obj, type) and allow_function and issubclass(obj, torch.autograd.Function):
+        return obj, path
     if not isinstance(obj, type) or not issubclass(obj, nn.Module):
-        raise LoadFailure(f"{source}:{name} is a {type(obj).__name__}, not an nn.Module subclass")
+        expected = "an nn.Module or torch.autograd.Function subclass" if allow_function else "an nn.Module subclass"
+        raise LoadFailure(f"{source}:{name} is a {type(obj).__name__}, not {expected}")
     return obj, path

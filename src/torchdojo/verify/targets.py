@@ -1,13 +1,16 @@
-"""What `torchdojo check` can verify: conv2d, conv-transpose and rnn-cell, each against torch.nn.
+"""What `torchdojo check` can verify: every hand-written layer of the course, each with its contract.
 
-Each target uses the constructor the course asks for (keywords only), a hypothesis strategy for random
-configurations, and named edge cases. Conv targets draw scalar stride/padding and (kh, kw) kernels,
-exactly the A1 constructor `(in_channels, out_channels, kernel_size, stride, padding)`.
+Convolutions (A1-A3) are here; the recurrent cells and the straight-through estimator are in
+`targets_cells`. Each target gives the constructor or call the course asks for, a hypothesis strategy for
+random configurations, named edge cases, and a reference computed with torch in the grader's process.
+Conv targets draw scalar stride/padding and (kh, kw) kernels, exactly the A1 constructor
+`(in_channels, out_channels, kernel_size, stride, padding)`.
 """
 
 from typing import Any
 
-from torch import nn
+import torch
+import torch.nn.functional as F
 
 from torchdojo.verify.core import Case, Target
 
@@ -19,103 +22,115 @@ def _conv_case(cin: int, cout: int, k: tuple[int, int], s: int, p: int, x: tuple
     }
 
 
-def _conv2d_strategy() -> Any:
+def _conv_draw(draw: Any, kmax: int, smax: int, pmax: int, transpose: bool) -> Case:
     from hypothesis import strategies as st
 
-    @st.composite
-    def case(draw: Any) -> Case:
-        cin, cout = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-        kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-        s, p = draw(st.integers(1, 4)), draw(st.integers(0, 3))
-        h0, w0 = max(1, kh - 2 * p), max(1, kw - 2 * p)  # the smallest input the kernel fits once padded
-        h, w = draw(st.integers(h0, h0 + 7)), draw(st.integers(w0, w0 + 7))
-        c = _conv_case(cin, cout, (kh, kw), s, p, (draw(st.integers(1, 3)), cin, h, w))
-        return {
-            **c,
-            "dtype": draw(st.sampled_from(["float32", "float64"])),
-            "seed": draw(st.integers(0, 2**31 - 1)),
-        }
-
-    return case()
-
-
-def _conv_transpose_strategy() -> Any:
-    from hypothesis import strategies as st
-
-    @st.composite
-    def case(draw: Any) -> Case:
-        cin, cout = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-        kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-        s, p = draw(st.integers(1, 3)), draw(st.integers(0, 2))
-        # output (n - 1) * s - 2p + k must be >= 1, i.e. n >= ceil((2p - k + 1) / s) + 1
+    cin, cout = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, kmax)), draw(st.integers(1, kmax))
+    s, p = draw(st.integers(1, smax)), draw(st.integers(0, pmax))
+    if transpose:  # output (n - 1) * s - 2p + k must be >= 1, i.e. n >= ceil((2p - k + 1) / s) + 1
         h0, w0 = max(1, -(-(2 * p - kh + 1) // s) + 1), max(1, -(-(2 * p - kw + 1) // s) + 1)
         h, w = draw(st.integers(h0, h0 + 5)), draw(st.integers(w0, w0 + 5))
-        c = _conv_case(cin, cout, (kh, kw), s, p, (draw(st.integers(1, 3)), cin, h, w))
-        return {
-            **c,
-            "dtype": draw(st.sampled_from(["float32", "float64"])),
-            "seed": draw(st.integers(0, 2**31 - 1)),
-        }
-
-    return case()
+    else:  # the smallest input the kernel fits once padded
+        h0, w0 = max(1, kh - 2 * p), max(1, kw - 2 * p)
+        h, w = draw(st.integers(h0, h0 + 7)), draw(st.integers(w0, w0 + 7))
+    c = _conv_case(cin, cout, (kh, kw), s, p, (draw(st.integers(1, 3)), cin, h, w))
+    return {**c, "dtype": draw(st.sampled_from(["float32", "float64"])), "seed": draw(st.integers(0, 2**31 - 1))}
 
 
-def _rnn_strategy() -> Any:
+def _strategy(kmax: int, smax: int, pmax: int, transpose: bool, as_function: bool = False) -> Any:
     from hypothesis import strategies as st
 
-    @st.composite
-    def case(draw: Any) -> Case:
-        i, h, b = draw(st.integers(1, 8)), draw(st.integers(1, 8)), draw(st.integers(1, 4))
-        return {
-            "init": {"input_size": i, "hidden_size": h},
-            "shape": {"x": [b, i], "h": [b, h]},
-            "dtype": draw(st.sampled_from(["float32", "float64"])),
-            "seed": draw(st.integers(0, 2**31 - 1)),
-        }
+    def draw_case(draw: Any) -> Case:
+        case = _conv_draw(draw, kmax, smax, pmax, transpose)
+        return _as_function(case) if as_function else case
 
-    return case()
+    return st.composite(draw_case)()
 
 
-def _conv2d(init: dict[str, Any]) -> nn.Module:
-    return nn.Conv2d(**init)
+def _conv_params(case: Case, transpose: bool = False) -> dict[str, tuple[int, ...]]:
+    i = case["init"]
+    cin, cout, (kh, kw) = i["in_channels"], i["out_channels"], i["kernel_size"]
+    return {"weight": (cin, cout, kh, kw) if transpose else (cout, cin, kh, kw), "bias": (cout,)}
 
 
-def _conv_transpose2d(init: dict[str, Any]) -> nn.Module:
-    return nn.ConvTranspose2d(**init)
+def _conv2d_ref(case: Case, params: dict[str, torch.Tensor], inputs: list[torch.Tensor]) -> torch.Tensor:
+    i = case["init"]
+    return F.conv2d(inputs[0], params["weight"], params["bias"], i["stride"], i["padding"])
 
 
-def _rnn_cell(init: dict[str, Any]) -> nn.Module:
-    return nn.RNNCell(**init)
+def _conv_transpose_ref(case: Case, params: dict[str, torch.Tensor], inputs: list[torch.Tensor]) -> torch.Tensor:
+    i = case["init"]
+    return F.conv_transpose2d(inputs[0], params["weight"], params["bias"], i["stride"], i["padding"])
 
+
+def _as_function(case: Case) -> Case:
+    """A conv2d case recast for conv2d-backward: weight and bias become inputs, stride and padding args."""
+    i = case["init"]
+    w = _conv_params(case)
+    out = {k: v for k, v in case.items() if k not in ("init", "shape")}
+    return {
+        **out,
+        "init": {},
+        "shape": {"x": case["shape"]["x"], "weight": list(w["weight"]), "bias": list(w["bias"])},
+        "args": [i["stride"], i["padding"]],
+    }
+
+
+def _conv_function_ref(case: Case, params: dict[str, torch.Tensor], inputs: list[torch.Tensor]) -> torch.Tensor:
+    x, w, b = inputs
+    stride, padding = case["args"]
+    return F.conv2d(x, w, b, stride, padding)
+
+
+CONV_EDGES = (
+    ("batch 1", _conv_case(3, 4, (3, 3), 1, 1, (1, 3, 6, 6))),
+    ("one channel", _conv_case(1, 1, (3, 3), 1, 0, (2, 1, 5, 5))),
+    ("non-square input and kernel", _conv_case(2, 3, (2, 4), 1, 0, (2, 2, 5, 9))),
+    ("non-square, stride 2 and padding 1", _conv_case(2, 3, (3, 2), 2, 1, (2, 2, 7, 4))),
+    ("stride larger than the kernel", _conv_case(2, 2, (2, 2), 3, 0, (2, 2, 8, 7))),
+    ("padding larger than the kernel", _conv_case(2, 2, (2, 3), 1, 4, (2, 2, 3, 3))),
+    ("kernel equal to the input", _conv_case(2, 3, (5, 5), 1, 0, (2, 2, 5, 5))),
+    ("kernel equal to the input, non-square", _conv_case(1, 2, (3, 6), 2, 0, (3, 1, 3, 6))),
+    ("1x1 kernel", _conv_case(4, 2, (1, 1), 1, 0, (2, 4, 3, 5))),
+)
 
 CONV2D = Target(
     name="conv2d",
-    reference="torch.nn.Conv2d",
-    make_reference=_conv2d,
-    param_names=("weight", "bias"),
+    reference_name="torch.nn.Conv2d",
+    reference=_conv2d_ref,
+    param_shapes=_conv_params,
     input_names=("x",),
-    strategy=_conv2d_strategy,
+    strategy=lambda: _strategy(5, 4, 3, False),
     param_scale=0.5,
+    edge_cases=CONV_EDGES,
+    rules="no-builtin-conv",
+    contract="nn.Module: (in_channels, out_channels, kernel_size=(kh, kw), stride=int, padding=int); forward(x)",
+)
+
+CONV2D_BACKWARD = Target(
+    name="conv2d-backward",
+    reference_name="autograd through torch.nn.functional.conv2d",
+    reference=_conv_function_ref,
+    param_shapes=lambda case: {},
+    input_names=("x", "weight", "bias"),
+    strategy=lambda: _strategy(5, 4, 3, False, as_function=True),
     edge_cases=(
-        ("batch 1", _conv_case(3, 4, (3, 3), 1, 1, (1, 3, 6, 6))),
-        ("one channel", _conv_case(1, 1, (3, 3), 1, 0, (2, 1, 5, 5))),
-        ("non-square input and kernel", _conv_case(2, 3, (2, 4), 1, 0, (2, 2, 5, 9))),
-        ("non-square, stride 2 and padding 1", _conv_case(2, 3, (3, 2), 2, 1, (2, 2, 7, 4))),
-        ("stride larger than the kernel", _conv_case(2, 2, (2, 2), 3, 0, (2, 2, 8, 7))),
-        ("padding larger than the kernel", _conv_case(2, 2, (2, 3), 1, 4, (2, 2, 3, 3))),
-        ("kernel equal to the input", _conv_case(2, 3, (5, 5), 1, 0, (2, 2, 5, 5))),
-        ("kernel equal to the input, non-square", _conv_case(1, 2, (3, 6), 2, 0, (3, 1, 3, 6))),
-        ("1x1 kernel", _conv_case(4, 2, (1, 1), 1, 0, (2, 4, 3, 5))),
+        ("the 3x3 image and 2x2 kernel of A2", _as_function(_conv_case(1, 1, (2, 2), 1, 0, (1, 1, 3, 3)))),
+        *((label, _as_function(case)) for label, case in CONV_EDGES),
     ),
+    kind="function",
+    rules="no-builtin-conv",
+    contract="torch.autograd.Function: forward(ctx, x, weight, bias, stride: int, padding: int), backward(ctx, gy)",
 )
 
 CONV_TRANSPOSE = Target(
     name="conv-transpose",
-    reference="torch.nn.ConvTranspose2d",
-    make_reference=_conv_transpose2d,
-    param_names=("weight", "bias"),
+    reference_name="torch.nn.ConvTranspose2d",
+    reference=_conv_transpose_ref,
+    param_shapes=lambda case: _conv_params(case, transpose=True),
     input_names=("x",),
-    strategy=_conv_transpose_strategy,
+    strategy=lambda: _strategy(4, 3, 2, True),
     param_scale=0.5,
     edge_cases=(
         ("the 2x2 worked example (A3)", _conv_case(1, 1, (2, 2), 1, 0, (1, 1, 2, 2))),
@@ -126,27 +141,16 @@ CONV_TRANSPOSE = Target(
         ("padding crops the border", _conv_case(2, 2, (3, 3), 2, 2, (2, 2, 4, 3))),
         ("1x1 input", _conv_case(2, 3, (3, 2), 1, 0, (2, 2, 1, 1))),
     ),
+    rules="no-builtin-conv",
+    contract="nn.Module: (in_channels, out_channels, kernel_size=(kh, kw), stride=int, padding=int); forward(x)",
 )
 
-RNN_CELL = Target(
-    name="rnn-cell",
-    reference="torch.nn.RNNCell",
-    make_reference=_rnn_cell,
-    param_names=("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
-    input_names=("x", "h"),
-    strategy=_rnn_strategy,
-    param_scale=0.5,
-    edge_cases=tuple(
-        (label, {"init": {"input_size": i, "hidden_size": h}, "shape": {"x": [b, i], "h": [b, h]}})
-        for label, i, h, b in (
-            ("batch 1", 4, 6, 1),
-            ("one input feature", 1, 5, 3),
-            ("one hidden unit", 4, 1, 3),
-            ("input wider than hidden", 9, 3, 2),
-            ("hidden wider than input", 3, 9, 2),
-            ("equal sizes", 5, 5, 2),
-        )
-    ),
-)
 
-TARGETS: dict[str, Target] = {t.name: t for t in (CONV2D, CONV_TRANSPOSE, RNN_CELL)}
+def _all_targets() -> dict[str, Target]:
+    from torchdojo.verify.targets_cells import LIPSCHITZ_RNN, RESET_CELL, RNN_CELL, STE
+
+    order = (CONV2D, CONV2D_BACKWARD, CONV_TRANSPOSE, STE, RNN_CELL, RESET_CELL, LIPSCHITZ_RNN)
+    return {t.name: t for t in order}
+
+
+TARGETS: dict[str, Target] = _all_targets()

@@ -1,0 +1,94 @@
+"""Parent side of a check: draw the cases, make their tensors, and compute the reference on them.
+
+Everything here runs in the grader's own process and never sees the submission. The same seed always
+gives the same cases and the same values, so a student's `check` (the public seeds) and an instructor's
+`grade --seed N` (hidden seeds) draw over the same properties.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+from torchdojo.verify.core import TOLERANCE, Case, Target
+
+PUBLIC_SEEDS: tuple[int, ...] = (0,)  # what `torchdojo check` uses unless --seed is given
+
+
+@dataclasses.dataclass
+class Prepared:
+    """One case's tensors (sent to the child) and the reference's results (kept in the parent)."""
+
+    case: Case
+    params: dict[str, torch.Tensor]
+    inputs: list[torch.Tensor]
+    grad_out: torch.Tensor | None  # None when the reference rejects the case
+    ref_out: torch.Tensor | None
+    ref_grads: dict[str, torch.Tensor]
+    invalid: str | None = None  # why the reference itself rejects the case
+
+
+def draw_cases(target: Target, seeds: Sequence[int], max_examples: int) -> list[Case]:
+    """Per seed: every named edge case in float32 and float64, then `max_examples` hypothesis draws."""
+    cases: list[Case] = []
+    for seed in seeds:
+        for i, (label, base) in enumerate(target.edge_cases):
+            for j, dtype in enumerate(TOLERANCE):
+                cases.append({"label": label, **base, "dtype": dtype, "seed": seed * 1000 + 2 * i + j})
+        if max_examples > 0:
+            cases += _drawn(target, seed, max_examples)
+    return cases
+
+
+def _drawn(target: Target, seed: int, n: int) -> list[Case]:
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hypothesis_seed
+
+    out: list[Case] = []
+
+    @hypothesis_seed(seed)
+    @settings(
+        max_examples=n,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(target.strategy())
+    def collect(case: Case) -> None:
+        out.append(case)
+
+    collect()
+    return out[:n]
+
+
+def _input(target: Target, name: str, shape: tuple[int, ...], case: Case, gen: torch.Generator) -> torch.Tensor:
+    dtype = getattr(torch, case["dtype"])
+    if target.fill is not None:
+        return target.fill(case.get("fill", "randn"), shape, gen, dtype)
+    return torch.randn(shape, generator=gen, dtype=dtype)
+
+
+def prepare(target: Target, case: Case) -> Prepared:
+    """The case's parameters, inputs and output gradient (all from its seed), and the reference's answers."""
+    dtype = getattr(torch, case["dtype"])
+    gen = torch.Generator().manual_seed(int(case["seed"]))
+    params = {
+        n: torch.randn(s, generator=gen, dtype=dtype) * target.param_scale for n, s in target.param_shapes(case).items()
+    }
+    inputs = [_input(target, n, tuple(case["shape"][n]), case, gen) for n in target.input_names]
+    leaves = {n: t.clone().requires_grad_() for n, t in params.items()}
+    ins = [t.clone().requires_grad_() for t in inputs]
+    try:
+        y = target.reference(case, leaves, ins)
+    except (ValueError, TypeError, RuntimeError) as e:
+        reason = f"invalid case: {target.reference_name} itself rejects it ({type(e).__name__}: {e})"
+        return Prepared(case, params, inputs, None, None, {}, reason)
+    g = torch.randn(y.shape, generator=gen, dtype=dtype)
+    (y * g).sum().backward()
+    grads = {n: t.grad for n, t in zip(target.input_names, ins, strict=True)}
+    grads.update({n: t.grad for n, t in leaves.items()})
+    zero = {n: torch.zeros_like(t) for n, t in [*zip(target.input_names, ins, strict=True), *leaves.items()]}
+    return Prepared(
+        case, params, inputs, g, y.detach(), {n: grads[n] if grads[n] is not None else zero[n] for n in grads}
+    )

@@ -1,0 +1,441 @@
+"""Check a submission in isolation: the public API of the autograder (`check` and `grade` use it).
+
+`check_isolated(target, "FILE.py:Class")` draws the cases and computes the reference HERE, in the
+grader's process, sends only tensors to a jailed child that imports and runs the submission
+(`torchdojo.verify.jail`, `torchdojo.verify.child`), reads back only tensors, and compares them here.
+Without a server each call starts a fresh interpreter (`python -m torchdojo.verify.child`, seconds of
+torch import); inside `with ForkServer() as server:` each call costs one fork of a process that has
+imported torch already. Both paths run the same jail and harness and give the same verdicts.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torchdojo.errors import DojoError
+from torchdojo.verify.cases import PUBLIC_SEEDS, Prepared, draw_cases, prepare
+from torchdojo.verify.core import Case, Tally, Target, describe_case
+from torchdojo.verify.jail import NOBODY
+from torchdojo.verify.judge import Malformed, read_regular, read_result, tally_cases
+from torchdojo.verify.load import LoadFailure, split_spec
+from torchdojo.verify.rules import RULES, forbidden_ops, source_violations
+
+_MB = 1024 * 1024
+_SIBLINGS_MAX = (200, 16 * _MB)  # sibling .py files copied with a submission: count, total bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one submission run may use; every field has a check/grade flag."""
+
+    wall_s: float = 20.0  # wall clock for the whole submission run
+    cpu_s: float = 60.0  # RLIMIT_CPU
+    memory_mb: int = 4096  # address space on top of the loaded harness (RLIMIT_AS)
+    file_mb: int = 16  # RLIMIT_FSIZE; also the cap on stdout + stderr together
+    nproc: int = 32  # processes/threads it may add (RLIMIT_NPROC over its user's count)
+    output_kb: int = 64  # kept of stdout and of stderr each (the rest is counted, not kept)
+
+    def validate(self) -> None:
+        """DojoError naming the first limit that is not positive."""
+        for f in dataclasses.fields(self):
+            if not getattr(self, f.name) > 0:
+                raise DojoError(f"limit {f.name} must be > 0, got {getattr(self, f.name)}")
+
+
+@dataclasses.dataclass
+class PropertyResult:
+    name: str
+    passed: bool
+    runs: int
+    detail: str  # first failing case + reason, or the worst error
+    case: dict | None = None  # the first failing case (to build a reproduce command)
+
+
+@dataclasses.dataclass
+class Verdict:
+    target: str
+    submission: str  # the "FILE.py:Class" spec
+    properties: list[PropertyResult]
+    failure: str | None  # process-level reason, e.g. "timed out after 20 s"
+    stdout: str
+    stderr: str
+    seconds: float
+    failure_kind: str | None = None  # "load" (could not import/find the class) or "process"
+    notes: list[str] = dataclasses.field(default_factory=list)  # e.g. "network not isolated on this platform"
+    cases: int = 0
+    seeds: tuple[int, ...] = PUBLIC_SEEDS
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None and bool(self.properties) and all(p.passed for p in self.properties)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    spec: str  # what the child imports
+    static_file: Path | None  # the file the source rules read (in the parent)
+    copy_from: Path | None  # the submission's folder, for file specs
+    submission_dir: str | None  # frames under it are "the submission's line"
+
+
+def _find_module_file(module: str) -> Path | None:
+    """The file `import module` would load, found on sys.path without importing anything."""
+    parts = module.split(".")
+    for entry in sys.path:
+        base = Path(entry or os.getcwd()).joinpath(*parts)
+        for cand in (base.with_suffix(".py"), base / "__init__.py"):
+            if cand.is_file():
+                return cand.resolve()
+    return None
+
+
+def _resolve(spec: str, job_dir: Path) -> _Source:
+    source, name = split_spec(spec)
+    path = Path(source)
+    if source.endswith(".py") or path.exists():
+        if not path.is_file():
+            raise LoadFailure(f"no such file: {source}")
+        path = path.resolve()
+        sub = job_dir / "submission"
+        return _Source(f"{sub / path.name}:{name}", path, path.parent, str(sub) + os.sep)
+    found = _find_module_file(source)
+    if found is None:
+        raise LoadFailure(f"no module {source} on the path (write FILE.py:Class for a file)")
+    return _Source(spec, found, None, str(found.parent) + os.sep)
+
+
+def _copy_submission(src: _Source, dest: Path) -> None:
+    """The submission file and (up to a cap) its sibling .py files, readable by the jailed user."""
+    dest.mkdir()
+    assert src.copy_from is not None and src.static_file is not None
+    siblings = sorted(p for p in src.copy_from.glob("*.py") if p.is_file() and not p.is_symlink())
+    if len(siblings) > _SIBLINGS_MAX[0] or sum(p.stat().st_size for p in siblings) > _SIBLINGS_MAX[1]:
+        siblings = [src.static_file]
+    for p in {*siblings, src.static_file}:
+        shutil.copyfile(p, dest / p.name)
+        os.chmod(dest / p.name, 0o644)
+
+
+def _write_job(target: Target, src: _Source, valid: list[Prepared], record_ops: bool, job_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Any] = {}
+    cases = []
+    for i, prep in enumerate(valid):
+        for n, t in prep.params.items():
+            tensors[f"{i}.param.{n}"] = t
+        for n, t in zip(target.input_names, prep.inputs, strict=True):
+            tensors[f"{i}.in.{n}"] = t
+        tensors[f"{i}.gout"] = prep.grad_out
+        c = prep.case
+        cases.append(
+            {
+                "init": c.get("init", {}),
+                "args": c.get("args", []),
+                "dtype": c["dtype"],
+                "param_names": list(prep.params),
+                "input_names": list(target.input_names),
+            }
+        )
+    job = {
+        "spec": src.spec,
+        "import_path": src.spec.rpartition(":")[0] if src.copy_from else None,
+        "kind": target.kind,
+        "reference_name": target.reference_name,
+        "cases": cases,
+        "record_ops": record_ops,
+        "submission_dir": src.submission_dir,
+        "sys_path": [p or os.getcwd() for p in sys.path],
+    }
+    (job_dir / "job.json").write_text(json.dumps(job))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(job_dir / "job.safetensors"))
+    for p in (job_dir / "job.json", job_dir / "job.safetensors"):
+        os.chmod(p, 0o644)
+
+
+def _new_job_dir() -> Path:
+    job_dir = Path(tempfile.mkdtemp(prefix="torchdojo-check-"))
+    os.chmod(job_dir, 0o755)  # the jailed user reads the job; only its work/ folder is writable to it
+    work = job_dir / "work"
+    work.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        os.chown(work, NOBODY, NOBODY)
+    return job_dir
+
+
+def _scrubbed_env() -> dict[str, str]:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
+def _run_fresh(job_dir: Path, limits: Limits) -> None:
+    """One fresh interpreter supervising the jailed run; it writes status.json (or nothing if it died)."""
+    cmd = [sys.executable, "-m", "torchdojo.verify.child", str(job_dir), json.dumps(dataclasses.asdict(limits))]
+    proc = subprocess.Popen(
+        cmd, env=_scrubbed_env(), cwd=job_dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        proc.wait(timeout=limits.wall_s + 120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class ForkServer:
+    """A helper process with torch imported once; each check is one fork of it (see torchdojo.verify.server)."""
+
+    def __init__(self, start_timeout_s: float = 180.0):
+        self.start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._waiting: dict[int, threading.Event] = {}
+        self._next = 0
+        self.restarts = 0
+
+    def __enter__(self) -> "ForkServer":
+        self._start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _start(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "torchdojo.verify.server"], env=_scrubbed_env(), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, cwd=tempfile.gettempdir(),
+        )  # fmt: skip
+        ready = threading.Event()
+        threading.Thread(target=self._read, args=(self._proc, ready), daemon=True).start()
+        if not ready.wait(self.start_timeout_s) or not self.alive:
+            self.close()
+            raise DojoError("the check server did not start", "run `python -m torchdojo.verify.server` to see why")
+
+    def _read(self, proc: subprocess.Popen, ready: threading.Event) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            msg = json.loads(line)
+            if msg.get("ready"):
+                ready.set()
+            elif (ev := self._waiting.get(msg.get("id"))) is not None:
+                ev.set()
+        for ev in list(self._waiting.values()):  # the server died: wake everyone (they see no status)
+            ev.set()
+
+    def run(self, job_dir: Path, limits: Limits) -> None:
+        """Have the server supervise one job; returns when it is done (status.json written) or lost."""
+        with self._lock:
+            if not self.alive:
+                self.restarts += 1
+                self._start()
+            self._next += 1
+            job_id, ev = self._next, threading.Event()
+            self._waiting[job_id] = ev
+            req = {"id": job_id, "job_dir": str(job_dir), "limits": dataclasses.asdict(limits)}
+            assert self._proc is not None and self._proc.stdin is not None
+            try:
+                self._proc.stdin.write((json.dumps(req) + "\n").encode())
+                self._proc.stdin.flush()
+            except OSError:
+                ev.set()
+        ev.wait(limits.wall_s + 60)
+        self._waiting.pop(job_id, None)
+
+    def check(self, target: str, spec: str, **kwargs: Any) -> "Verdict":
+        """check_isolated through this server."""
+        return check_isolated(target, spec, server=self, **kwargs)
+
+    def close(self) -> None:
+        """Stop the server (its supervisors finish their jobs)."""
+        if self._proc is None:
+            return
+        if self._proc.stdin:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+
+def check_isolated(
+    target: str,
+    spec: str,
+    *,
+    max_examples: int = 50,
+    seeds: Sequence[int] | None = None,
+    allow_builtin: bool = False,
+    limits: Limits = Limits(),
+    server: ForkServer | None = None,
+    cases: Sequence[Case] | None = None,
+) -> Verdict:
+    """Run `spec` against `target` in a jailed child; the verdict is computed here from its tensors.
+
+    `seeds` default to PUBLIC_SEEDS (what students run); other seeds draw hidden cases over the same
+    properties. `cases` replaces the drawn cases (a `--case` to reproduce one failure).
+    """
+    from torchdojo.verify.targets import TARGETS
+
+    if target not in TARGETS:
+        raise DojoError(f"unknown check target {target!r}", f"choose one of: {', '.join(TARGETS)}")
+    if max_examples < 0:
+        raise DojoError(f"max_examples must be >= 0, got {max_examples}")
+    limits.validate()
+    t, seeds = TARGETS[target], tuple(PUBLIC_SEEDS if seeds is None else seeds)
+    start = time.monotonic()
+    rule = None if allow_builtin else t.rules
+    job_dir = _new_job_dir()
+    try:
+        try:
+            src = _resolve(spec, job_dir)
+        except LoadFailure as e:
+            return _load_failure(t, spec, str(e), rule, start, seeds)
+        case_list = [dict(c) for c in cases] if cases is not None else draw_cases(t, seeds, max_examples)
+        prepared = [prepare(t, c) for c in case_list]
+        if src.copy_from is not None:
+            _copy_submission(src, job_dir / "submission")
+        _write_job(t, src, [p for p in prepared if not p.invalid], rule is not None, job_dir)
+        if server is not None:
+            server.run(job_dir, limits)
+        else:
+            _run_fresh(job_dir, limits)
+        verdict = _assemble(t, spec, src, prepared, job_dir, limits, rule, start)
+        verdict.seeds = seeds
+        return verdict
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def _load_failure(t: Target, spec: str, msg: str, rule: str | None, start: float, seeds: tuple) -> Verdict:
+    props = [PropertyResult(p, False, 0, f"not checked: {msg}") for p in [*t.properties(), *_rule_names(rule)]]
+    return Verdict(t.name, spec, props, msg, "", "", time.monotonic() - start, "load", seeds=seeds)
+
+
+def _rule_names(rule: str | None) -> list[str]:
+    return [] if rule is None else ["rules (source)", "rules (ops)"]
+
+
+def _status(job_dir: Path) -> dict[str, Any] | None:
+    try:
+        status = json.loads(read_regular(job_dir / "status.json", _MB))
+        return status if isinstance(status, dict) else None
+    except (Malformed, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _process_failure(status: dict[str, Any] | None, header: dict | None, why: str, limits: Limits) -> str | None:
+    """The one process-level reason the run failed, most telling first; None when it ended normally."""
+    if status is None:
+        return "the grader lost the submission's run (no status came back)"
+    sig = status.get("signal")
+    if status.get("timed_out"):
+        return f"timed out after {limits.wall_s:g} s"
+    if status.get("output_exceeded"):
+        return f"printed more than {limits.file_mb} MB (stdout and stderr together; the process was stopped)"
+    if sig == "SIGXCPU":
+        return f"used more than {limits.cpu_s:g} s of CPU time"
+    if header is not None and header.get("oom"):
+        return f"used more than {limits.memory_mb} MB of memory"
+    if sig is not None:
+        return f"the submission's process was killed by {sig}"
+    if header is None:
+        if why == "missing":
+            return f"the submission ended the process (exit code {status.get('exit')}) before its results were written"
+        return f"the submission's result file is {why}"
+    if status.get("left_running"):
+        n = status["left_running"]
+        return f"left {n} process{'es' if n > 1 else ''} running after it finished (all killed)"
+    return None
+
+
+def _assemble(
+    t: Target, spec: str, src: _Source, prepared: list[Prepared], job_dir: Path, limits: Limits, rule: str | None,
+    start: float,
+) -> Verdict:  # fmt: skip
+    status = _status(job_dir)
+    header, tensors, why = None, {}, ""
+    try:
+        header, tensors = read_result(job_dir / "work" / "result.safetensors", limits.file_mb * _MB)
+    except Malformed as e:
+        why = str(e)
+    failure = _process_failure(status, header, why, limits)
+    kind = "process" if failure else None
+    if header is not None and header.get("load_error") and failure is None:
+        failure, kind = _unjail_paths(str(header["load_error"]), src, job_dir), "load"
+    if header is not None and kind != "load":
+        props = _from_tallies(t, tally_cases(t, prepared, header, tensors), header.get("class", "Class"))
+    else:
+        props = [PropertyResult(p, False, 0, f"not checked: {failure}") for p in t.properties()]
+    props += _rules(rule, src, header, failure)
+    st = status or {}
+    return Verdict(
+        t.name, spec, props, failure, _clip(st, "stdout"), _clip(st, "stderr"), time.monotonic() - start, kind,
+        notes=list((header or {}).get("notes", [])), cases=len(prepared),
+    )  # fmt: skip
+
+
+def _unjail_paths(text: str, src: _Source, job_dir: Path) -> str:
+    """Messages name the student's own file, not the copy the child imported."""
+    if src.copy_from is None:
+        return text
+    return text.replace(str(job_dir / "submission"), str(src.copy_from))
+
+
+def _clip(status: dict[str, Any], stream: str) -> str:
+    text, total = str(status.get(stream, "")), int(status.get(f"{stream}_bytes", 0))
+    kept = len(text.encode())
+    return text + (f"\n[... {total - kept} more bytes not shown]" if total > kept else "")
+
+
+def _from_tallies(t: Target, tallies: dict[str, Tally], cls_name: str) -> list[PropertyResult]:
+    out = []
+    for tally in tallies.values():
+        if tally.first_failure is not None:
+            case, msg = tally.first_failure
+            detail = f"{describe_case(cls_name, t, case)}: {msg}"
+            out.append(PropertyResult(tally.name, False, tally.runs, detail, dict(case)))
+        else:
+            worst = ", ".join(f"{k} {v:.2g}" for k, v in sorted(tally.worst.items()))
+            detail = f"worst |diff|: {worst}" if worst else ""
+            out.append(PropertyResult(tally.name, tally.ok, tally.runs, detail if tally.runs else "no case ran"))
+    return out
+
+
+def _rules(rule: str | None, src: _Source, header: dict | None, failure: str | None) -> list[PropertyResult]:
+    if rule is None:
+        return []
+    what = RULES[rule].what
+    assert src.static_file is not None
+    try:
+        text = src.static_file.read_text(encoding="utf-8", errors="replace")
+        hits = source_violations(text, rule, src.static_file.name)
+    except OSError as e:
+        hits = [f"the source could not be read ({e.strerror})"]
+    props = [PropertyResult("rules (source)", not hits, 1, "; ".join(hits[:5]) or f"{what}: nothing found")]
+    ops = (header or {}).get("ops")
+    counts = (header or {}).get("counts") or {}
+    if not isinstance(ops, dict):
+        props.append(PropertyResult("rules (ops)", False, 0, f"not checked: {failure or 'no op record came back'}"))
+    elif not counts.get("forward"):
+        props.append(PropertyResult("rules (ops)", False, 1, "no ATen op was recorded in forward (recorder bypassed?)"))
+    else:
+        bad = forbidden_ops(ops, rule)
+        detail = "; ".join(bad[:5]) or f"{what}: {len(ops)} distinct ATen ops, none forbidden"
+        props.append(PropertyResult("rules (ops)", not bad, 1, detail))
+    return props
