@@ -14,6 +14,7 @@ from torchdojo.experiments import (
     rnn,
     text_autoencoder,
     transfer,
+    unet,
 )
 from torchdojo.experiments.base import module_name
 from torchdojo.registry import Registry
@@ -32,6 +33,7 @@ for _module in (
     rnn,
     text_autoencoder,
     transfer,
+    unet,
 ):
     EXPERIMENTS.register(module_name(_module), _module)
 

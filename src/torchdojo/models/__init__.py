@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import Any
 
 from torchdojo.models.base import Classifier
+from torchdojo.models.densenet import ImageTextDenseNet, SmallDenseNet
 from torchdojo.models.ladder import CNN, MLP, BaselineModel, ImprovedCNN, LogisticRegression, TextbookCNN
 from torchdojo.models.resnet import SmallResNet
 from torchdojo.registry import Registry
@@ -16,6 +17,8 @@ MODELS.register("baseline", BaselineModel)
 MODELS.register("improved-cnn", ImprovedCNN)
 MODELS.register("textbook-cnn", TextbookCNN)
 MODELS.register("small-resnet", SmallResNet)
+MODELS.register("densenet", SmallDenseNet)
+MODELS.register("densenet-text", ImageTextDenseNet)
 
 
 def build_model(name: str, in_shape: tuple[int, int, int], num_classes: int, **options: Any) -> Classifier:
