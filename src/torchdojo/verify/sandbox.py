@@ -58,6 +58,8 @@ class PropertyResult:
     runs: int
     detail: str  # first failing case + reason, or the worst error
     case: dict | None = None  # the first failing case (to build a reproduce command)
+    passed_runs: int = 0  # how many of the runs passed
+    problem: str | None = None  # the first failure's reason alone (detail = its case + this)
 
 
 @dataclasses.dataclass
@@ -409,11 +411,12 @@ def _from_tallies(t: Target, tallies: dict[str, Tally], cls_name: str) -> list[P
         if tally.first_failure is not None:
             case, msg = tally.first_failure
             detail = f"{describe_case(cls_name, t, case)}: {msg}"
-            out.append(PropertyResult(tally.name, False, tally.runs, detail, dict(case)))
+            out.append(PropertyResult(tally.name, False, tally.runs, detail, dict(case), tally.passed, msg))
         else:
             worst = ", ".join(f"{k} {v:.2g}" for k, v in sorted(tally.worst.items()))
             detail = f"worst |diff|: {worst}" if worst else ""
-            out.append(PropertyResult(tally.name, tally.ok, tally.runs, detail if tally.runs else "no case ran"))
+            detail = detail if tally.runs else "no case ran"
+            out.append(PropertyResult(tally.name, tally.ok, tally.runs, detail, None, tally.passed))
     return out
 
 
@@ -427,7 +430,11 @@ def _rules(rule: str | None, src: _Source, header: dict | None, failure: str | N
         hits = source_violations(text, rule, src.static_file.name)
     except OSError as e:
         hits = [f"the source could not be read ({e.strerror})"]
-    props = [PropertyResult("rules (source)", not hits, 1, "; ".join(hits[:5]) or f"{what}: nothing found")]
+    props = [
+        PropertyResult(
+            "rules (source)", not hits, 1, "; ".join(hits[:5]) or f"{what}: nothing found", None, int(not hits)
+        )
+    ]
     ops = (header or {}).get("ops")
     counts = (header or {}).get("counts") or {}
     if not isinstance(ops, dict):
@@ -437,5 +444,5 @@ def _rules(rule: str | None, src: _Source, header: dict | None, failure: str | N
     else:
         bad = forbidden_ops(ops, rule)
         detail = "; ".join(bad[:5]) or f"{what}: {len(ops)} distinct ATen ops, none forbidden"
-        props.append(PropertyResult("rules (ops)", not bad, 1, detail))
+        props.append(PropertyResult("rules (ops)", not bad, 1, detail, None, int(not bad)))
     return props
