@@ -39,6 +39,9 @@ ALLOWED_TAGS = {
     "figure",
     "img",
     "figcaption",
+    "nav",
+    "ol",
+    "a",
 }
 
 
@@ -92,7 +95,7 @@ def test_every_block_renders(tmp_path):
     assert tags.count("img") == 2 and tags.count("p") == 2 and tags.count("li") == 2
     assert "missing figure missing x.png" in "".join(p.text)
     cells = [d.strip() for d in p.text]
-    assert "0.9123" in cells and "12,345" in cells and "nan" in cells  # numbers formatted
+    assert "91.2%" in cells and "12,345" in cells and "nan" in cells  # numbers formatted
     headers = [t for t, _ in p.tags if t == "th"]
     assert len(headers) == 5  # name, acc, n, nan, extra: union of the rows' keys
     for _, attrs in p.tags:
@@ -152,7 +155,7 @@ def test_a_smoke_run_report_shows_its_figures_and_tables(smoke_runs):
     assert [t for t, _ in p.tags].count("table") >= 5
 
 
-def test_compare_writes_a_table_and_overlaid_curves(tmp_path, smoke_runs, monkeypatch, capsys):
+def test_compare_writes_labels_a_config_diff_a_table_and_overlaid_curves(tmp_path, smoke_runs, monkeypatch, capsys):
     drawn = {}
     real = figures.curves
 
@@ -164,16 +167,22 @@ def test_compare_writes_a_table_and_overlaid_curves(tmp_path, smoke_runs, monkey
     out = tmp_path / "cmp"
     a, b = smoke_runs
     assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
-    assert set(drawn) == {f"{a.name}/logreg", f"{a.name}/mlp", f"{b.name}/logreg"}  # every run and stage
+    # labelled by experiment, scale and the settings that differ (rungs, seed), not by folder or timestamp
+    la, lb = "ladder smoke rungs=logreg,mlp seed=0", "ladder smoke rungs=logreg seed=1"
+    assert set(drawn) == {f"{la} / logreg", f"{la} / mlp", f"{lb} / logreg"}  # every run and stage
     assert (out / "figures" / "curves.png").stat().st_size > 1000
     page = (out / "report.html").read_text()
     p = Page(page)
     text = "".join(p.text)
-    assert "rungs.logreg.test_acc" in text and a.name in text and b.name in text
-    assert [t for t, _ in p.tags].count("table") == 1 and [t for t, _ in p.tags].count("img") == 1
+    assert "rungs.logreg.test_acc" in text and la in text and lb in text and str(a) in text
+    assert [t for t, _ in p.tags].count("table") == 3 and [t for t, _ in p.tags].count("img") == 1
     summary_a = json.loads((a / "summary.json").read_text())
-    cell = f"{summary_a['rungs']['logreg']['test_acc']:.4f}".rstrip("0").rstrip(".")
+    cell = f"{100 * summary_a['rungs']['logreg']['test_acc']:.1f}%"
     assert cell in [d.strip() for d in p.text]
+    cells = [d.strip() for d in p.text]
+    i = cells.index("seed")  # the config-diff row: the setting, then each run's value
+    assert [c for c in cells[i + 1 :] if c][:2] == ["0", "1"]
+    assert "dataset" not in cells[cells.index("setting") : cells.index("final numbers (summary.json)")]  # same
     assert "rungs.logreg.test_acc" in capsys.readouterr().out  # and a table in the terminal
 
 
@@ -184,21 +193,38 @@ def test_compare_rejects_a_folder_that_is_not_a_run(tmp_path, smoke_runs, capsys
 
 
 @pytest.mark.parametrize(
-    "v,shown",
+    "column,v,shown",
     [
-        (0.5, "0.5"),
-        (1234567.0, "1.23e+06"),
-        (0.0001234, "0.000123"),
-        (True, "True"),
-        (250.25, "250.2"),
-        (7, "7"),
+        ("v", 0.5, "0.5"),
+        ("v", 21.5301, "21.53"),
+        ("v", 1234567.0, "1,235,000"),
+        ("v", 0.0001234, "0.0001234"),
+        ("v", 3.57e-7, "3.57e-07"),
+        ("v", True, "True"),
+        ("v", 250.25, "250.2"),
+        ("v", 7, "7"),
+        ("v", 1234567, "1,234,567"),
+        ("test_acc", 0.8697, "87.0%"),
+        ("accuracy", 0.86234, "86.2%"),
+        ("val_acc", 0.99987, "99.99%"),  # never rounded up to a perfect score
+        ("test_acc", 86.2, "86.2"),  # already a percentage: left alone
+        ("eval_s", 1.234, "1.23 s"),
+        ("s_per_epoch", 0.0129, "0.0129 s"),
+        ("seconds", 1234.5, "1,234 s"),
     ],
 )
-def test_number_formatting(tmp_path, v, shown):
+def test_number_formatting(tmp_path, column, v, shown):
     r = Report("t")
-    r.table([{"v": v}])
+    r.table([{column: v}])
     r.save(tmp_path)
     assert shown in [d.strip() for d in Page((tmp_path / "report.html").read_text()).text]
+
+
+def test_a_name_value_table_formats_each_value_by_its_row_name(tmp_path):
+    r = Report("t")
+    r.table([{"setting": "seconds per epoch", "value": 0.3123}, {"setting": "test_acc", "value": 0.5}])
+    cells = [d.strip() for d in Page(r.save(tmp_path).read_text()).text]
+    assert "0.312 s" in cells and "50.0%" in cells
 
 
 def test_render_html_is_deterministic(tmp_path):

@@ -131,6 +131,13 @@ def build_config(
     return apply_overrides(cfg, user)
 
 
+def report_title(module: ModuleType, cfg: Any) -> str:
+    """What the report is about: the experiment's `title(cfg)` (true to this run's dataset and settings) when it
+    has one, else its SUMMARY."""
+    title = getattr(module, "title", None)
+    return title(cfg) if callable(title) else module.SUMMARY
+
+
 def module_name(module: ModuleType) -> str:
     return module.__name__.rsplit(".", 1)[-1].replace("_", "-")
 
@@ -388,7 +395,7 @@ def _run_in(
             atomic_write_json(run.path / "env.resumed.json", env)
         if not is_main and distributed.is_initialized():
             run = RankRun(run.path, distributed.rank())
-        report = Report(f"torchdojo {name}: {module.SUMMARY}")
+        report = Report(f"torchdojo {name}: {report_title(module, cfg)}")
         ctx = Context(
             run,
             report,
@@ -414,7 +421,7 @@ def _run_in(
     summary = dict(summary or {})
     summary["seconds"] = round(time.perf_counter() - start, 2)
     if is_main:  # summary.json last: it marks the run finished (a resume then does nothing)
-        report.save(run.path)
+        report.save(run.path, summary)  # the report's summary table: these very numbers
         atomic_write_json(run.path / "summary.json", summary)
     return run.shared if isinstance(run, RankRun) else run.path
 

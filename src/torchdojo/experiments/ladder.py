@@ -24,6 +24,11 @@ MISSION_IDS = ("C1", "C2", "C3", "C4")
 SUMMARY = "classification ladder: logistic regression -> MLP -> CNN (C4 ablation on CIFAR-10)"
 
 
+def title(cfg: "Config") -> str:
+    """The report's title: the dataset and the rungs this run trained (SUMMARY describes every preset)."""
+    return f"classification ladder on {cfg.dataset}: {' -> '.join(cfg.rungs)}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Rung:
     model: str

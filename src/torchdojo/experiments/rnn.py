@@ -712,8 +712,8 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         padding = report_data(data, cfg, ctx)
         cells = f1_cells(data, cfg, ctx)
         windows = f1_truncated_bptt(data, cells, cfg, ctx)
+        reset = f2_reset_gate(data, cfg, ctx)  # the course's order: F2 before F3
         f3_state_norms(data, cells, cfg, ctx)
-        reset = f2_reset_gate(data, cfg, ctx)
         clipping = f4_clipping(data, cfg, ctx)
     finally:
         torch.set_num_threads(threads)

@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from torchdojo.errors import DojoError
+from torchdojo.report.page import CSS, meta_line, smoke_banner, summary_html, table_html, toc_html
 from torchdojo.runs import atomic_write_bytes, atomic_write_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -44,18 +45,6 @@ def unsafe_figure_path(path: Any) -> str | None:
     if ".." in PurePosixPath(path).parts or ".." in PureWindowsPath(path).parts:
         return "the path has a '..' part"
     return None
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if v != v:  # NaN
-            return "nan"
-        if abs(v) >= 1e5 or (0 < abs(v) < 1e-3):
-            return f"{v:.3g}"
-        return f"{v:.4f}".rstrip("0").rstrip(".") if abs(v) < 100 else f"{v:,.1f}"
-    if isinstance(v, int) and not isinstance(v, bool):
-        return f"{v:,}"
-    return str(v)
 
 
 class Report:
@@ -98,9 +87,11 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "blocks": self.blocks}
 
-    def save(self, run_dir: Path) -> Path:
+    def save(self, run_dir: Path, summary: dict[str, Any] | None = None) -> Path:
+        """Write report.json and render report.html; `summary` is the run's summary (summary.json is read when
+        it is not given)."""
         atomic_write_json(Path(run_dir) / "report.json", self.to_dict())
-        return render_html(run_dir)
+        return render_html(run_dir, summary)
 
     @classmethod
     def load(cls, run_dir: Path) -> "Report":
@@ -109,21 +100,6 @@ class Report:
         doc = _read_json(run_dir, "report.json")
         _check_doc(run_dir / "report.json", doc)
         return cls(doc["title"], doc["blocks"])
-
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#1d2330;line-height:1.45}
-h1{border-bottom:2px solid #3b6ea5;padding-bottom:.3em}h2{margin-top:1.8em;color:#22456e}
-table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.92em}
-th,td{border:1px solid #c9d2de;padding:.3em .6em;text-align:right}th{background:#eef3f9}
-td:first-child,th:first-child{text-align:left}caption{caption-side:top;text-align:left;font-weight:600;padding:.3em 0}
-figure{display:inline-block;vertical-align:top;margin:1em 1em 1em 0;max-width:100%}
-figure img{max-width:100%;border:1px solid #e3e8ef}figcaption{color:#4a5568;font-size:.9em}
-pre{background:#f5f7fa;padding:.8em;overflow-x:auto;border:1px solid #e3e8ef}
-td,th,p,li,h1,h2,h3,h4,caption,figcaption,.warn{overflow-wrap:anywhere}
-.warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em .8em}.meta{color:#4a5568;font-size:.9em}
-"""
 
 
 def _text_html(text: str) -> str:
@@ -252,60 +228,76 @@ def _figure_bytes(run_dir: Path, rel: Any) -> bytes | None:
     return data
 
 
-def render_html(run_dir: Path) -> Path:
-    """Render run_dir/report.json and its figures into run_dir/report.html (images embedded)."""
-    run_dir = Path(run_dir)
-    doc = _read_json(run_dir, "report.json")
-    _check_doc(run_dir / "report.json", doc)
-    parts = [f"<h1>{html.escape(doc['title'])}</h1>"]
+def _run_facts(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """config.json and env.json of the run folder, those present (each must be a JSON object)."""
     meta = {}
     for name in ("config.json", "env.json"):
         if os.path.lexists(run_dir / name):
             meta[name] = _read_json(run_dir, name)
             if not isinstance(meta[name], dict):
                 raise ReportError(f"{run_dir / name} is not a JSON object", f"restore {name} or delete it")
+    return meta
+
+
+def _summary(run_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The summary to show: the one given (the run, about to write it), else run_dir/summary.json, else None."""
+    if summary is not None or not os.path.lexists(run_dir / "summary.json"):
+        return summary
+    found = _read_json(run_dir, "summary.json")
+    if not isinstance(found, dict):
+        raise ReportError(f"{run_dir / 'summary.json'} is not a JSON object", "re-run or --resume the run")
+    return found
+
+
+def _block_html(run_dir: Path, b: dict[str, Any], anchor: str) -> str:
+    t = b["type"]
+    if t == "heading":
+        lvl = min(max(b.get("level", 2), 2), 4)
+        return f"<h{lvl} id='{anchor}'>{html.escape(b['text'])}</h{lvl}>"
+    if t == "text":
+        return _text_html(b["text"])
+    if t == "warning":
+        return f"<div class='warn'>{html.escape(b['text'])}</div>"
+    if t == "code":
+        return f"<pre>{html.escape(b['text'])}</pre>"
+    if t == "table":
+        return table_html(b["columns"], b["rows"], b.get("caption", ""))
+    png = _figure_bytes(run_dir, b["path"])
+    if png is None:
+        return f"<div class='warn'>missing figure {html.escape(b['path'])}</div>"
+    src = f"data:image/png;base64,{base64.b64encode(png).decode()}"
+    return (
+        f"<figure><img src='{src}' alt='{html.escape(b.get('caption', ''), quote=True)}'>"
+        f"<figcaption>{html.escape(b.get('caption', ''))}</figcaption></figure>"
+    )
+
+
+def render_html(run_dir: Path, summary: dict[str, Any] | None = None) -> Path:
+    """Render run_dir/report.json and its figures into run_dir/report.html (images embedded): the title, the run's
+    facts, a banner on a smoke-scale run, a table of contents, the summary (`summary`, else summary.json), then
+    the blocks."""
+    run_dir = Path(run_dir)
+    doc = _read_json(run_dir, "report.json")
+    _check_doc(run_dir / "report.json", doc)
+    meta = _run_facts(run_dir)
+    summary = _summary(run_dir, summary)
+    cfg = meta.get("config.json", {})
+    head = [f"<h1>{html.escape(doc['title'])}</h1>"]
     if meta:
-        cfg = meta.get("config.json", {})
-        env = meta.get("env.json", {})
-        cfg_config = cfg.get("config") if isinstance(cfg.get("config"), dict) else {}
-        bits = [
-            f"run {run_dir.name}",
-            f"experiment {cfg.get('experiment', '?')}",
-            f"scale {cfg.get('scale', '?')}",
-            f"seed {cfg_config.get('seed', '?')}",
-            f"device {env.get('device', '?')}",
-            f"torch {env.get('torch', '?')}",
-            f"git {str(env.get('git_revision') or '-')[:10]}",
-        ]
-        parts.append(f"<p class='meta'>{html.escape(' · '.join(bits))}</p>")
-    for b in doc["blocks"]:
-        t = b["type"]
-        if t == "heading":
-            lvl = min(max(b.get("level", 2), 2), 4)
-            parts.append(f"<h{lvl}>{html.escape(b['text'])}</h{lvl}>")
-        elif t == "text":
-            parts.append(_text_html(b["text"]))
-        elif t == "warning":
-            parts.append(f"<div class='warn'>{html.escape(b['text'])}</div>")
-        elif t == "code":
-            parts.append(f"<pre>{html.escape(b['text'])}</pre>")
-        elif t == "table":
-            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in b["columns"])
-            body = "".join(
-                "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in b["rows"]
-            )
-            cap = f"<caption>{html.escape(b['caption'])}</caption>" if b.get("caption") else ""
-            parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif t == "figure":
-            png = _figure_bytes(run_dir, b["path"])
-            if png is not None:
-                src = f"data:image/png;base64,{base64.b64encode(png).decode()}"
-                parts.append(
-                    f"<figure><img src='{src}' alt='{html.escape(b.get('caption', ''), quote=True)}'>"
-                    f"<figcaption>{html.escape(b.get('caption', ''))}</figcaption></figure>"
-                )
-            else:
-                parts.append(f"<div class='warn'>missing figure {html.escape(b['path'])}</div>")
+        head.append(meta_line(run_dir.name, cfg, meta.get("env.json", {})))
+    if cfg.get("scale") == "smoke":
+        head.append(smoke_banner())
+    anchors = [f"s{i}" for i in range(len(doc["blocks"]))]
+    body = [_block_html(run_dir, b, a) for b, a in zip(doc["blocks"], anchors, strict=True)]
+    headings = [  # the table of contents: sections (level 2) and their parts (level 3)
+        (a, max(b.get("level", 2), 2), b["text"])
+        for b, a in zip(doc["blocks"], anchors, strict=True)
+        if b["type"] == "heading" and b.get("level", 2) <= 3
+    ]
+    top = summary_html(summary, finished_expected="config.json" in meta)
+    if top:
+        headings.insert(0, ("summary", 2, "Summary"))
+    parts = head + ([toc_html(headings)] if len(headings) > 1 else []) + ([top] if top else []) + body
     page = (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         f"<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "

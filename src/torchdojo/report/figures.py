@@ -67,6 +67,12 @@ def _cap_figure_text(fig: Any) -> None:
             t.set_text(capped)
 
 
+def _tidy(fig: Any) -> None:
+    """Cap the figure's texts (so none is read as mathtext), then lay its panels out."""
+    _cap_figure_text(fig)
+    fig.tight_layout()
+
+
 def _save(fig: Any, path: Path) -> Path:
     """Write `fig` to `path` (PNG) through a temp file of a unique name in the same folder and a rename; the file's
     mode follows the umask. An unwritable folder or a full disk is a DojoError naming the path."""
@@ -104,10 +110,40 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _integer_ticks(ax: Any) -> None:
+    """Whole numbers only on the x axis (epochs, steps)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend_below(fig: Any, axes: Sequence[Any], fontsize: float = 8) -> None:
+    """One legend for the whole figure, below its panels, so it never covers a curve; several columns when long."""
+    handles, labels = {}, []
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in handles:
+                handles[label] = h
+                labels.append(label)
+    if not labels:
+        return
+    ncol = max(1, min(len(labels), 4 if max(len(s) for s in labels) > 24 else 6))
+    fig.legend(
+        [handles[label] for label in labels],
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=ncol,
+        fontsize=fontsize,
+        frameon=False,
+    )
+
+
 def curves(
     histories: dict[str, list[dict[str, Any]]], path: Path, keys: Sequence[str] = ("loss", "acc"), title: str = ""
 ) -> Path:
-    """One panel per key (loss, acc); train solid and val dashed, one colour per run/rung."""
+    """One panel per key (loss, acc); train solid and val dashed, one colour per run/rung; whole-epoch ticks and
+    the legend below the panels."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.8), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -122,9 +158,11 @@ def curves(
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _integer_ticks(ax)
     if title:
         fig.suptitle(title)
+    _tidy(fig)
+    _legend_below(fig, axes[0])
     return _save(fig, path)
 
 
@@ -172,48 +210,69 @@ def image_grid(
             ax.set_ylabel(cap(row_labels[i // ncols]), rotation=0, ha="right", va="center", fontsize=9)
     if title:
         fig.suptitle(cap(title, TEXT_CHARS, TEXT_LINES), fontsize=10)
-    fig.tight_layout()
+    _tidy(fig)
     return _save(fig, path)
 
 
-def confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> Path:
-    """Counts with row-normalised colour; rows are true classes, columns predictions."""
-    plt = _plt()
-    k = len(classes)
-    side = min(0.55 * k, 60.0)  # past ~100 classes the cells shrink instead of the figure growing
-    font = max(1.0, min(8.0, 72 * 0.8 * side / max(k, 1)))
-    fig, ax = plt.subplots(figsize=(side + 2.5, side + 2))
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(k if k <= 100 else 0):  # counts only while they fit in their cells
-        for j in range(k):
-            ax.text(
-                j,
-                i,
-                str(int(cm[i, j])),
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if norm[i, j] > 0.5 else "black",
-            )
-    names = [cap(c) for c in classes]
+def _matrix_panel(ax: Any, shown: np.ndarray, labels: np.ndarray | None, names: list[str], font: float) -> None:
+    """One confusion-matrix panel: `shown` (row-normalised, 0..1) as colour, `labels` as the cell texts."""
+    k = len(names)
+    ax.imshow(shown, cmap="Blues", vmin=0, vmax=1)
+    if labels is not None:
+        for i in range(k):
+            for j in range(k):
+                color = "white" if shown[i, j] > 0.5 else "black"
+                ax.text(j, i, labels[i, j], ha="center", va="center", fontsize=7, color=color)
     ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=font)
     ax.set_yticks(range(k), names, fontsize=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+
+
+def confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> Path:
+    """Two panels, rows true classes and columns predictions: the counts, and next to them the row-normalised
+    matrix (each row sums to 100%: the share of a class's images given each label; its diagonal is the recall).
+    Both are coloured by the row-normalised share; the cell texts are left out past 30 classes."""
+    plt = _plt()
+    k = len(classes)
+    side = min(0.55 * k, 60.0)  # past ~100 classes the cells shrink instead of the figure growing
+    font = max(1.0, min(8.0, 72 * 0.8 * side / max(k, 1)))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 4, side + 2.2), squeeze=False)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    names = [cap(c) for c in classes]
+    texts = k <= 30
+    counts = np.vectorize(lambda v: str(int(v)))(cm) if texts and k else None
+    shares = np.vectorize(lambda v: f"{100 * v:.0f}")(norm) if texts and k else None
+    _matrix_panel(axes[0, 0], norm, counts, names, font)
+    axes[0, 0].set_title("counts")
+    _matrix_panel(axes[0, 1], norm, shares, names, font)
+    axes[0, 1].set_title("row-normalised (% of each true class)")
+    if title:
+        fig.suptitle(title)
+    _tidy(fig)
     return _save(fig, path)
 
 
 def bars(values: dict[str, float], path: Path, ylabel: str, title: str = "") -> Path:
+    """One bar per name, its value above it. Long or many names are drawn slanted so that no two labels touch;
+    value labels get head room above the tallest bar."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.2 * len(values) + 2, 3.5))
-    ax.bar(range(len(values)), list(values.values()), color="#3b6ea5")
-    ax.set_xticks(range(len(values)), [cap(name) for name in values])  # names cut alike stay separate bars
-    for i, v in enumerate(values.values()):
-        ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+    names = [cap(name) for name in values]  # names cut alike stay separate bars
+    slant = len(values) > 6 or max((len(n) for n in names), default=0) > 10
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(values) + 2), 3.8 if slant else 3.5))
+    heights = [float(v) for v in values.values()]
+    drawn = ax.bar(range(len(values)), heights, color="#3b6ea5")
+    ax.bar_label(drawn, labels=[f"{v:.3g}" for v in heights], padding=2, fontsize=7)
+    top = max([h for h in heights if h == h] + [0.0])
+    if top > 0:
+        ax.set_ylim(top=top * 1.12)
+    if slant:
+        ax.set_xticks(range(len(values)), names, rotation=35, ha="right", fontsize=8)
+    else:
+        ax.set_xticks(range(len(values)), names, fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    _tidy(fig)
     return _save(fig, path)
 
 
@@ -236,5 +295,9 @@ def line_plot(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if len(series) > 4:  # many lines: the legend goes below the axes, off the curves
+        _tidy(fig)
+        _legend_below(fig, [ax])
+    else:
+        ax.legend(fontsize=8)
     return _save(fig, path)
