@@ -331,11 +331,11 @@ class Prediction:
     def names(self) -> list[str]:
         return [self.classes[i] for i in self.labels.tolist()]
 
-    def top(self, k: int = 3) -> list[list[tuple[str, float]]]:
-        """Per image, the k most likely (class name, probability) pairs."""
+    def top(self, k: int = 3) -> list[list[tuple[int, str, float]]]:
+        """Per image, its k most likely classes as (index, name, probability), most likely first."""
         p, idx = self.probs.topk(min(k, self.probs.shape[1]), dim=1)
         return [
-            [(self.classes[i], pi) for pi, i in zip(ps, ix, strict=True)]
+            [(i, self.classes[i], pi) for pi, i in zip(ps, ix, strict=True)]
             for ps, ix in zip(p.tolist(), idx.tolist(), strict=True)
         ]
 
