@@ -19,7 +19,7 @@ decide anything, and a regime that did not learn is never called better: both sa
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Verdict = Literal["better", "worse", "tie", "did-not-learn", "one-seed"]
 Pairs = Literal["all", "chain", "vs-first", "vs-best"]
@@ -285,6 +285,18 @@ def learned(
             f"({fmt_diff(gap, '%')}; noise = {NOISE_Z:g} standard errors = {100 * noise:.1f} points on {n_eval} images)"
         )
     return True, f"final accuracy {100 * final_acc:.1f}% is {fmt_diff(gap, '%', signed=False)} above {base}"
+
+
+def learned_eval(test_eval: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
+    """`learned` of a classifier from `engine.evaluate(..., return_outputs=True)`'s result (its "acc", "n" and
+    "targets": the majority rate is that of the very images it was scored on) and its `fit` history (the
+    "train_loss" of each epoch)."""
+    return learned(
+        float(test_eval["acc"]),
+        chance_or_majority=majority_rate(test_eval["targets"].tolist()),
+        n_eval=int(test_eval["n"]),
+        loss_history=[float(r["train_loss"]) for r in history if "train_loss" in r],
+    )
 
 
 def learned_entry(ok: bool, why: str) -> dict[str, bool | str]:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from torchdojo import stats
 from torchdojo.config import TrainConfig, hyper_parameters
 from torchdojo.data import ImageData, Splits, random_subset, stratified_split
 from torchdojo.data.augment import build_augment
@@ -42,8 +43,10 @@ from torchdojo.metric.probes import (
 from torchdojo.metric.regimes import RegimeResult, Setup, classifier_epochs_to, train_e1, train_e2, train_e4
 from torchdojo.models import build_model
 from torchdojo.report import figures
+from torchdojo.seeds import SeedSpec
 
 MISSION_IDS = ("E1", "E2", "E3", "E4")
+COMPARE = SeedSpec(regimes="regimes", pairs="all")  # --seeds N: E1, E2 and E4 each against each
 SUMMARY = "metric learning: cross-entropy vs triplet loss (+ frozen FC) vs both, feature maps and embeddings"
 # TrainConfig settings no stage reads (setting one is refused):
 UNUSED = {
@@ -418,6 +421,9 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         report_embeddings(name, emb, p, cfg, ctx)
         report_feature_maps(res, layers, p, ctx)
         out["collapse_warnings"] = report_collapse(res, out["spread"], ctx)
+        out.update(stats.learned_entry(*regime_learned(res, out, p)))
+        if not out["learned"]:
+            ctx.report.warning(f"{name} did not learn: {out['learned_reason']}")
         results[name], evals[name] = res, out
         ctx.report.save(ctx.run.path)  # readable after every regime, even if a later one is interrupted
     pixels = _pixel_baseline(p.ref, p.test, cfg.seed)
@@ -429,6 +435,18 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         "pixels": pixels,
         "regimes": evals,
     }
+
+
+def regime_learned(res: RegimeResult, out: dict[str, Any], p: Prepared) -> tuple[bool, str]:
+    """Whether a regime learned: its test accuracy against the test set's majority rate, and the training loss
+    of its classifier stage (the last one: E2's head stage, whose loss is cross-entropy like E1's)."""
+    last = list(res.stages.values())[-1] if res.stages else []
+    return stats.learned(
+        out["test_acc"],
+        chance_or_majority=stats.majority_rate(p.test.y.tolist()),
+        n_eval=len(p.test),
+        loss_history=[r["train_loss"] for r in last if "train_loss" in r],
+    )
 
 
 def _pixel_baseline(ref: ImageData, test: ImageData, seed: int) -> dict[str, float]:

@@ -16,9 +16,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from torchdojo import stats
 from torchdojo.backbones import BACKBONES, REGIMES, build_classifier, count_params, trainable_params, unfreeze_top
 from torchdojo.backbones.classifier import BackboneClassifier
 from torchdojo.backbones.feature_cache import CachedBatches, FeatureCache, module_hash
+from torchdojo.backbones.prefer import prefer_text
 from torchdojo.config import TrainConfig, hyper_parameters
 from torchdojo.data import ImageData, Splits, random_subset, stratified_split
 from torchdojo.data.augment import Aug, build_augment
@@ -29,9 +31,11 @@ from torchdojo.experiments.base import Context
 from torchdojo.interpret import report_interpretation
 from torchdojo.models import MODELS, build_model
 from torchdojo.report import figures
+from torchdojo.seeds import SeedSpec
 
 MISSION_IDS = ("C3", "D1", "D2", "D3", "D4", "D5", "D6", "D7")
 SUMMARY = "transfer learning: frozen (cached features) vs fine-tuned vs from-scratch backbones, confident mistakes"
+COMPARE = SeedSpec(regimes="runs", pairs="vs-best")  # --seeds N: the most accurate run against each other
 CHEAP = ("logreg", "mlp")  # baselines as cheap per epoch as a head on cached features: they train with head_train
 # TrainConfig settings no stage reads (setting one is refused):
 UNUSED = {
@@ -596,44 +600,29 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
             "trainable": out["trainable"],
             "best_epoch": res.best_epoch,
         }
+        ok, why = stats.learned_eval(ev["test"], res.history)
+        row["learned"] = "yes" if ok else "NO"
         rows.append(row)
-        summary[name] = report_run(i, name, out, row, data, cfg, ctx)
-    prefer(ctx, rows, histories)
+        summary[name] = {**report_run(i, name, out, row, data, cfg, ctx), **stats.learned_entry(ok, why)}
+        if not ok:
+            ctx.report.warning(f"{name} did not learn: {why}")
+    prefer(ctx, rows, histories, {n: True if e["learned"] else e["learned_reason"] for n, e in summary.items()})
     return {"dataset": data.splits.name, "runs": summary}
 
 
-def prefer(ctx: Context, rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]]) -> None:
-    """'Which would you prefer': the evidence side by side, and what it says."""
+def prefer(
+    ctx: Context, rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]], learned: dict[str, bool | str]
+) -> None:
+    """'Which would you prefer': the evidence side by side, and what this run's numbers say."""
     ctx.report.heading("Which would you prefer?")
     ctx.report.table(
         rows,
         caption="every run on the same split: accuracy, training time (wall clock, including "
-        "feature extraction for frozen runs) and parameters",
+        "feature extraction for frozen runs), parameters, and whether it learned",
         columns=list(rows[0]),
     )
     figures.curves(histories, ctx.run.figure_path("curves_all"), title="all runs")
     ctx.report.figure("curves_all.png", "all runs: train (solid) and validation (dashed) curves")
     figures.bars({r["run"]: r["test_acc"] for r in rows}, ctx.run.figure_path("test_acc"), "test accuracy")
     ctx.report.figure("test_acc.png", "test accuracy of each run")
-    best = max(rows, key=lambda r: r["test_acc"])
-    fastest = min(rows, key=lambda r: r["train_seconds"])
-    lines = [
-        f"- Most accurate: {best['run']} ({best['test_acc']:.2%} test accuracy, {best['train_seconds']:.0f} s, "
-        f"{best['trainable']:,} of {best['params']:,} parameters trained).",
-        f"- Cheapest to train: {fastest['run']} ({fastest['train_seconds']:.0f} s, "
-        f"{fastest['test_acc']:.2%} test accuracy).",
-    ]
-    for r in rows:
-        if r is not best:
-            lines.append(
-                f"- {r['run']}: {100 * (best['test_acc'] - r['test_acc']):.1f} points below, "
-                f"{r['train_seconds'] / max(best['train_seconds'], 1e-9):.2g}x the time, "
-                f"{r['trainable']:,} trainable parameters."
-            )
-    ctx.report.text("\n".join(lines))
-    ctx.report.text(
-        "Prefer the most accurate run when its extra training time is affordable; when time or data "
-        "is short, a frozen backbone trains only its head (from cached features, so each epoch costs "
-        "almost nothing) and needs no gradient through the trunk. A model trained from scratch needs "
-        "far more data and epochs to catch up with pretrained features."
-    )
+    ctx.report.text(prefer_text(rows, learned))

@@ -1,9 +1,11 @@
 """E3: the regimes of the metric-learning experiment side by side: test accuracy, convergence speed and
-feature-map quality per layer, with a conclusion drawn from the measured numbers (not a canned text).
+feature-map quality per layer, with a conclusion drawn from the measured numbers (not a canned text): test
+accuracy compared through `torchdojo.stats.compare`, so one seed is not made to pick a winner.
 """
 
 from typing import Any
 
+from torchdojo import stats
 from torchdojo.metric.regimes import RegimeResult
 from torchdojo.report import Report, figures
 from torchdojo.runs import Run
@@ -110,38 +112,39 @@ def report_comparison(
 
 
 def conclusion(evals: dict[str, dict[str, Any]], layers: list[str]) -> str:
-    """A paragraph that states which regime won on each axis, from `evals`."""
+    """E3's reading of this run, from `evals`: test accuracy compared through `stats.compare` (one seed says it
+    cannot decide; a regime that did not learn is never called better), then the embedding, convergence and
+    the deepest block's separability as measured, and the collapse warnings."""
     names = list(evals)
-    best = max(names, key=lambda n: evals[n]["test_acc"])
-    sep = max(names, key=lambda n: evals[n]["separability"]["embedding"]["fisher"])
-    knn = max(names, key=lambda n: evals[n]["knn_test_acc"])
+    learned = {n: True if evals[n].get("learned", True) else evals[n].get("learned_reason", False) for n in names}
+    cmps = stats.compare({n: [evals[n]["test_acc"]] for n in names}, learned=learned, pairs="all")
+    bullets = "\n".join(f"- {c.text}" for c in cmps)
+    fisher = ", ".join(f"{n} {evals[n]['separability']['embedding']['fisher']:.2f}" for n in names)
+    knn = ", ".join(f"{n} {stats.fmt_value(evals[n]['knn_test_acc'], '%')}" for n in names)
     reached = [n for n in names if evals[n]["epochs_to_target"] is not None]
-    parts = [
-        f"Test accuracy: {best} is best ({evals[best]['test_acc']:.4f}"
-        + "".join(f"; {n} {evals[n]['test_acc']:.4f}" for n in names if n != best)
-        + ").",
-        f"Embedding quality: {sep} has the most separable embedding (Fisher "
-        f"{evals[sep]['separability']['embedding']['fisher']:.2f}) and {knn} the best kNN test accuracy "
-        f"({evals[knn]['knn_test_acc']:.4f}).",
-    ]
+    text = [f"Embedding on this run: Fisher ratio {fisher}; kNN test accuracy {knn}."]
     if reached:
         fast = min(reached, key=lambda n: evals[n]["epochs_to_target"])
-        parts.append(
+        text.append(
             f"Convergence: {fast} reached the target validation accuracy first "
             f"({evals[fast]['epochs_to_target']} epochs, {evals[fast]['seconds_to_target']:.0f} s)"
             + (f"; {', '.join(n for n in names if n not in reached)} never did." if len(reached) < len(names) else ".")
         )
     else:
-        parts.append("Convergence: no regime reached the target validation accuracy.")
+        text.append("Convergence: no regime reached the target validation accuracy.")
     deep = layers[-2] if len(layers) > 1 else layers[-1]
-    parts.append(
-        "Deepest conv block ("
-        + deep
-        + ") Fisher ratio: "
+    text.append(
+        f"Deepest conv block ({deep}) Fisher ratio: "
         + ", ".join(f"{n} {evals[n]['separability'][deep]['fisher']:.2f}" for n in names)
         + "."
     )
     collapsed = [n for n in names if evals[n]["collapse_warnings"]]
     if collapsed:
-        parts.append(f"Collapse warnings: {', '.join(collapsed)} (see the warnings above).")
-    return " ".join(parts)
+        text.append(f"Collapse warnings: {', '.join(collapsed)} (see the warnings above).")
+    if len(names) > 1:
+        text.append(
+            "These are one seed's numbers: `torchdojo run metric-learning --seeds 5` gives each a 95% interval "
+            "and calls a difference only when the interval excludes zero."
+        )
+    head = f"Test accuracy, regime against regime:\n\n{bullets}\n\n" if cmps else ""
+    return head + " ".join(text)
