@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "describe_cmd",
     "check_cmd",
     "explain_cmd",
+    "export_cmd",
+    "notebook_cmd",
 ]
 
 
