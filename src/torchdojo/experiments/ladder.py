@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from torchdojo import stats
 from torchdojo.checkpoints import describe
 from torchdojo.config import TrainConfig, hyper_parameters
 from torchdojo.data import ImageData, Splits, random_subset, stratified_split
@@ -19,8 +20,10 @@ from torchdojo.experiments.base import Context
 from torchdojo.interpret import confusion
 from torchdojo.models import build_model
 from torchdojo.report import figures
+from torchdojo.seeds import SeedSpec
 
 MISSION_IDS = ("C1", "C2", "C3", "C4")
+COMPARE = SeedSpec(regimes="rungs", pairs="chain")  # --seeds N: each rung against the one before it
 SUMMARY = "classification ladder: logistic regression -> MLP -> CNN (C4 ablation on CIFAR-10)"
 
 
@@ -254,6 +257,7 @@ def train_rung(
         "s_per_epoch": result.seconds_per_epoch,
         "eval_s": time.perf_counter() - t0,
     }
+    row["learned"], row["learned_reason"] = stats.learned_eval(ev["test"], result.history)
     _report_rung(i, name, row, ev, tcfg, cfg, ctx)
     return {"row": row, "history": result.history}
 
@@ -265,6 +269,8 @@ def _report_rung(
     rung = RUNGS[name]
     ctx.report.heading(f"Rung {i + 1}: {name}", level=3)
     ctx.report.text(f"{rung.why}.")
+    if not row["learned"]:
+        ctx.report.warning(f"{name} did not learn: {row['learned_reason']}")
     hp = {
         **hyper_parameters(tcfg),
         "augment": ",".join(cfg.augment) if rung.augment else "none",
@@ -323,8 +329,55 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
             "trainable",
             "best_epoch",
             "s_per_epoch",
+            "learned",
         ],
     )
     ctx.report.figure("curves_all.png", "all rungs: train (solid) and validation (dashed) curves")
+    report_steps(rows, ctx)
     summary = {r["rung"]: {k: v for k, v in r.items() if isinstance(v, (int, float))} for r in rows}
+    for r in rows:
+        summary[r["rung"]].update(stats.learned_entry(r["learned"], r["learned_reason"]))
     return {"dataset": data.name, "rungs": summary}
+
+
+def report_steps(rows: list[dict[str, Any]], ctx: Context) -> None:
+    """C4: each rung's effect against the one before it (baseline -> improved -> + BN -> + dropout under the
+    cifar10 preset), from this run's test accuracies, naming the steps that hurt."""
+    if len(rows) < 2:
+        return
+    values = {r["rung"]: [r["test_acc"]] for r in rows}
+    learned = {r["rung"]: True if r["learned"] else r["learned_reason"] for r in rows}
+    ctx.report.heading("C4. Each step's effect" if "baseline" in values else "Each step's effect", level=3)
+    ctx.report.text(seeds_text(stats.compare(values, learned=learned, pairs="chain"), values))
+
+
+def seeds_text(comparisons: list[stats.Comparison], values: dict[str, list[float]]) -> str:
+    """Each step (a rung against the one before it) and its effect on test accuracy, then the steps that hurt:
+    lower beyond the 95% interval over seeds, lower within it, or, from one seed, lower on that seed (which one
+    seed cannot tell from noise). Used for one run and, as the module's `seeds_text`, for `--seeds N`."""
+    lines = [f"- Step to {c.a} ({RUNGS[c.a].why if c.a in RUNGS else c.a}): {c.text}" for c in comparisons]
+
+    def gap(c: stats.Comparison) -> float:
+        return sum(values[c.a]) / len(values[c.a]) - sum(values[c.b]) / len(values[c.b])
+
+    def named(cs: list[stats.Comparison]) -> str:
+        return ", ".join(f"{c.b} -> {c.a} ({stats.fmt_diff(gap(c), '%')})" for c in cs)
+
+    hurt = [c for c in comparisons if c.verdict == "worse"]
+    lower = [c for c in comparisons if c.verdict in ("tie", "one-seed") and gap(c) < 0]
+    failed = [c for c in comparisons if c.verdict == "did-not-learn"]
+    one_seed = any(c.verdict == "one-seed" for c in comparisons)
+    if hurt:
+        lines.append(f"Steps that hurt (lower beyond the 95% interval): {named(hurt)}.")
+    if lower and one_seed:
+        lines.append(
+            f"Steps that hurt on this seed: {named(lower)}; one seed cannot tell whether that is beyond noise "
+            "(run with --seeds 5)."
+        )
+    elif lower:
+        lines.append(f"Lower, but within the seeds' noise: {named(lower)}.")
+    if not hurt and not lower and len(failed) < len(comparisons):
+        lines.append("No compared step lowered test accuracy" + (" on this seed." if one_seed else "."))
+    if failed:
+        lines.append(f"Not compared, a rung did not learn: {', '.join(f'{c.b} -> {c.a}' for c in failed)}.")
+    return "\n".join(lines)
