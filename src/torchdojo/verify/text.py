@@ -37,7 +37,8 @@ def format_verdict(verdict: Verdict, reference: str, limits: Limits = _DEFAULT, 
     for p in verdict.properties:
         head = f"{'PASS' if p.passed else 'FAIL'}  {p.name:<{width}}  {p.passed_runs}/{p.runs} passed"
         if p.case is None:
-            lines.append(head + (f"  {p.detail}" if p.detail else ""))
+            detail = "not checked" if verdict.failure and not p.runs else p.detail
+            lines.append(head + (f"  {detail}" if detail else ""))
             continue
         lines.append(head)
         repro = reproduce_command(verdict, p.case)
