@@ -157,7 +157,7 @@ def _variants() -> dict[str, tuple[dict[str, str], str, dict]]:
         "syntax_error": (
             {"conv.py": edit(UNFOLD, "def forward(self, x):", "def forward(self, x)")},
             "py",
-            bad(EVERYTHING),
+            bad(EVERYTHING, failure="SyntaxError"),
         ),
         "zip_bomb": ({"conv.py": UNFOLD, "padding.bin": "\0" * (40 << 20)}, "zip", bad(EVERYTHING, note="zip bomb")),
         "detached": (
@@ -178,7 +178,7 @@ def _variants() -> dict[str, tuple[dict[str, str], str, dict]]:
                 )
             },
             "py",
-            bad(NUMBERS),
+            bad(EVERYTHING, failure="used more than"),
         ),
         "ambiguous": ({"a.py": UNFOLD, "b.py": layer(LOOPS_FORWARD)}, "folder", bad(EVERYTHING, note="ambiguous")),
         "strided": ({"conv2d.py": layer(STRIDED_FORWARD)}, "py", ok),
@@ -188,10 +188,14 @@ def _variants() -> dict[str, tuple[dict[str, str], str, dict]]:
             bad(["forward", "grad x", "grad weight"]),
         ),
         "exit_at_import": ({"conv.py": "import os\nos._exit(0)\n" + UNFOLD}, "py", bad(EVERYTHING, failure="ended")),
-        "sys_exit": ({"conv.py": "import sys\nsys.exit(0)\n" + UNFOLD}, "py", bad(EVERYTHING)),
+        "sys_exit": ({"conv.py": "import sys\nsys.exit(0)\n" + UNFOLD}, "py", bad(EVERYTHING, failure="SystemExit")),
         "subclass": ({"conv.py": HEAD + "\n\nclass Conv2d(nn.Conv2d):\n    pass\n"}, "py", bad(["rules"])),
         "builtin_torch": ({"conv.py": edit(builtin, "F.conv2d(", "torch.conv2d(")}, "py", bad(["rules"])),
-        "wrong_class_name": ({"conv.py": edit(UNFOLD, "class Conv2d(", "class MyConv2d(")}, "py", bad(EVERYTHING)),
+        "wrong_class_name": (
+            {"conv.py": edit(UNFOLD, "class Conv2d(", "class MyConv2d(")},
+            "py",
+            bad(EVERYTHING, failure="has no 'Conv2d'"),
+        ),
         "matmul": ({"conv.py": layer(MATMUL_FORWARD)}, "py", ok),
         "helper_folder": (helper, "folder", ok),
         "flipped_zip": (
@@ -210,7 +214,7 @@ def _variants() -> dict[str, tuple[dict[str, str], str, dict]]:
                 )
             },
             "py",
-            bad(NUMBERS + ["parameters"]),
+            bad([*NUMBERS, "parameters", "rules (ops)"]),  # rules (ops): no forward ran to record
         ),
         "unfold_zip": ({"conv.py": UNFOLD}, "zip", ok),
     }

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "predict_cmd",
     "describe_cmd",
     "check_cmd",
+    "grade_cmd",
     "explain_cmd",
     "export_cmd",
     "notebook_cmd",

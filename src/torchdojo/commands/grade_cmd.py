@@ -4,7 +4,7 @@ import argparse
 import os
 
 NAME = "grade"
-TARGET_NAMES = ["conv2d", "conv-transpose", "rnn-cell"]
+TARGET_NAMES = ["conv2d", "conv2d-backward", "conv-transpose", "ste", "rnn-cell", "reset-cell", "lipschitz-rnn"]
 HELP = "grade a class: one isolated check per student, grades.csv, feedback per student, summary.html"
 DESCRIPTION = """Grade every submission in SUBMISSIONS (one .py file, folder or .zip per student) against TARGET
 with the same isolated checker as `torchdojo check`, in parallel, and write into DIR:
@@ -81,12 +81,6 @@ def main(args: argparse.Namespace) -> int:
     checker = grade.fresh_interpreter_checker if args.no_fork_server else grade.fork_server_checker
     with grade.grading_folder(Path(args.out), Path(args.submissions)) as out:
         res = grade.grade_class(settings, Path(args.submissions), out, jobs=jobs, force=args.force, checker=checker)
-        report.write_outputs(
-            out, res.results, settings, {"graded": res.graded, "reused": res.reused, "seconds": res.seconds}
-        )
-    full = sum(1 for r in res.results if r["earned"] == r["total"])
-    print(
-        f"{len(res.results)} students graded ({res.graded} checked, {res.reused} unchanged) in {res.seconds:.0f} s; "
-        f"{full} with full marks\n  {out / 'grades.csv'}\n  {out / 'feedback'}/\n  {out / 'summary.html'}"
-    )
+        report.write_outputs(out, res, settings)
+    print(f"{res.summary()}\n  {out / 'grades.csv'}\n  {out / 'feedback'}/\n  {out / 'summary.html'}")
     return 0

@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import queue
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -77,6 +76,15 @@ class Settings:
             "limits": self.limits,
         }
 
+    def cases(self) -> list[dict[str, Any]]:
+        """Every case of this grading (the seeds' edge cases and draws), drawn once for the whole class, as
+        check_isolated would draw them (and in this thread: hypothesis is not made for worker threads)."""
+        from torchdojo.verify.cases import PUBLIC_SEEDS, draw_cases
+        from torchdojo.verify.targets import TARGETS
+
+        seeds = self.seeds if self.seeds is not None else PUBLIC_SEEDS
+        return draw_cases(TARGETS[self.target], seeds, self.max_examples)
+
     def describe(self) -> dict[str, Any]:
         """The settings as JSON (grading.json, the cache key, the summary page)."""
         return {
@@ -98,17 +106,26 @@ class Settings:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-DEFAULT_CLASS = {"conv2d": "Conv2d", "conv-transpose": "ConvTranspose2d", "rnn-cell": "RNNCell"}
+DEFAULT_CLASS = {  # the class `--entry` looks for unless told: the names torchdojo's own layers use
+    "conv2d": "Conv2d",
+    "conv2d-backward": "Conv2dFunction",
+    "conv-transpose": "ConvTranspose2d",
+    "ste": "Binarize",
+    "rnn-cell": "ElmanCell",
+    "reset-cell": "ResetGateCell",
+    "lipschitz-rnn": "LipschitzCell",
+}
 RULES = ("rules (source)", "rules (ops)")
 
 
 def target_properties(target: str, allow_builtin: bool) -> tuple[list[str], list[str]]:
-    """(the properties a grading of `target` checks, in report order; those it does not: the rules under
-    --allow-builtin)."""
+    """(the properties a grading of `target` checks, in report order; its rules when --allow-builtin
+    turns them off)."""
     from torchdojo.verify.targets import TARGETS
 
-    numbers = TARGETS[target].properties()
-    return (numbers, list(RULES)) if allow_builtin else ([*numbers, *RULES], [])
+    t = TARGETS[target]
+    rules = list(RULES) if t.rules is not None else []
+    return (t.properties(), rules) if allow_builtin else ([*t.properties(), *rules], [])
 
 
 def make_settings(
@@ -133,6 +150,8 @@ def make_settings(
         raise DojoError("--seed needs at least one value")
     if max_examples is not None and max_examples < 0:
         raise DojoError(f"--max-examples must be >= 0, got {max_examples}")
+    limits = limits if limits is not None else Limits()
+    limits.validate()
     return Settings(
         target=target,
         entry=parsed,
@@ -140,7 +159,7 @@ def make_settings(
         seeds=tuple(seeds) if seeds is not None else None,
         max_examples=max_examples if max_examples is not None else DEFAULT_EXAMPLES,
         allow_builtin=allow_builtin,
-        limits=limits if limits is not None else Limits(),
+        limits=limits,
     )
 
 
@@ -151,6 +170,7 @@ def verdict_record(verdict: Any) -> dict[str, Any]:
         "seconds": float(verdict.seconds),
         "stdout": verdict.stdout,
         "stderr": verdict.stderr,
+        "notes": list(getattr(verdict, "notes", [])),
         "properties": [
             {"name": p.name, "passed": bool(p.passed), "runs": int(p.runs), "detail": p.detail, "case": p.case}
             for p in verdict.properties
@@ -198,35 +218,31 @@ def _cached(path: Path, key: str) -> dict[str, Any] | None:
     return old if isinstance(old, dict) and old.get("key") == key else None
 
 
-@contextlib.contextmanager
-def _checkers(factory: CheckerFactory, n: int) -> Iterator["queue.Queue[Checker]"]:
-    """n checkers (n fork servers), each used by one grading at a time."""
-    pool: queue.Queue[Checker] = queue.Queue()
-    with contextlib.ExitStack() as stack:
-        for _ in range(n):
-            pool.put(stack.enter_context(factory()))
-        yield pool
-
-
-def _grade_one(sub: intake.Submission, settings: Settings, pool: "queue.Queue[Checker]") -> dict[str, Any]:
+def _grade_one(sub: intake.Submission, settings: Settings, check: Checker, cases: list | None) -> dict[str, Any]:
     if sub.entry is None:  # nothing to run: the note says why
         return _result(sub, settings, None, None)
-    check = pool.get()
     try:
-        verdict = check(settings.target, f"{sub.entry}:{settings.entry.cls}", **settings.check_options())
+        options = {**settings.check_options(), **({"cases": cases} if cases is not None else {})}
+        verdict = check(settings.target, f"{sub.entry}:{settings.entry.cls}", **options)
         return _result(sub, settings, verdict_record(verdict), None)
     except Exception as e:  # the grader failed on this one (not the student): say so, keep grading the class
         return _result(sub, settings, None, f"grader error, graded 0 and not cached: {type(e).__name__}: {e}")
-    finally:
-        pool.put(check)
 
 
 @dataclasses.dataclass
 class ClassResult:
-    results: list[dict[str, Any]]
-    graded: int  # graded in this call
+    results: list[dict[str, Any]]  # one per student, in SUBMISSIONS' order
+    checked: int  # run through the checker in this call
     reused: int  # unchanged since an earlier grading in OUT
+    ungradable: int  # no entry to run (the note says why): 0 points
     seconds: float
+
+    def summary(self) -> str:
+        full = sum(1 for r in self.results if r["earned"] == r["total"])
+        return (
+            f"{len(self.results)} students: {self.checked} checked, {self.reused} unchanged since the last grading "
+            f"(kept), {self.ungradable} not gradable (0 points); {full} with full marks; {self.seconds:.0f} s"
+        )
 
 
 def grade_class(
@@ -256,9 +272,10 @@ def grade_class(
     if reused:
         progress(f"{reused} of {len(subs)} submissions unchanged since the last grading in {out}: kept")
     runnable = [s for s in todo if s.entry is not None]
-    n_servers = max(1, min(jobs, len(runnable)))
-    with _checkers(checker, n_servers if runnable else 0) as pool, ThreadPoolExecutor(n_servers) as ex:
-        futures = {ex.submit(_grade_one, sub, settings, pool): sub for sub in todo}
+    cases = settings.cases() if runnable else None  # drawn once (here, not in the worker threads): same for all
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(max(1, min(jobs, len(todo)))) as ex:
+        check = stack.enter_context(checker()) if runnable else None
+        futures = {ex.submit(_grade_one, sub, settings, check, cases): sub for sub in todo}
         for done, fut in enumerate(as_completed(futures), 1):
             sub, res = futures[fut], fut.result()
             atomic_write_json(_result_path(out, sub), res)  # kept at once: a killed grading resumes from here
@@ -268,7 +285,8 @@ def grade_class(
                 f"{res['seconds']:.1f} s" + (f"  ({res['note'][:120]})" if res["note"] else "")
             )
     ordered = [results[s.student] for s in subs]
-    return ClassResult(ordered, len(todo), reused, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return ClassResult(ordered, len(runnable), reused, len(todo) - len(runnable), seconds)
 
 
 def _result_path(out: Path, sub: intake.Submission) -> Path:

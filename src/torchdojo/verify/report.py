@@ -35,18 +35,28 @@ def write_csv(path: Path, results: Sequence[dict[str, Any]], properties: Sequenc
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["student", *properties, "points", "total", "seconds", "note"])
     for r in results:
-        row = [r["student"], *(r["points"][p] for p in properties), r["earned"], r["total"], round(r["seconds"], 2)]
+        row = [r["student"], *(_fmt(r["points"][p]) for p in properties), _fmt(r["earned"]), _fmt(r["total"])]
+        row.append(f"{r['seconds']:.2f}")
         w.writerow([csv_cell(v) for v in [*row, r["note"]]])
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def repro_command(settings: Any, entry: str, case: dict | None) -> str:
-    """The `torchdojo check` command a student runs in their own folder to see this failure again."""
+LIMIT_FLAGS = {"wall_s": "--timeout", "cpu_s": "--cpu-s", "memory_mb": "--memory-mb", "file_mb": "--file-mb"}
+
+
+def _repro(settings: Any, entry: str, case: dict | None) -> str:
+    """The `torchdojo check` command a student runs in their own folder to see this failure again: the
+    failing case itself when there is one, and the limits the grading ran under where they are not check's."""
     parts = ["torchdojo", "check", settings.target, f"{entry}:{settings.entry.cls}"]
     if case is not None:
         parts += ["--case", json.dumps(case, separators=(",", ":"))]
     if settings.allow_builtin:
         parts.append("--allow-builtin")
+    defaults = type(settings.limits)()
+    for field, flag in LIMIT_FLAGS.items():
+        value = getattr(settings.limits, field, None)
+        if value is not None and value != getattr(defaults, field, None):
+            parts += [flag, _fmt(value)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -75,21 +85,29 @@ def feedback(result: dict[str, Any], settings: Any) -> str:
     lines += ["", "| property | result | points |", "|---|---|---|"]
     for name, pts in settings.rubric.points.items():
         p = by_name.get(name)
-        state = "not run" if p is None else "pass" if p["passed"] and v["failure"] is None else "FAIL"
+        state = (
+            "not run" if p is None else "FAIL" if not p["passed"] else "pass" if v["failure"] is None else "not counted"
+        )
         lines.append(f"| {name} | {state} | {_fmt(result['points'][name])} / {_fmt(pts)} |")
-    failures = [p for p in by_name.values() if not p["passed"]]
-    if v and (failures or v["failure"]):
+    if v and v["failure"]:
+        lines += ["", "A property counts only when the run finished: this one did not."]
+    groups: dict[tuple[str, str], list[dict]] = {}  # properties failing for the same reason on the same case
+    for p in by_name.values():
+        if not p["passed"]:
+            groups.setdefault((p["detail"] or "failed", json.dumps(p.get("case"), sort_keys=True)), []).append(p)
+    if v and (groups or v["failure"]):
         lines += ["", "## What to fix", ""]
         if v["failure"]:
             lines += [
                 f"- **the run did not finish:** {v['failure']}",
-                f"  - reproduce: `{repro_command(settings, entry, None)}`",
+                f"  reproduce: `{_repro(settings, entry, None)}`",
             ]
             if hidden:
-                lines.append("    (this runs the public cases)")
-        for p in failures:
-            lines += [f"- **{p['name']}**:", "", _fence(p["detail"] or "failed", DETAIL_CHARS), ""]
-            lines.append(f"  reproduce: `{repro_command(settings, entry, p.get('case'))}`")
+                lines.append("  (this runs the public cases)")
+        for (detail, _), props in groups.items():
+            names = ", ".join(p["name"] for p in props)
+            lines += [f"- **{names}**:", "", _fence(detail, DETAIL_CHARS), ""]
+            lines.append(f"  reproduce: `{_repro(settings, entry, props[0].get('case'))}`")
     for stream in ("stdout", "stderr"):
         if v and v[stream]:
             lines += ["", f"## Your code's {stream} (captured)", "", _fence(v[stream], OUTPUT_CHARS)]
@@ -151,9 +169,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def summary_html(results: Sequence[dict[str, Any]], settings: Any, described: dict[str, Any], stats: dict) -> str:
-    """The class at a glance: score histogram, the most failed properties, the slowest submissions."""
+def summary_html(res: Any, settings: Any, described: dict[str, Any]) -> str:
+    """The class at a glance (`res`: a grade.ClassResult): score histogram, the most failed properties, the
+    slowest submissions, runs that did not finish, students who could not be graded, the settings."""
     e = html.escape
+    results = res.results
     total = settings.rubric.total
     totals = [r["earned"] for r in results]
     labels, counts = histogram(totals, total)
@@ -162,9 +182,9 @@ def summary_html(results: Sequence[dict[str, Any]], settings: Any, described: di
     slow = sorted(results, key=lambda r: -r["seconds"])[:10]
     full = sum(1 for t in totals if t == total)
     lines = [
-        f"{len(results)} students; {full} with full marks; median {_fmt(statistics.median(totals))} / {_fmt(total)}"
-        f" points; {stats['graded']} graded in this run, {stats['reused']} unchanged since the last one "
-        f"({stats['seconds']:.0f} s).",
+        f"{len(results)} students, {full} with full marks, median {_fmt(statistics.median(totals))} of "
+        f"{_fmt(total)} points. This grading: {res.checked} checked, {res.reused} unchanged since the last "
+        f"grading in this folder (kept), {res.ungradable} not gradable; {res.seconds:.0f} s.",
     ]
     settings_rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in described.items()]
     process = [[r["student"], r["verdict"]["failure"]] for r in results if r["verdict"] and r["verdict"]["failure"]]
@@ -201,10 +221,10 @@ def summary_html(results: Sequence[dict[str, Any]], settings: Any, described: di
     )
 
 
-def write_outputs(out: Path, results: Sequence[dict[str, Any]], settings: Any, stats: dict[str, Any]) -> None:
-    """grades.csv, feedback/, summary.html and grading.json (the settings) in `out`."""
+def write_outputs(out: Path, res: Any, settings: Any) -> None:
+    """grades.csv, feedback/, summary.html and grading.json (the settings) in `out`; `res`: a ClassResult."""
     described = settings.describe()
-    write_csv(out / "grades.csv", results, list(settings.rubric.points))
-    write_feedback(out / "feedback", results, settings)
-    atomic_write_bytes(out / "summary.html", summary_html(results, settings, described, stats).encode())
-    atomic_write_json(out / "grading.json", {**described, "students": len(results)})
+    write_csv(out / "grades.csv", res.results, list(settings.rubric.points))
+    write_feedback(out / "feedback", res.results, settings)
+    atomic_write_bytes(out / "summary.html", summary_html(res, settings, described).encode())
+    atomic_write_json(out / "grading.json", {**described, "students": len(res.results)})
