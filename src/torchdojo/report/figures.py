@@ -254,8 +254,8 @@ def confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path, title: 
 
 
 def bars(values: dict[str, float], path: Path, ylabel: str, title: str = "") -> Path:
-    """One bar per name, its value above it. Long or many names are drawn slanted so that no two labels touch;
-    value labels get head room above the tallest bar."""
+    """One bar per name, its value above it. Long or many names are drawn upright (rotated 90 degrees) so that no
+    two labels touch; value labels get head room above the tallest bar."""
     plt = _plt()
     names = [cap(name) for name in values]  # names cut alike stay separate bars
     slant = len(values) > 6 or max((len(n) for n in names), default=0) > 10
@@ -266,8 +266,8 @@ def bars(values: dict[str, float], path: Path, ylabel: str, title: str = "") -> 
     top = max([h for h in heights if h == h] + [0.0])
     if top > 0:
         ax.set_ylim(top=top * 1.12)
-    if slant:
-        ax.set_xticks(range(len(values)), names, rotation=35, ha="right", fontsize=8)
+    if slant:  # upright names, one per bar: they cannot touch however long they are
+        ax.set_xticks(range(len(values)), names, rotation=90, fontsize=8)
     else:
         ax.set_xticks(range(len(values)), names, fontsize=8)
     ax.set_ylabel(ylabel)
