@@ -1,6 +1,7 @@
 """End to end in a real browser: a smoke ladder run whose class names are HTML/script, rendered to
 report.html and opened in headless Chromium through the DevTools protocol (over a pipe, no network):
-every image decodes, the script text shows as text and never runs, and the page paints."""
+every image decodes, the script text shows as text and never runs, the page paints, the contents and the summary
+come first, and no table runs off the page (a 30-column one scrolls inside its box)."""
 
 import base64
 import fcntl
@@ -124,6 +125,24 @@ class DevTools:
         os.close(self._ev_r)
 
 
+LAYOUT = """JSON.stringify((() => {
+  const ids = Array.from(document.querySelectorAll('nav.toc, h2#summary, h2#s0'))
+    .map(e => e.tagName === 'NAV' ? 'toc' : e.id);
+  const boxes = Array.from(document.querySelectorAll('table')).map(t => t.parentElement);
+  return {
+    order: ids,
+    toc_top: document.querySelector('nav.toc').getBoundingClientRect().top,
+    toc_links: document.querySelectorAll('nav.toc a').length,
+    viewport_h: window.innerHeight,
+    page_w: document.documentElement.clientWidth,
+    page_scroll_w: document.documentElement.scrollWidth,
+    tables: boxes.length,
+    box_rights: boxes.map(b => b.getBoundingClientRect().right),
+    scrolling_boxes: boxes.filter(b => b.className === 'scroll' && b.scrollWidth > b.clientWidth).length,
+  };
+})())"""
+
+
 def _evil_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
     """A smoke ladder run on digits whose dataset and class names are HTML with a script."""
     real = experiments_base.load_dataset
@@ -156,6 +175,8 @@ def _evil_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, li
         title=f"figure title {EVIL}",
     )
     report.figure("evil.png", f"figure caption {EVIL}")
+    wide = {f"a_rather_long_column_name_{i}": 123456.789 * i for i in range(30)}  # far wider than the page
+    report.table([wide, wide], caption="wide")
     report.save(path)
     return path, names
 
@@ -179,6 +200,7 @@ def test_report_in_headless_chromium(tmp_path, monkeypatch):
             cells: Array.from(document.querySelectorAll('td')).map(td => td.textContent),
             html: document.documentElement.outerHTML})""",
         )
+        layout = json.loads(browser.evaluate(tab, LAYOUT))
         shot = base64.b64decode(browser.send("Page.captureScreenshot", {"format": "png"}, session=tab)["data"])
     finally:
         browser.close()
@@ -192,6 +214,14 @@ def test_report_in_headless_chromium(tmp_path, monkeypatch):
         assert shown in state["text"], shown
     assert names[3] in state["cells"]  # the class name, character for character, in its table cell
     assert "&lt;script&gt;document.title='pwned'&lt;/script&gt;" in state["html"]
+
+    # The contents and the summary open the page, before the first section; the contents show on the first screen.
+    assert layout["order"][:3] == ["toc", "summary", "s0"], layout["order"]
+    assert layout["toc_top"] < layout["viewport_h"] and layout["toc_links"] >= 5
+    # No table runs off the page: each sits in a box no wider than the page, which scrolls the wide one sideways.
+    assert layout["page_scroll_w"] <= layout["page_w"], layout
+    assert layout["tables"] >= 5 and all(right <= layout["page_w"] for right in layout["box_rights"]), layout
+    assert layout["scrolling_boxes"] >= 1  # the 30-column table scrolls inside its box
 
     shot_path = tmp_path / "report.png"
     shot_path.write_bytes(shot)
