@@ -82,6 +82,11 @@ def _parse_case(text: str) -> dict:
     return case
 
 
+def exit_code(verdict: "object") -> int:
+    """0 every property passed, 2 the class could not be loaded, 1 anything else failed."""
+    return 0 if verdict.ok else 2 if verdict.failure_kind == "load" else 1
+
+
 def main(args: argparse.Namespace) -> int:
     import dataclasses
     import json
@@ -113,4 +118,4 @@ def main(args: argparse.Namespace) -> int:
         if output:
             print("\n" + output)
     sys.stdout.flush()
-    return 0 if verdict.ok else 2 if verdict.failure_kind == "load" else 1
+    return exit_code(verdict)

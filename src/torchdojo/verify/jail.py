@@ -15,6 +15,7 @@ import os
 import resource
 import selectors
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -138,6 +139,11 @@ def _jailed(job_dir: Path, limits: dict[str, Any], harness: Callable[[Path, list
     except BaseException:  # noqa: BLE001 - whatever happened, the missing result says it failed
         traceback.print_exc()  # into the captured stderr, shown as the run's output
         code = 70
+    for stream in (sys.stdout, sys.stderr):  # what the submission printed is still in Python's buffers
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
     os._exit(code)
 
 
