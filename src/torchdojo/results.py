@@ -73,7 +73,7 @@ class Result:
     `.load_model(stage)`; displayed in Jupyter as its report."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # still the run's folder after a chdir
 
     def __repr__(self) -> str:
         cfg = self.config
@@ -182,10 +182,15 @@ def _matching(css: str, start: int) -> int:
 
 
 def _scoped(selector: str, scope: str) -> str:
-    """`selector` under `scope`; leading `html`, `body` or `:root` parts are the scope itself."""
-    rest, page_level = selector, False
-    while m := re.match(r"(html|body|:root)(?![\w-])\s*", rest):
-        rest, page_level = rest[m.end() :], True
-    if not rest:
-        return scope
-    return f"{scope}{rest}" if page_level and rest[0] in ".#:[" else f"{scope} {rest}"
+    """`selector` under `scope`: leading `html`, `body` or `:root` parts are the scope itself (`body.x` the scope
+    with class x, `body .x` an element with class x inside it)."""
+    rest, compound = selector, ""
+    while m := re.match(r"(html|body|:root)(?![\w-])", rest):
+        rest = rest[m.end() :]
+        compound = rest if rest and rest[0] in ".#:[" else ""
+        rest = rest.lstrip()
+        if compound:
+            break
+    if compound:
+        return scope + compound
+    return f"{scope} {rest}" if rest else scope

@@ -49,7 +49,7 @@ def read_image(spec: str) -> torch.Tensor:
         arr = np.asarray(load_rgb(path))  # a DojoError naming the file: empty, not an image, too large, damaged
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, -1)
-    return torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1)
+    return torch.from_numpy(np.array(arr[..., :3])).permute(2, 0, 1)  # a writable copy (PIL arrays are read-only)
 
 
 def preprocess(img: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
