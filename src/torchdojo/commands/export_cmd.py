@@ -58,6 +58,7 @@ def _write_torchscript(model: Any, sample: Any, path: Path) -> tuple[Any, str]:
 
     with warnings.catch_warnings():  # TorchScript is deprecated upstream; it still works and was asked for
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # what they warn of is checked on the sample
         torch.jit.trace(model, sample[: len(sample) // 2]).save(str(path))
         loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
