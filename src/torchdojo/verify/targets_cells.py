@@ -142,9 +142,9 @@ def _ste_fill(kind: str, shape: tuple[int, ...], gen: torch.Generator, dtype: to
 
 def _ste_ref(case: Case, p: dict[str, torch.Tensor], inputs: list[torch.Tensor]) -> torch.Tensor:
     (x,) = inputs
-    clipped = x.clamp(-1.0, 1.0)  # its gradient is 1 where -1 <= x <= 1, 0 elsewhere
     sign = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-    return clipped + (sign - clipped).detach()
+    inside = (x.detach().abs() <= 1).to(x.dtype)  # not clamp: its gradient is 0 at |x| = 1 exactly
+    return sign + (x - x.detach()) * inside  # the value is sign(x), the gradient g * [|x| <= 1]
 
 
 def _ste_strategy() -> Any:
