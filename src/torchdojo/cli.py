@@ -2,7 +2,11 @@
 
 import argparse
 import importlib
+import json
+import os
+import shlex
 import sys
+from pathlib import Path
 
 from torchdojo.errors import DojoError
 
@@ -59,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  fix: {e.fix}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted; finished epochs are kept (resume with --resume RUN_DIR)", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+            print(f"interrupted; {_kept_and_resume()}", file=sys.stderr)
         return 130
     except (MemoryError, RuntimeError) as e:  # a model or batch sized beyond this machine: say so
         if not _out_of_memory(e):
@@ -68,10 +73,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: out of memory: {first}", file=sys.stderr)
         print(
             "  fix: lower the sizes you set (batch_size, hidden sizes, image_size, ...) or use a machine with more "
-            "memory; finished epochs are kept (resume with --resume RUN_DIR)",
+            f"memory; {_kept_and_resume()}",
             file=sys.stderr,
         )
         return 2
+
+
+def _kept_and_resume() -> str:
+    """What is left of the run this process was writing, and the exact command that continues it."""
+    from torchdojo.runs import current_run
+
+    path = current_run()
+    if path is None or not (path / "config.json").exists():  # no run folder (or one discarded as empty)
+        return "no run folder was written, so there is nothing to resume"
+    top = path.parent.parent  # a repeated run (--seeds) is resumed from its own folder, not a seed's
+    if path.parent.name == "seeds" and _config(top).get("seeds") is not None:
+        path = top
+    if (path / "summary.json").exists():
+        return f"the run in {path} had finished"
+    experiment = _config(path).get("experiment", "EXPERIMENT")
+    return f"finished epochs are kept. Resume with: torchdojo run {experiment} --resume {shlex.quote(str(path))}"
+
+
+def _config(run_dir: Path) -> dict:
+    """A run folder's config.json ({} when it cannot be read)."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 def _out_of_memory(e: BaseException) -> bool:

@@ -4,7 +4,7 @@ runs/<experiment>/<timestamp>-<id>/
     config.json      resolved config (what `--set` produced), with the experiment name and seed
     env.json         package versions, device, git revision, command line
     metrics.jsonl    one JSON line per (stage, epoch); metrics.csv the same as a table
-    tb/              TensorBoard event files
+    tensorboard/     one TensorBoard run per stage (<stage>/) and the figures (figures/); see tensorboard_log
     checkpoints/     <stage>/best.pt and <stage>/last.pt (full state, for --resume)
     figures/         PNG figures
     summary.json     the experiment's final numbers
@@ -13,7 +13,8 @@ runs/<experiment>/<timestamp>-<id>/
 
 Integrity: one writer at a time (`RunLock`); every file but metrics.jsonl (appended) is replaced through a
 uniquely named temp file and a rename (`atomic_write_bytes`), with the mode the umask gives; on resume
-`Run.repair` drops the metrics rows of epochs that no checkpoint holds and the temp files a kill left.
+`Run.repair` drops the metrics rows of epochs that no checkpoint holds (and writes TensorBoard again from what
+is kept) and the temp files a kill left.
 """
 
 import collections
@@ -27,7 +28,6 @@ import os
 import platform
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,11 +39,7 @@ from typing import Any
 import torch
 
 from torchdojo.errors import CheckpointError, DojoError
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: run folders are not locked
-    fcntl = None  # type: ignore[assignment]
+from torchdojo.runlock import RunLock, locked  # noqa: F401  (re-exported: the lock lives in runlock.py)
 
 
 @functools.cache
@@ -194,21 +190,21 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
 
 
 class MetricsLogger:
-    """Appends one row per epoch to metrics.jsonl, metrics.csv and TensorBoard."""
+    """Appends one row per epoch to metrics.jsonl, metrics.csv and TensorBoard (`torchdojo.tensorboard_log`)."""
 
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.run_dir = run_dir
         self.enabled = enabled
-        self._tb = None
+        self._tb: Any = None
 
     def _writer(self) -> Any:
+        """The run's TensorBoardLog, or False when TensorBoard is not installed (it is optional at run time)."""
         if self._tb is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            from torchdojo import tensorboard_log
 
-                self._tb = SummaryWriter(str(self.run_dir / "tb"))
-            except ImportError:  # tensorboard is optional at run time
-                self._tb = False
+            self._tb = (
+                tensorboard_log.TensorBoardLog(self.run_dir / "tensorboard") if tensorboard_log.available() else False
+            )
         return self._tb
 
     def log(self, row: dict[str, Any]) -> None:
@@ -220,11 +216,7 @@ class MetricsLogger:
         self._write_csv()
         tb = self._writer()
         if tb:
-            stage, step = row.get("stage", "main"), row.get("epoch", 0)
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "epoch":
-                    tb.add_scalar(f"{stage}/{k}", v, step)
-            tb.flush()
+            tb.epoch(row)
 
     def _write_csv(self) -> None:
         self._rewrite_csv(read_metrics(self.run_dir))
@@ -246,10 +238,21 @@ class MetricsLogger:
         """Make metrics.jsonl and metrics.csv hold exactly `rows` (files already so are left as they are)."""
         path = self.run_dir / "metrics.jsonl"
         data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        before = read_metrics(self.run_dir)
         if path.exists() and path.read_bytes() != data:
             atomic_write_bytes(path, data)
         if path.exists() or (self.run_dir / "metrics.csv").exists():
             self._rewrite_csv(rows)
+        changed = {s for s in _stages(before + rows) if _of(before, s) != _of(rows, s)}
+        if changed:
+            self.rewrite_tensorboard(rows, changed)
+
+    def rewrite_tensorboard(self, rows: list[dict[str, Any]], stages: set[str] | None = None) -> None:
+        """TensorBoard's epoch scalars of `stages` (default: every stage in `rows`) written again from `rows`,
+        so that a re-run epoch is never there twice."""
+        tb = self._writer() if self.enabled else False
+        if tb:
+            tb.rewrite(rows, _stages(rows) if stages is None else stages)
 
     def truncate(self, stage: str, after_epoch: int) -> None:
         """Drop rows of `stage` past `after_epoch` (used on resume: those epochs are re-run)."""
@@ -258,9 +261,28 @@ class MetricsLogger:
         rows = read_metrics(self.run_dir)
         self.keep([r for r in rows if not (r.get("stage") == stage and r.get("epoch", 0) > after_epoch)])
 
+    def log_test(self, stage: str, metrics: dict[str, float]) -> None:
+        tb = self._writer() if self.enabled else False
+        if tb:
+            tb.log_test(stage, metrics)
+
+    def finish(self, stages: dict[str, dict[str, Any]], figures: list[Path]) -> None:
+        """TensorBoard's end-of-run records (test, best and final metrics, hparams per stage; the figures)."""
+        tb = self._writer() if self.enabled else False
+        if tb:
+            tb.finish(read_metrics(self.run_dir), stages, figures)
+
     def close(self) -> None:
         if self._tb:
             self._tb.close()
+
+
+def _stages(rows: list[dict[str, Any]]) -> set[str]:
+    return {str(r.get("stage", "main")) for r in rows}
+
+
+def _of(rows: list[dict[str, Any]], stage: str) -> list[dict[str, Any]]:
+    return [r for r in rows if str(r.get("stage", "main")) == stage]
 
 
 def read_metrics(run_dir: Path, stage: str | None = None) -> list[dict[str, Any]]:
@@ -282,15 +304,27 @@ def new_run_path(experiment: str, root: Path | str = "runs") -> Path:
     return Path(root) / experiment / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-class Run:
-    """A run folder and the writers that fill it. Only the main process (rank 0) writes."""
+_CURRENT: list[Path] = []  # the folder of the run this process writes (the latest Run made on rank 0)
 
-    def __init__(self, path: Path, is_main: bool = True):
+
+def current_run() -> Path | None:
+    """The folder of the latest run this process started writing (rank 0), for the interrupt message's
+    resume command; None before any."""
+    return _CURRENT[-1] if _CURRENT else None
+
+
+class Run:
+    """A run folder and the writers that fill it. Only the main process (rank 0) writes.
+
+    `verbose`: announce each figure as it is drawn (`torchdojo.progress.status`)."""
+
+    def __init__(self, path: Path, is_main: bool = True, verbose: bool = False):
         self.path = Path(path)
-        self.is_main = is_main
+        self.is_main, self.verbose = is_main, verbose and is_main
         if is_main:
             for sub in ("checkpoints", "figures"):
                 (self.path / sub).mkdir(parents=True, exist_ok=True)
+            _CURRENT[:] = [self.path]
         self.metrics = MetricsLogger(self.path, enabled=is_main)
 
     @classmethod
@@ -298,7 +332,17 @@ class Run:
         return cls(new_run_path(experiment, root), is_main=is_main)
 
     def figure_path(self, name: str) -> Path:
+        """Where figure `name` goes (figures/NAME.png); asking for it announces that it is being drawn."""
+        if self.verbose:
+            from torchdojo import progress
+
+            progress.status(f"drawing figures/{name}.png")
         return self.path / "figures" / f"{name}.png"
+
+    def log_test(self, stage: str, metrics: dict[str, float]) -> None:
+        """Test-set metrics of `stage` (e.g. {"acc": 0.91, "loss": 0.27}, of the weights it keeps): TensorBoard
+        shows them as `test/X` in the stage's run and beside its hyper-parameters when the run finishes."""
+        self.metrics.log_test(stage, metrics)
 
     def checkpoint_dir(self, stage: str) -> Path:
         return self.path / "checkpoints" / stage
@@ -343,12 +387,22 @@ class Run:
             for s, n in dropped.items()
         ]
         self.metrics.keep(keep)
+        self.metrics.rewrite_tensorboard(keep)  # whatever a kill left there: TensorBoard = metrics.jsonl
         for tmp in orphan_temp_files(self.path):
             tmp.unlink(missing_ok=True)
             changes.append(f"removed the temp file {tmp.relative_to(self.path)} of an interrupted write")
         return changes
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
+        """Close the writers; `finished` (the experiment returned): first TensorBoard's end-of-run records."""
+        from torchdojo import progress
+
+        if finished and self.is_main:
+            progress.status("writing tensorboard/ (test metrics, hyper-parameters, figures)", enabled=self.verbose)
+            path = self.path / "config.json"
+            stages = json.loads(path.read_text()).get("stages", {}) if path.exists() else {}
+            self.metrics.finish(stages, sorted((self.path / "figures").glob("*.png")))
+        progress.status(None, enabled=self.verbose)
         self.metrics.close()
 
 
@@ -358,116 +412,6 @@ def orphan_temp_files(run_dir: Path) -> list[Path]:
         p
         for p in Path(run_dir).rglob(".*")
         if (p.name.endswith(".tmp") or ".tmp." in p.name) and p.is_file() and not p.is_symlink()
-    )
-
-
-class RunLock:
-    """An exclusive lock on a run folder (flock on RUN_DIR/.lock) for as long as one process writes it.
-
-    The lock file holds the holder's pid, host, start time and command line, so a second writer is refused
-    with a message naming it. The kernel releases a flock when its process ends in any way (exit, crash,
-    SIGKILL), so a stale lock file never blocks anyone; `release` deletes the file while still holding it,
-    and `acquire` checks that the file it locked is still the one in the folder."""
-
-    NAME = ".lock"
-
-    def __init__(self, path: Path, fd: int | None):
-        self.path, self.fd = path, fd
-
-    @classmethod
-    def acquire(cls, run_dir: Path | str) -> "RunLock":
-        """Lock `run_dir` (which must exist) or raise a DojoError naming the process that holds it."""
-        path = Path(run_dir) / cls.NAME
-        if fcntl is None:
-            return cls(path, None)
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _lock_holder(fd)
-                os.close(fd)
-                raise _held_error(Path(run_dir), holder) from None
-            except OSError as e:  # a filesystem without locks (some network mounts): say so, go on unlocked
-                os.close(fd)
-                print(
-                    f"warning: {path} cannot be locked ({e.strerror}); do not resume this run twice at once",
-                    file=sys.stderr,
-                )
-                return cls(path, None)
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                current = None
-            mine = os.fstat(fd)
-            if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
-                break
-            os.close(fd)  # the previous holder deleted the file between our open and our lock: again
-        info = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "argv": sys.argv,
-        }
-        lock = cls(path, fd)
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        except BaseException:  # a full disk: no lock left held by this process
-            lock.release()
-            raise
-        return lock
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        with contextlib.suppress(OSError):
-            self.path.unlink()  # while still locked: see acquire
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-        self.fd = None
-
-    def __enter__(self) -> "RunLock":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-@contextlib.contextmanager
-def locked(run_dir: Path | str) -> Iterator[RunLock]:
-    """`with locked(run_dir):` write a run folder as its only writer (a DojoError if another process is one)."""
-    lock = RunLock.acquire(run_dir)
-    try:
-        yield lock
-    finally:
-        lock.release()
-
-
-def _lock_holder(fd: int) -> dict[str, Any]:
-    """What the holder wrote into the lock file; it writes right after locking, so wait a moment for it."""
-    for _ in range(20):
-        with contextlib.suppress(OSError, ValueError):
-            info = json.loads(os.pread(fd, 65536, 0).decode())
-            if isinstance(info, dict):
-                return info
-        time.sleep(0.05)
-    return {}
-
-
-def _held_error(run_dir: Path, holder: dict[str, Any]) -> DojoError:
-    pid, host, since = holder.get("pid"), holder.get("host", "?"), holder.get("since", "?")
-    command = " ".join(map(str, holder.get("argv") or [])) if isinstance(holder.get("argv"), list) else ""
-    command = f": {command[:200]}{'…' if len(command) > 200 else ''}" if command else ""
-    if pid is None:  # it has not said who it is (yet)
-        who, stop = "another process", f"`fuser -v {run_dir / RunLock.NAME}` shows its pid"
-    else:
-        who = f"another torchdojo process (pid {pid} on {host}, since {since}{command})"
-        stop = f"kill {pid}" if host == socket.gethostname() else f"kill {pid} on {host}"
-    return DojoError(
-        f"{run_dir} is in use by {who}; a run folder takes one writer at a time",
-        f"wait for that process to end (or stop it: {stop}); then, if the run had not finished, resume it "
-        "with the same `torchdojo run ... --resume` command",
     )
 
 
