@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from torchdojo import distributed
+from torchdojo import distributed, progress
 from torchdojo.config import SCALES, TrainConfig, apply_overrides, from_dict, parse_overrides, to_dict
 from torchdojo.data import Splits, load_dataset
 from torchdojo.errors import DojoError
@@ -82,7 +82,8 @@ class Context:
         wait_for_rank0 = self.download and distributed.is_initialized() and not distributed.is_main()
         if wait_for_rank0:
             distributed.barrier()
-        splits = load_dataset(name, self.data_dir, download=self.download, verify=self.verify, classes=classes)
+        with progress.phase(f"loading {name}", enabled=self.verbose and self.run.is_main):
+            splits = load_dataset(name, self.data_dir, download=self.download, verify=self.verify, classes=classes)
         if self.download and distributed.is_main():
             distributed.barrier()
         return splits
@@ -382,7 +383,7 @@ def _run_in(
     """The run itself, in its (locked) folder."""
     run: Run | None = None
     try:
-        run = Run(run_dir, is_main=is_main)
+        run = Run(run_dir, is_main=is_main, verbose=verbose)
         env = {**environment(dev), "world_size": distributed.world_size()} if is_main else {}
         if is_main and not resumed:
             config = {"experiment": name, "scale": scale, "preset": preset, "overrides": overrides or []}
@@ -417,11 +418,12 @@ def _run_in(
         if is_main and not resumed:
             _discard_if_empty(run_dir)
         raise
-    run.close()
+    run.close(finished=True)  # TensorBoard's end-of-run records first
     summary = dict(summary or {})
     summary["seconds"] = round(time.perf_counter() - start, 2)
     if is_main:  # summary.json last: it marks the run finished (a resume then does nothing)
-        report.save(run.path, summary)  # the report's summary table: these very numbers
+        with progress.phase("writing report.html", enabled=verbose):
+            report.save(run.path, summary)  # the report's summary table: these very numbers
         atomic_write_json(run.path / "summary.json", summary)
     return run.shared if isinstance(run, RankRun) else run.path
 

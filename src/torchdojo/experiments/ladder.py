@@ -234,9 +234,11 @@ def train_rung(
             max_batches=tcfg.max_batches,
             return_outputs=split == "test",
             channels_last=tcfg.channels_last,
+            progress=f"[{name}] best epoch on {split}" if ctx.verbose else "",
         )
         for split, d in (("train", train), ("val", val), ("test", test))
     }
+    ctx.run.log_test(name, {"acc": ev["test"]["acc"], "loss": ev["test"]["loss"]})
     cm = confusion(ev["test"]["probs"], ev["test"]["targets"], len(data.classes))
     figures.confusion_matrix(
         cm,
