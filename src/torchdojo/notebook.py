@@ -34,7 +34,10 @@ def _md(text: str) -> str:
         bullet = re.match(r"(\s*)- ", line)
         head, rest = (bullet.group(0), line[bullet.end() :]) if bullet else ("", line)
         rest = MARKDOWN_SPECIAL.sub(r"\\\1", rest)
-        lines.append(head + (re.sub(r"^(\s*)([+\-=]|\d+\.)", r"\1\\\2", rest) if not bullet else rest))
+        if not bullet:  # what would start a list, a rule or a heading underline
+            rest = re.sub(r"^(\s*)([+\-=])", r"\1\\\2", rest)
+            rest = re.sub(r"^(\s*\d+)([.)])", r"\1\\\2", rest)
+        lines.append(head + rest)
     return "\n".join(lines)
 
 
