@@ -11,6 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from torchdojo.calc import analyze
+from torchdojo.calc import format as fmt
 from torchdojo.calc.resolve import resolve_model
 from torchdojo.cli import main
 from torchdojo.errors import DojoError
@@ -129,16 +130,63 @@ def test_rnn_cell_and_layer_counts() -> None:
     assert a.macs == 7 * 2 * 4 * 20 * ((10 + 20) + (20 + 20))
 
 
-def test_untraceable_model_names_the_layer() -> None:
+def test_untraceable_model_falls_back_to_hooks_naming_the_layer() -> None:
     class Gate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4 * 6 * 6, 5)
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if x.sum() > 0:  # data-dependent control flow: no static graph
-                return x
-            return -x
+                x = -x
+            return self.fc(x.flatten(1))
 
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), Gate())
-    with pytest.raises(DojoError, match=r"layer 1 \(Gate\)"):
-        analyze(model, (3, 8, 8))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Gate(), nn.ReLU())
+    model.train()
+    a = analyze(model, (3, 8, 8), batch=2)
+    assert model.training and all(m.training for m in model.modules())  # given back as it was
+    assert a.method == "forward hooks" and a.gm is None
+    assert "layer 1 (Gate)" in a.note and "receptive fields are not available" in a.note
+    assert [(r.name, r.type, r.out_shape) for r in a.layers] == [
+        ("0", "Conv2d", (2, 4, 6, 6)),
+        ("1.fc", "Linear", (2, 5)),
+        ("2", "ReLU", (2, 5)),
+    ]
+    assert a.layer("0").macs == 2 * 4 * 6 * 6 * 3 * 9 and a.layer("1.fc").macs == 2 * 5 * 144
+    assert a.total_params == sum(p.numel() for p in model.parameters()) == sum(r.params for r in a.layers)
+    assert all(r.rf is None for r in a.layers)
+    lines = fmt.summary_lines(a)
+    assert any(line.startswith("receptive field: n/a. cannot trace Sequential") for line in lines)
+    assert "forward hooks" in fmt.title(a)
+
+
+def test_leaf_module_without_a_rule_is_counted_inside_by_torch_in_the_fallback() -> None:
+    class Custom(nn.Module):  # no children, no counting rule: FlopCounterMode sees its matmul
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(6, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ self.w
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList([Custom(), nn.Linear(3, 2)])  # a container is looked inside
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = block(x)
+            if x.sum() > 1e9:
+                x = x * 0
+            return x
+
+    a = analyze(Net(), (6,), batch=4)
+    assert a.method == "forward hooks"
+    assert [(r.name, r.op, r.macs) for r in a.layers] == [
+        ("blocks.0", "opaque", 4 * 6 * 3),
+        ("blocks.1", "linear", 8 * 3),
+    ]
 
 
 def test_too_small_input_names_the_layer() -> None:

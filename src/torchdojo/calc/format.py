@@ -9,7 +9,7 @@ from torchdojo.calc.graph import Analysis
 from torchdojo.calc.receptive import RF
 from torchdojo.calc.rules import CONVENTIONS
 
-WEIGHT_OPS = ("conv", "linear", "matmul", "mha", "sdpa", "opaque")  # the MACs torchvision and fvcore report
+WEIGHT_OPS = ("conv", "linear", "matmul", "mha", "sdpa", "rnn", "rnncell", "opaque")  # what torchvision reports
 COLUMNS = [
     "name",
     "type",
@@ -22,6 +22,7 @@ COLUMNS = [
     "FLOPs",
     "act_bytes",
     "rf",
+    "rf_path",
     "jump",
     "start",
 ]
@@ -51,11 +52,15 @@ def rf_text(rf: RF) -> tuple[str, str, str]:
     return size, jump, start
 
 
+HEADERS = {"act_bytes": "act mem", "rf": "rf strict", "rf_path": "rf conv path"}
+
+
 def rows(a: Analysis) -> list[dict[str, Any]]:
-    """One dict per layer with raw numbers (shapes and fields as text)."""
+    """One dict per layer with raw numbers (shapes and fields as text; jump and start of the conv path)."""
     out = []
     for r in a.layers:
-        size, jump, start = rf_text(r.rf)
+        size = rf_text(r.rf)[0]
+        path, jump, start = rf_text(r.rf_path)
         out.append(
             {
                 "name": r.name,
@@ -69,6 +74,7 @@ def rows(a: Analysis) -> list[dict[str, Any]]:
                 "FLOPs": r.flops if r.counted else "not counted",
                 "act_bytes": r.act_bytes,
                 "rf": size,
+                "rf_path": path,
                 "jump": jump,
                 "start": start,
             }
@@ -77,12 +83,16 @@ def rows(a: Analysis) -> list[dict[str, Any]]:
 
 
 def totals(a: Analysis) -> dict[str, Any]:
-    """Whole-model totals; `rf` is the field of the last layer that still has spatial extent."""
-    spatial = [r for r in a.layers if r.rf is not None and not any(d.whole for d in r.rf)]
-    size, jump, start = rf_text(spatial[-1].rf) if spatial else ("-", "-", "-")
+    """Whole-model totals; the fields are those of the last layer whose output runs over image positions."""
+    last = a.last_spatial
+    size = rf_text(last.rf)[0] if last else "-"
+    path, jump, start = rf_text(last.rf_path) if last else ("-", "-", "-")
     return {
         "model": a.model,
-        "input": _shape((a.batch, *a.input_shape)),
+        "mode": a.mode,
+        "method": a.method,
+        "note": a.note,
+        "input": _shape(a.example_shape or (a.batch, *a.input_shape)),
         "params": a.total_params,
         "trainable": a.trainable_params,
         "frozen": a.total_params - a.trainable_params,
@@ -90,8 +100,9 @@ def totals(a: Analysis) -> dict[str, Any]:
         "FLOPs": a.flops,
         "weight_MACs": sum(r.macs for r in a.layers if r.op in WEIGHT_OPS),
         "act_bytes": a.act_bytes,
-        "rf_layer": spatial[-1].name if spatial else "-",
+        "rf_layer": last.name if last else "-",
         "rf": size,
+        "rf_path": path,
         "jump": jump,
         "start": start,
         "not_counted": a.uncounted,
@@ -115,17 +126,38 @@ def _bytes(v: int) -> str:
     return f"{v} B"
 
 
+def _px(size: str) -> str:
+    return "all (every input pixel)" if size == "all" else f"{size} px"
+
+
+def title(a: Analysis) -> str:
+    """The table's title: which graph was measured (eval or training mode) and how."""
+    how = "" if a.method == "fx graph" else f", {a.method}"
+    return f"{a.model}: per-layer arithmetic ({a.mode} mode{how}, batch {a.batch})"
+
+
 def summary_lines(a: Analysis) -> list[str]:
     t = totals(a)
     lines = [
-        f"{t['model']} on input {t['input']}: {t['params']:,} parameters ({t['trainable']:,} trainable, "
+        f"{t['model']} on input {t['input']} ({t['mode']} mode, {t['method']}): {t['params']:,} parameters "
+        f"({t['trainable']:,} trainable, "
         f"{t['frozen']:,} frozen)",
-        f"MACs {t['MACs']:,} ({human(t['MACs'])}), of which conv/linear/matmul/attention {t['weight_MACs']:,} "
+        f"MACs {t['MACs']:,} ({human(t['MACs'])}), of which conv/linear/matmul/attention/recurrent "
+        f"{t['weight_MACs']:,} "
         f"= {t['weight_MACs'] / 1e9:.3f} G (what torchvision's docs call GFLOPS); FLOPs {t['FLOPs']:,} "
         f"({human(t['FLOPs'])})",
         f"activation memory (sum of layer outputs) {_bytes(t['act_bytes'])}",
-        f"receptive field of {t['rf_layer']}: {t['rf']} px, jump {t['jump']}, start {t['start']}",
     ]
+    if t["rf_layer"] != "-":
+        lines.append(
+            f"receptive field of {t['rf_layer']} (the last layer with spatial output): strict {_px(t['rf'])} "
+            f"(every dependency), conv path {_px(t['rf_path'])} (the figure papers quote); jump {t['jump']}, "
+            f"start {t['start']}"
+        )
+    elif a.gm is not None:
+        lines.append("receptive field: - (no layer has spatial output)")
+    if a.note:
+        lines.append(f"receptive field: n/a. {a.note}")
     if a.opaque:
         lines.append(f"counted by FlopCounterMode (convs/matmuls inside only): {', '.join(a.opaque)}")
     if t["not_counted"]:
@@ -138,7 +170,12 @@ def _display(r: dict[str, Any]) -> dict[str, str]:
 
 
 def markdown(a: Analysis, checks: list[dict[str, Any]] | None = None) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = [
+        f"{title(a)}",
+        "",
+        "| " + " | ".join(HEADERS.get(c, c) for c in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
     for r in rows(a):
         d = _display(r)
         lines.append("| " + " | ".join(d[c].replace("|", "/") for c in COLUMNS) + " |")
@@ -172,6 +209,7 @@ def to_csv(a: Analysis) -> str:
             "FLOPs": t["FLOPs"],
             "act_bytes": t["act_bytes"],
             "rf": t["rf"],
+            "rf_path": t["rf_path"],
             "jump": t["jump"],
             "start": t["start"],
         }
@@ -194,10 +232,10 @@ def print_rich(a: Analysis, checks: list[dict[str, Any]] | None = None, console:
     con = console or Console()
     if console is None and not con.is_terminal:
         con = Console(width=220)  # piped or redirected: keep one row per layer instead of folding at 80
-    t = Table(title=f"{a.model}: per-layer arithmetic (batch {a.batch})", show_lines=False)
+    t = Table(title=title(a), show_lines=False)
     for c in COLUMNS:
         t.add_column(
-            "act mem" if c == "act_bytes" else c,
+            HEADERS.get(c, c),
             justify="left" if c in ("name", "type") else "right",
             overflow="fold",
         )
@@ -217,6 +255,7 @@ def print_rich(a: Analysis, checks: list[dict[str, Any]] | None = None, console:
         f"{tt['FLOPs']:,}",
         _bytes(tt["act_bytes"]),
         tt["rf"],
+        tt["rf_path"],
         tt["jump"],
         tt["start"],
         style="bold",

@@ -90,7 +90,8 @@ ELTWISE_FUNCS = {
 }
 ELTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 MATMUL_FUNCS = {torch.matmul, operator.matmul, torch.mm, torch.bmm}
-FREE_MODULES = (
+FREE_MODULES = (  # move or copy data only (or identity at eval); their shape effect is read from the call
+    nn.ChannelShuffle,
     nn.Dropout,
     nn.Dropout1d,
     nn.Dropout2d,
@@ -99,11 +100,15 @@ FREE_MODULES = (
     nn.Identity,
     nn.Flatten,
     nn.Unflatten,
-    nn.Embedding,
+    nn.ZeroPad1d,
     nn.ZeroPad2d,
+    nn.ZeroPad3d,
+    nn.ConstantPad1d,
     nn.ConstantPad2d,
+    nn.ConstantPad3d,
 )
-FREE_NAMES = {"stochastic_depth", "chunk", "split", "roll", "pad"}  # identity at eval, or moves data only
+FREE_NAMES = {"stochastic_depth", "chunk", "split", "roll", "pad", "channel_shuffle"}  # identity at eval, or data moves
+REDUCE_METHODS = {"mean", "sum", "amax", "max"}
 FREE_FUNCS = {
     torch.flatten,
     torch.reshape,
@@ -200,10 +205,14 @@ def classify_module(m: nn.Module) -> Op:
         return Op("mha")
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         return Op("bn")
-    if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)):
-        return Op("norm")
+    if isinstance(m, nn.LayerNorm):  # statistics over the last len(normalized_shape) axes
+        return Op("norm", {"stats_last": len(m.normalized_shape)})
+    if isinstance(m, (nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)):  # statistics over the spatial axes
+        return Op("norm", {"stats_from": 2})
+    if isinstance(m, nn.LocalResponseNorm):  # across neighbouring channels, one position at a time
+        return Op("norm", {"stats_last": 0})
     if isinstance(m, SOFTMAX):
-        return Op("softmax")
+        return Op("softmax", {"dim": m.dim})
     if isinstance(m, ACTIVATIONS):
         return Op("act")
     if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
@@ -219,8 +228,14 @@ def classify_module(m: nn.Module) -> Op:
     if type(m) in RNN_GATES:
         cell = isinstance(m, nn.modules.rnn.RNNCellBase)
         return Op("rnncell" if cell else "rnn", {"gates": RNN_GATES[type(m)]})
+    if isinstance(m, nn.Embedding):
+        return Op("embed")
+    if isinstance(m, nn.Flatten):
+        return Op("free", {"fn": "flatten"})
+    if isinstance(m, nn.modules.padding._ConstantPadNd):
+        return Op("free", {"fn": "pad", "pad": tuple(m.padding)})
     if isinstance(m, FREE_MODULES):
-        return Op("free")
+        return Op("free", {"fn": "same"})
     return Op("unknown", {"what": type(m).__name__})
 
 
@@ -232,12 +247,15 @@ def classify_call(kind: str, target: Any, args: tuple, kwargs: dict) -> Op:
         if target in ELTWISE_METHODS:
             return Op("eltwise")
         if target in ("softmax", "log_softmax"):
-            return Op("softmax")
+            return Op("softmax", {"dim": _arg(args, kwargs, 1, "dim", None)})
         if target in ("matmul", "mm", "bmm"):
             return Op("matmul")
-        if target in ("mean", "sum", "amax", "max"):
-            return Op("reduce")
-        return Op("free")
+        if target in REDUCE_METHODS:
+            return Op(
+                "reduce",
+                {"dim": _arg(args, kwargs, 1, "dim", None), "keepdim": _arg(args, kwargs, 2, "keepdim", False)},
+            )
+        return Op("free", {"fn": target})
     if target in CONV_FUNCS or target in CONVT_FUNCS:
         n = CONV_FUNCS.get(target) or CONVT_FUNCS[target]
         w = args[1] if len(args) > 1 else kwargs["weight"]
@@ -279,17 +297,22 @@ def classify_call(kind: str, target: Any, args: tuple, kwargs: dict) -> Op:
         return Op("upsample", {"mode": _arg(args, kwargs, 3, "mode", "nearest")})
     if target is F.batch_norm:
         return Op("bn")
-    if target in (F.layer_norm, F.group_norm, F.instance_norm):
-        return Op("norm")
+    if target is F.layer_norm:
+        shape = _arg(args, kwargs, 1, "normalized_shape", ())
+        return Op("norm", {"stats_last": len(shape) if isinstance(shape, (list, tuple)) else 1})
+    if target in (F.group_norm, F.instance_norm):
+        return Op("norm", {"stats_from": 2})
     if target in SOFTMAX_FUNCS:
-        return Op("softmax")
+        return Op("softmax", {"dim": _arg(args, kwargs, 1, "dim", None)})
     if target in ACT_FUNCS:
         return Op("act")
     if target in ELTWISE_FUNCS:
         return Op("eltwise")
     if target in (torch.mean, torch.sum, torch.amax):
-        return Op("reduce")
+        return Op(
+            "reduce", {"dim": _arg(args, kwargs, 1, "dim", None), "keepdim": _arg(args, kwargs, 2, "keepdim", False)}
+        )
     name = getattr(target, "__name__", str(target))
     if target in FREE_FUNCS or name in FREE_NAMES:
-        return Op("free")
+        return Op("free", {"fn": name})
     return Op("unknown", {"what": name})

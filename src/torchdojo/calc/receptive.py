@@ -1,9 +1,9 @@
-"""Receptive fields from the graph: each node maps its inputs' fields through its own geometry.
+"""Receptive-field geometry of windowed ops, and its empirical measurement.
 
-A field per spatial dim is (size, jump, start) in input pixels. A node with several inputs (residual add,
-concat, attention-style scaling) takes the union of its inputs' fields, i.e. the maximum over paths.
-`gradient_support` measures the same thing empirically: the input pixels the gradient of one output
-unit reaches.
+A field per input spatial dim is (size, jump, start) in input pixels; `geometry` says how one conv, pool,
+adaptive pool or upsample window maps it (calc.fields carries it through the rest of the graph).
+`gradient_map` and `support` measure the same thing empirically: the input pixels the gradient of one
+output unit reaches.
 """
 
 import dataclasses
@@ -49,46 +49,6 @@ class Geo:
     whole: bool = False
 
 
-def input_rf(shape: tuple[int, ...]) -> RF:
-    """The field of the network input (C, *spatial): one pixel per unit."""
-    if len(shape) < 2:
-        return None
-    return tuple(DimRF(1, 1, 0, int(n)) for n in shape[1:])
-
-
-def merge(fields: list[RF]) -> RF:
-    """The union of several inputs' fields (the maximum over the paths into a node)."""
-    fields = [f for f in fields if f is not None]
-    if not fields:
-        return None
-    if len({len(f) for f in fields}) > 1:
-        return tuple(dataclasses.replace(d, whole=True, size=d.extent) for d in fields[0])
-    out = []
-    for dims in zip(*fields, strict=True):
-        if any(d.whole for d in dims):
-            out.append(DimRF(dims[0].extent, 0, (dims[0].extent - 1) / 2, dims[0].extent, True))
-            continue
-        lo = min(d.start - (d.size - 1) / 2 for d in dims)
-        hi = max(d.start + (d.size - 1) / 2 for d in dims)
-        out.append(DimRF(hi - lo + 1, max(d.jump for d in dims), (lo + hi) / 2, dims[0].extent))
-    return tuple(out)
-
-
-def apply(field: RF, geo: list[Geo] | str) -> RF:
-    """The field after a node with geometry `geo` ('pointwise', 'global', or one Geo per spatial dim)."""
-    if field is None or geo == "pointwise":
-        return field
-    if geo == "global" or len(geo) != len(field):
-        return tuple(DimRF(d.extent, 0, (d.extent - 1) / 2, d.extent, True) for d in field)
-    out = []
-    for d, g in zip(field, geo, strict=True):
-        if d.whole or g.whole:
-            out.append(DimRF(d.extent, 0, (d.extent - 1) / 2, d.extent, True))
-        else:
-            out.append(DimRF(d.size + (g.span - 1) * d.jump, d.jump * g.stride, d.start + g.center * d.jump, d.extent))
-    return tuple(out)
-
-
 def _transposed_span(k: int, s: int, p: int, d: int) -> int:
     """Most input units one output unit of a transposed conv depends on (span from first to last)."""
     best = 1
@@ -99,10 +59,8 @@ def _transposed_span(k: int, s: int, p: int, d: int) -> int:
     return best
 
 
-def geometry(op: Op, in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...] | None) -> list[Geo] | str:
-    """One Geo per spatial dim for conv/pool/adaptive-pool/upsample; otherwise decided by the shapes."""
-    if in_shape is None or out_shape is None:
-        return "pointwise"
+def geometry(op: Op, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> list[Geo] | None:
+    """One Geo per window axis (the last ones) of a conv, pool, adaptive pool or upsample; None otherwise."""
     spatial_in, spatial_out = tuple(in_shape[2:]), tuple(out_shape[2:])
     if op.key == "conv":
         a = op.attrs
@@ -119,7 +77,7 @@ def geometry(op: Op, in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...
                 geos.append(Geo(_transposed_span(k, s, p, dil), 1 / s, (p - (keff - 1) / 2) / s))
             else:
                 geos.append(Geo(keff, s, (keff - 1) / 2 - p))
-        return geos
+        return geos if len(geos) <= len(in_shape) else None
     if op.key == "pool":
         a = op.attrs
         return [
@@ -142,33 +100,29 @@ def geometry(op: Op, in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...
             Geo(1, n / o, 0) if nearest else Geo(2, n / o, 0.5 * n / o - 0.5)
             for n, o in zip(spatial_in, spatial_out, strict=True)
         ]
-    if op.key in ("mha", "sdpa"):
-        return "global"
-    if op.key in ("linear", "matmul", "rnn", "rnncell"):
-        return "global" if len(in_shape) > 2 or len(out_shape) > 2 else "pointwise"
-    if len(out_shape) == len(in_shape) and spatial_in == spatial_out:
-        return "pointwise"
-    return "global"
+    return None
 
 
-def subgraph(gm: fx.GraphModule, node_name: str) -> fx.GraphModule:
-    """A copy of `gm` whose output is the node named `node_name` (dead code removed)."""
+def subgraph(gm: fx.GraphModule, node_name: str | list[str]) -> fx.GraphModule:
+    """A copy of `gm` whose output is the node named `node_name` (a tuple of them when given a list),
+    dead code removed."""
+    wanted = [node_name] if isinstance(node_name, str) else list(node_name)
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
-    target = None
+    found: dict[str, fx.Node] = {}
     for n in gm.graph.nodes:
-        if n.op == "output":
+        if n.op == "output" or len(found) == len(wanted):
             break
         env[n] = graph.node_copy(n, lambda a: env[a])
-        if n.name == node_name:
-            target = env[n]
-            break
-    if target is None:
+        if n.name in wanted:
+            found[n.name] = env[n]
+    missing = [w for w in wanted if w not in found]
+    if missing:
         names = [n.name for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
         from torchdojo.errors import DojoError
 
-        raise DojoError(f"no layer named {node_name!r} in the graph", f"layers: {', '.join(names[:40])} ...")
-    graph.output(target)
+        raise DojoError(f"no layer named {missing[0]!r} in the graph", f"layers: {', '.join(names[:40])} ...")
+    graph.output(found[wanted[0]] if isinstance(node_name, str) else tuple(found[w] for w in wanted))
     sub = fx.GraphModule(gm, graph)
     sub.graph.eliminate_dead_code()
     sub.recompile()

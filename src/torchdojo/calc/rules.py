@@ -27,15 +27,24 @@ CONVENTIONS = (
     "global pooling and mean/sum: 1 FLOP per input element. Tensor add/sub/mul/div (residual add, "
     "squeeze-excitation scale): 1 FLOP per output element. Upsampling: 0 (nearest) or 2^d FLOPs per output "
     "element. RNN cells: MACs = batch x gates x hidden x (input + hidden), FLOPs = 2 x MACs + 4 x batch x "
-    "gates x hidden (two bias adds, the sum, the activation). Flatten, reshape, dropout and stochastic depth "
+    "gates x hidden (two bias adds, the sum, the activation), with gates 4 (LSTM), 3 (GRU), 1 (RNN); "
+    "nn.RNN/LSTM/GRU: the same for every layer, direction and time step (layer l > 0 reads the previous "
+    "layer's outputs), and these recurrent matmuls are part of the conv/linear/matmul total. "
+    "Flatten, reshape, dropout and stochastic depth "
     "(eval), concat: 0. Ops without a rule (e.g. wrapped custom functions) run under "
     "torch.utils.flop_counter.FlopCounterMode, which counts the convs and matmuls inside them (MACs = FLOPs/2) "
     "and nothing else; they are listed under the table. "
     "Activation memory = bytes of each layer's output tensor (0 when it is a view or in-place on its input). "
     "Receptive field per spatial dim: size in input pixels (not clipped at the borders), jump = input pixels "
     "between adjacent output units, start = centre of the first output unit's field in input pixel "
-    "coordinates (pixel centres 0..W-1); 'all' = every input pixel (after flatten, global pooling, linear); "
-    "branches take the union (the maximum) over paths."
+    "coordinates (pixel centres 0..W-1); 'all' = every input pixel; branches take the union (the maximum) "
+    "over paths. Spatial axes are followed through permutes, views that keep or split them, channel "
+    "shuffles and NHWC layers (Linear/LayerNorm over the channel axis); an op that mixes along a spatial "
+    "axis (flatten then Linear, global pooling, attention, softmax over it) makes the field 'all'. Two "
+    "fields: strict = every dependency (a squeeze-excitation gate pooled over the whole image and "
+    "broadcast back makes it 'all'; so do normalisation statistics over spatial axes, e.g. GroupNorm); "
+    "conv path = the same without inputs broadcast over the image, the figure papers quote. jump and start "
+    "are the conv path's. The model is measured in eval mode unless --train-mode is given."
 )
 
 
@@ -102,7 +111,7 @@ def cost(
         return Cost(0, 0 if op.attrs.get("mode", "nearest") == "nearest" else 2**d * n_out)
     if key in ("rnncell", "rnn"):
         return _rnn_cost(module, x, op.attrs["gates"])
-    if key == "free":
+    if key in ("free", "embed"):
         return Cost()
     if key == "opaque":  # measured by FlopCounterMode while the op ran: its conv/matmul FLOPs only
         return Cost(op.attrs["flops"] // 2, op.attrs["flops"])
@@ -123,6 +132,8 @@ def _rnn_cost(m: nn.Module, x: torch.Tensor, gates: int) -> Cost:
     for layer in range(m.num_layers):
         i = m.input_size if layer == 0 else hout * dirs
         macs += dirs * steps * gates * h * (i + hout)
+        if hout != h:  # LSTM proj_size: h_t = W_hr (o_t * tanh(c_t)) every step
+            macs += dirs * steps * hout * h
     return Cost(macs, 2 * macs + 4 * steps * gates * h * m.num_layers * dirs)
 
 
