@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from torchdojo.verify.rules import rule_properties
 from torchdojo.verify.sandbox import ForkServer, Limits, Verdict
 from torchdojo.verify.targets import TARGETS
 
@@ -55,7 +56,8 @@ def test_our_implementation_passes(server: ForkServer, target: str) -> None:
     t = TARGETS[target]
     assert v.cases == 2 * (2 * len(t.edge_cases) + 10)
     assert [p.name for p in v.properties][: len(t.properties())] == t.properties()
-    assert any(p.name.startswith("rules") for p in v.properties) == (t.rules is not None)
+    rules = [p.name for p in v.properties if p.name.startswith("rules")]
+    assert rules == rule_properties(t.rules) and (t.rules is None) == (rules == [])
 
 
 # conv2d-backward (A2): forward is right, one gradient is wrong in each

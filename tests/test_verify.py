@@ -1,13 +1,18 @@
-"""`torchdojo check`: our layers pass; deliberately broken submissions fail, each with a readable message."""
+"""The parity suite: our layers pass; deliberately broken submissions fail, each with a readable message.
 
-import argparse
+Checked through one fork server (what `grade` uses); the `check` command itself is in test_check_cli.py.
+"""
+
 import re
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from torchdojo.commands import check_cmd
+from torchdojo.verify.sandbox import ForkServer, Limits, Verdict
+from torchdojo.verify.text import format_verdict
+
+LIMITS = Limits(wall_s=30)
 
 ONE_SIDE_PADDING = """
 from torchdojo.nn.conv import Conv2d, correlate
@@ -73,11 +78,15 @@ class NoBias(Conv2d):
 """
 
 
-def check(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
-    p = argparse.ArgumentParser()
-    check_cmd.add_arguments(p)
-    rc = check_cmd.main(p.parse_args(list(argv)))
-    return rc, capsys.readouterr().out
+@pytest.fixture(scope="module")
+def server() -> ForkServer:
+    with ForkServer() as s:
+        yield s
+
+
+def check(server: ForkServer, target: str, spec: str, examples: int = 5, **kw: object) -> tuple[Verdict, str]:
+    v = server.check(target, spec, max_examples=examples, limits=LIMITS, **kw)
+    return v, format_verdict(v, "torch", LIMITS, "cases" in kw)
 
 
 def write(tmp_path: Path, name: str, source: str) -> str:
@@ -99,119 +108,112 @@ def status(out: str) -> dict[str, str]:
         ("rnn-cell", "torchdojo.nn.elman:ElmanCell"),
     ],
 )
-def test_our_layers_pass(capsys: pytest.CaptureFixture, target: str, spec: str) -> None:
-    rc, out = check(capsys, target, spec, "--examples", "25")
-    assert rc == 0, out
+def test_our_layers_pass(server: ForkServer, target: str, spec: str) -> None:
+    v, out = check(server, target, spec, 25)
+    assert v.ok, out
     assert "FAIL" not in out and set(status(out).values()) == {"PASS"}
-    assert re.search(r"\d+ named edge cases .* \+ 25 random", out)
+    assert re.search(r"\d+ configurations, seeds 0", out)
 
 
-def test_our_conv2d_passes_from_its_file_path(capsys: pytest.CaptureFixture) -> None:
+def test_our_conv2d_passes_from_its_file_path(server: ForkServer) -> None:
     import torchdojo.nn.conv as conv
 
-    rc, out = check(capsys, "conv2d", f"{conv.__file__}:Conv2d", "--examples", "5")
-    assert rc == 0, out
+    v, out = check(server, "conv2d", f"{conv.__file__}:Conv2d")
+    assert v.ok, out
 
 
-def test_padding_on_one_side_only_fails(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    rc, out = check(
-        capsys, "conv2d", write(tmp_path, "one_side.py", ONE_SIDE_PADDING) + ":OneSidePadding", "--examples", "10"
-    )
-    assert rc == 1
+def test_padding_on_one_side_only_fails(server: ForkServer, tmp_path: Path) -> None:
+    v, out = check(server, "conv2d", write(tmp_path, "one_side.py", ONE_SIDE_PADDING) + ":OneSidePadding", 10)
+    assert not v.ok
     assert status(out)["forward"] == "FAIL" and status(out)["parameters"] == "PASS"
     assert re.search(r"problem: output has shape \(\d+, \d+, \d+, \d+\), torch gives", out)
     assert 'first failing: edge case "batch 1"' in out  # the first edge case already has padding 1
 
 
-def test_stride_ignored_fails(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    rc, out = check(
-        capsys, "conv2d", write(tmp_path, "stride.py", STRIDE_IGNORED) + ":StrideIgnored", "--examples", "10"
-    )
-    assert rc == 1 and status(out)["forward"] == "FAIL"
+def test_stride_ignored_fails(server: ForkServer, tmp_path: Path) -> None:
+    v, out = check(server, "conv2d", write(tmp_path, "stride.py", STRIDE_IGNORED) + ":StrideIgnored", 10)
+    assert status(out)["forward"] == "FAIL"
     first = re.search(r"FAIL  forward .*\n\s+first failing: (.*)", out).group(1)
     assert "stride=1" not in first  # the first failure is a strided configuration
     assert "output has shape" in out
 
 
-def test_kernel_not_flipped_in_backward_fails_only_the_input_gradient(
-    capsys: pytest.CaptureFixture, tmp_path: Path
-) -> None:
-    rc, out = check(capsys, "conv2d", write(tmp_path, "noflip.py", KERNEL_NOT_FLIPPED) + ":NoFlip", "--examples", "10")
-    assert rc == 1
+def test_kernel_not_flipped_in_backward_fails_only_the_input_gradient(server: ForkServer, tmp_path: Path) -> None:
+    v, out = check(server, "conv2d", write(tmp_path, "noflip.py", KERNEL_NOT_FLIPPED) + ":NoFlip", 10)
     s = status(out)
     assert s["grad x"] == "FAIL"
     assert s["forward"] == s["grad weight"] == s["grad bias"] == s["parameters"] == "PASS"
-    assert re.search(r"problem: dL/dx: max \|diff\| [\d.e+-]+ \(tol 1e-0[5|10]\); first mismatch at index", out)
+    assert re.search(r"problem: dL/dx: max \|diff\| [\d.e+-]+ \(tol 1e-(05|10)\); first mismatch at index", out)
 
 
-def test_bias_missing_fails(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    rc, out = check(capsys, "conv2d", write(tmp_path, "nobias.py", BIAS_MISSING) + ":NoBias", "--examples", "5")
-    assert rc == 1
+def test_bias_missing_fails(server: ForkServer, tmp_path: Path) -> None:
+    v, out = check(server, "conv2d", write(tmp_path, "nobias.py", BIAS_MISSING) + ":NoBias")
     s = status(out)
     assert s["parameters"] == s["forward"] == s["grad bias"] == "FAIL"
     assert "no parameter of shape (4,) for bias (torch.nn.Conv2d has one); found weight (4, 3, 3, 3)" in out
 
 
-def test_failure_reproduces_with_the_printed_case(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+def test_failure_reproduces_with_the_printed_case(server: ForkServer, tmp_path: Path) -> None:
+    import json
+
     spec = write(tmp_path, "stride.py", STRIDE_IGNORED) + ":StrideIgnored"
-    _, out = check(capsys, "conv2d", spec, "--examples", "10")
-    case = re.search(r"--case '(.*)'", out).group(1)
-    rc, again = check(capsys, "conv2d", spec, "--case", case)
-    assert rc == 1 and "1 configurations (one --case)" in again and status(again)["forward"] == "FAIL"
+    v, out = check(server, "conv2d", spec, 10)
+    case = json.loads(re.search(r"--case '(.*)'", out).group(1))
+    again, text = check(server, "conv2d", spec, cases=[case])
+    assert "1 configurations (one --case)" in text and status(text)["forward"] == "FAIL"
+    assert again.properties[1].case == case
+
+
+def test_hidden_seeds_draw_other_cases_over_the_same_properties(server: ForkServer) -> None:
+    public = server.check("conv2d", "torchdojo.nn.conv:Conv2d", max_examples=4, limits=LIMITS)
+    hidden = server.check("conv2d", "torchdojo.nn.conv:Conv2d", max_examples=4, seeds=[101, 202], limits=LIMITS)
+    assert public.seeds == (0,) and hidden.seeds == (101, 202)
+    assert [p.name for p in public.properties] == [p.name for p in hidden.properties]
+    assert hidden.cases == 2 * public.cases and hidden.ok and public.ok
 
 
 @pytest.mark.parametrize(
-    "source,spec_class,rc_expected,message",
+    "source,spec_class,kind,message",
     [
         (
             "import not_a_real_package_xyz\n",
             "Conv",
-            2,
-            "FAIL  load: importing .*bad.py failed: ModuleNotFoundError: No module named 'not_a_real_package_xyz' "
+            "load",
+            "importing .*bad.py failed: ModuleNotFoundError: No module named 'not_a_real_package_xyz' "
             r"\(bad.py, line 1\)",
         ),
-        ("def broken(:\n", "Conv", 2, r"SyntaxError: .*\(bad.py, line 1\)"),
-        (
-            "import torch\nclass Other(torch.nn.Module):\n    pass\n",
-            "Conv",
-            2,
-            "has no 'Conv'; classes defined there: Other",
-        ),
-        ("def Conv():\n    pass\n", "Conv", 2, "is a function, not an nn.Module subclass"),
+        ("def broken(:\n", "Conv", "load", r"SyntaxError: .*\(bad.py, line 1\)"),
+        ("import torch\nclass Other(torch.nn.Module):\n    pass\n", "Conv", "load", "has no 'Conv'; classes defined"),
+        ("def Conv():\n    pass\n", "Conv", "load", "is a function, not an nn.Module subclass"),
         (
             "import torch\nclass Conv(torch.nn.Module):\n    def __init__(self, cin, cout, k):\n"
             "        super().__init__()\n",
             "Conv",
-            1,
-            r"FAIL  constructor: Conv\(cin, cout, k\) cannot be called with keywords in_channels, ",
+            None,
+            r"constructor raised TypeError: .*unexpected keyword argument 'in_channels'",
         ),
         (
             "import torch\nclass Conv(torch.nn.Module):\n    def __init__(self, **kw):\n        super().__init__()\n"
             "        self.weight = torch.nn.Parameter(torch.zeros(1))\n"
             "    def forward(self, x):\n        print('debug output')\n        raise NotImplementedError('todo')\n",
             "Conv",
-            1,
+            None,
             r"problem: forward raised NotImplementedError: todo \(bad.py, line 8\)",
-        ),
-        (
-            "import torch\nclass Conv(torch.nn.Module):\n    def __init__(self, **kw):\n        super().__init__()\n"
-            "        raise RuntimeError('half written')\n",
-            "Conv",
-            1,
-            r"constructor Conv\(in_channels=.*\) raised RuntimeError",
         ),
     ],
 )
 def test_broken_submissions_become_readable_failures(
-    capsys: pytest.CaptureFixture, tmp_path: Path, source: str, spec_class: str, rc_expected: int, message: str
+    server: ForkServer, tmp_path: Path, source: str, spec_class: str, kind: str | None, message: str
 ) -> None:
-    rc, out = check(capsys, "conv2d", write(tmp_path, "bad.py", source) + f":{spec_class}", "--examples", "3")
-    assert rc == rc_expected, out
+    v, out = check(server, "conv2d", write(tmp_path, "bad.py", source) + f":{spec_class}", 3)
+    assert not v.ok and v.failure_kind == kind, out
     assert re.search(message, out), out
-    assert "Traceback" not in out and "debug output" not in out
+    assert "Traceback" not in out and "debug output" not in out  # its prints are in v.stdout, apart
+    if "debug output" in source:
+        assert "debug output" in v.stdout
 
 
-def test_detached_output_and_missing_file(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+def test_detached_output_and_missing_file(server: ForkServer, tmp_path: Path) -> None:
     detached = """
     import torch
     from torchdojo.nn.conv import Conv2d
@@ -220,16 +222,16 @@ def test_detached_output_and_missing_file(capsys: pytest.CaptureFixture, tmp_pat
         def forward(self, x):
             return torch.tensor(super().forward(x).tolist(), dtype=x.dtype)
     """
-    rc, out = check(capsys, "conv2d", write(tmp_path, "det.py", detached) + ":Detached", "--examples", "3")
-    assert rc == 1 and status(out)["forward"] == "PASS" and status(out)["grad x"] == "FAIL"
+    v, out = check(server, "conv2d", write(tmp_path, "det.py", detached) + ":Detached", 3)
+    assert status(out)["forward"] == "PASS" and status(out)["grad x"] == "FAIL"
     assert "backward raised RuntimeError" in out
-    rc, out = check(capsys, "conv2d", str(tmp_path / "nope.py") + ":X")
-    assert rc == 2 and "no such file" in out
-    rc, out = check(capsys, "conv2d", "no_colon_here.py")
-    assert rc == 2 and "write FILE.py:ClassName" in out
+    v, out = check(server, "conv2d", str(tmp_path / "nope.py") + ":X")
+    assert v.failure_kind == "load" and "no such file" in out
+    v, out = check(server, "conv2d", "no_colon_here.py")
+    assert v.failure_kind == "load" and "write FILE.py:ClassName" in out
 
 
-def test_rnn_cell_without_nonlinearity_fails(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+def test_rnn_cell_without_nonlinearity_fails(server: ForkServer, tmp_path: Path) -> None:
     linear_cell = """
     from torchdojo.nn.elman import ElmanCell
 
@@ -237,12 +239,13 @@ def test_rnn_cell_without_nonlinearity_fails(capsys: pytest.CaptureFixture, tmp_
         def forward(self, x, h):
             return x @ self.weight_ih.T + self.bias_ih + h @ self.weight_hh.T + self.bias_hh
     """
-    rc, out = check(capsys, "rnn-cell", write(tmp_path, "cell.py", linear_cell) + ":Linear", "--examples", "5")
-    assert rc == 1 and status(out)["forward"] == "FAIL" and status(out)["parameters"] == "PASS"
+    v, out = check(server, "rnn-cell", write(tmp_path, "cell.py", linear_cell) + ":Linear")
+    assert status(out)["forward"] == "FAIL" and status(out)["parameters"] == "PASS"
 
 
-def test_cli_registration(capsys: pytest.CaptureFixture) -> None:
-    from torchdojo.cli import main
-
-    assert main(["check", "conv2d", "torchdojo.nn.conv:Conv2d", "--examples", "0"]) == 0
-    assert "0 random" in capsys.readouterr().out
+def test_rnn_cell_built_on_torch_rnncell_fails_the_rules(server: ForkServer, tmp_path: Path) -> None:
+    builtin = "from torch import nn\n\nclass Cell(nn.RNNCell):\n    pass\n"
+    v, out = check(server, "rnn-cell", write(tmp_path, "cell.py", builtin) + ":Cell")
+    s = status(out)
+    assert s["forward"] == "PASS" and s["rules (source)"] == "FAIL" and "rules (ops)" not in s
+    assert "cell.py, line 3: uses torch.nn.RNNCell" in out

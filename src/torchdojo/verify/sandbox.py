@@ -29,7 +29,7 @@ from torchdojo.verify.core import Case, Tally, Target, describe_case
 from torchdojo.verify.jail import NOBODY
 from torchdojo.verify.judge import Malformed, read_regular, read_result, tally_cases
 from torchdojo.verify.load import LoadFailure, split_spec
-from torchdojo.verify.rules import RULES, forbidden_ops, source_violations
+from torchdojo.verify.rules import RULES, forbidden_ops, rule_properties, source_violations
 
 _MB = 1024 * 1024
 _SIBLINGS_MAX = (200, 16 * _MB)  # sibling .py files copied with a submission: count, total bytes
@@ -331,7 +331,8 @@ def check_isolated(
         prepared = [prepare(t, c) for c in case_list]
         if src.copy_from is not None:
             _copy_submission(src, job_dir / "submission")
-        _write_job(t, src, [p for p in prepared if not p.invalid], rule is not None, job_dir)
+        record = "rules (ops)" in rule_properties(rule)
+        _write_job(t, src, [p for p in prepared if not p.invalid], record, job_dir)
         if server is not None:
             server.run(job_dir, limits)
         else:
@@ -345,12 +346,8 @@ def check_isolated(
 
 
 def _load_failure(t: Target, spec: str, msg: str, rule: str | None, start: float, seeds: tuple) -> Verdict:
-    props = [PropertyResult(p, False, 0, f"not checked: {msg}") for p in [*t.properties(), *_rule_names(rule)]]
+    props = [PropertyResult(p, False, 0, f"not checked: {msg}") for p in [*t.properties(), *rule_properties(rule)]]
     return Verdict(t.name, spec, props, msg, "", "", time.monotonic() - start, "load", seeds=seeds)
-
-
-def _rule_names(rule: str | None) -> list[str]:
-    return [] if rule is None else ["rules (source)", "rules (ops)"]
 
 
 def _status(job_dir: Path) -> dict[str, Any] | None:
@@ -455,6 +452,8 @@ def _rules(rule: str | None, src: _Source, header: dict | None, failure: str | N
             "rules (source)", not hits, 1, "; ".join(hits[:5]) or f"{what}: nothing found", None, int(not hits)
         )
     ]
+    if "rules (ops)" not in rule_properties(rule):
+        return props
     ops = (header or {}).get("ops")
     counts = (header or {}).get("counts") or {}
     if not isinstance(ops, dict):

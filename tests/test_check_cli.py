@@ -1,0 +1,76 @@
+"""`torchdojo check` end to end: always isolated (a fresh interpreter per run, no fork server), exit codes,
+the report and the submission's output apart, --json; and the fresh path agrees with the fork server's."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from torchdojo.commands import check_cmd
+from torchdojo.errors import DojoError
+from torchdojo.verify.sandbox import ForkServer
+
+SUBMISSIONS = Path(__file__).parent / "submissions"
+
+
+def check(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
+    p = argparse.ArgumentParser()
+    check_cmd.add_arguments(p)
+    rc = check_cmd.main(p.parse_args(list(argv)))
+    return rc, capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def server_verdicts() -> dict[str, object]:
+    with ForkServer() as s:
+        return {
+            name: s.check("conv2d", f"{SUBMISSIONS / name}:Conv2d", max_examples=2)
+            for name in ("builtin_fconv.py", "exit_at_import.py")
+        }
+
+
+def test_fresh_interpreter_json_agrees_with_the_fork_server(capsys: pytest.CaptureFixture, server_verdicts) -> None:
+    rc, out = check(capsys, "conv2d", f"{SUBMISSIONS / 'builtin_fconv.py'}:Conv2d", "--max-examples", "2", "--json")
+    fresh = json.loads(out)
+    assert rc == 1 and fresh["ok"] is False and fresh["failure"] is None
+    served = server_verdicts["builtin_fconv.py"]
+    assert [(p["name"], p["passed"], p["runs"]) for p in fresh["properties"]] == [
+        (p.name, p.passed, p.runs) for p in served.properties
+    ]
+    assert [p["detail"] for p in fresh["properties"]][-2:] == [p.detail for p in served.properties][-2:]
+
+
+def test_exit_at_import_is_a_failure_not_exit_0(capsys: pytest.CaptureFixture, server_verdicts) -> None:
+    rc, out = check(capsys, "conv2d", f"{SUBMISSIONS / 'exit_at_import.py'}:Conv2d", "--max-examples", "2")
+    assert rc == 1 and "Traceback" not in out
+    reason = "the submission ended the process (exit code 0) before its results were written"
+    assert f"FAIL  run: {reason}" in out and server_verdicts["exit_at_import.py"].failure == reason
+    assert "FAIL  forward         0/0 passed  not checked" in out
+
+
+def test_load_failures_exit_2_without_running_anything(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    rc, out = check(capsys, "conv2d", str(tmp_path / "nope.py") + ":X")
+    assert rc == 2 and "FAIL  load: no such file" in out
+    rc, out = check(capsys, "conv2d", "no_colon_here.py")
+    assert rc == 2 and "write FILE.py:ClassName" in out
+
+
+def test_bad_arguments_are_dojo_errors(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(DojoError, match="--case must be the JSON"):
+        check(capsys, "conv2d", "torchdojo.nn.conv:Conv2d", "--case", "{not json")
+    with pytest.raises(DojoError, match="limit wall_s must be > 0"):
+        check(capsys, "conv2d", "torchdojo.nn.conv:Conv2d", "--timeout", "0")
+    with pytest.raises(DojoError, match="max_examples must be >= 0"):
+        check(capsys, "conv2d", "torchdojo.nn.conv:Conv2d", "--max-examples", "-1")
+
+
+def test_cli_registration_lists_every_target() -> None:
+    from torchdojo.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["check", "not-a-target", "x.py:C"])
+    p = argparse.ArgumentParser()
+    check_cmd.add_arguments(p)
+    for target in ("conv2d", "conv2d-backward", "conv-transpose", "ste", "rnn-cell", "reset-cell", "lipschitz-rnn"):
+        assert p.parse_args([target, "x.py:C", "--seed", "3", "--seed", "4"]).seed == [3, 4]
