@@ -216,3 +216,25 @@ def test_check_runs_the_isolated_checker():
     verdict = torchdojo.check("conv2d", "torchdojo.nn.conv:Conv2d", max_examples=2)
     assert verdict.ok, verdict
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_an_interrupted_run_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    import torchdojo.experiments.base as base
+    import torchdojo.runs as runs
+
+    run = tmp_path / "runs" / "ladder" / "x"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(base, "run_experiment", interrupted)
+    monkeypatch.setattr(runs, "current_run", lambda: run)
+    with pytest.raises(KeyboardInterrupt):
+        torchdojo.run("ladder", scale="smoke")
+    assert f"Resume with: torchdojo.run('ladder', resume='{run}')" in capsys.readouterr().err
+    (run / "summary.json").write_text("{}")  # a finished run: nothing to resume, nothing said
+    with pytest.raises(KeyboardInterrupt):
+        torchdojo.run("ladder", scale="smoke")
+    assert capsys.readouterr().err == ""

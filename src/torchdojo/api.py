@@ -11,6 +11,7 @@
 `calc`, `check` and `explain` are the `torchdojo calc`, `check` and `explain` commands as functions.
 """
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,19 +57,38 @@ def run(
 
     module = EXPERIMENTS.get(experiment)
     given = settings(set, **overrides)
-    path = run_experiment(
-        module,
-        scale=scale,
-        preset=preset,
-        overrides=given or None,
-        device=device,
-        data_dir=data_dir,
-        download=download,
-        runs_root=runs_dir,
-        resume=resume,
-        verbose=verbose,
-    )
+    try:
+        path = run_experiment(
+            module,
+            scale=scale,
+            preset=preset,
+            overrides=given or None,
+            device=device,
+            data_dir=data_dir,
+            download=download,
+            runs_root=runs_dir,
+            resume=resume,
+            verbose=verbose,
+        )
+    except KeyboardInterrupt:  # Ctrl-C, or a notebook's interrupt: say how to continue
+        _resume_hint(experiment)
+        raise
     return Result(path)
+
+
+def _resume_hint(experiment: str) -> None:
+    """Print the call that resumes the run this process was writing, if it left a folder to resume."""
+    from torchdojo.runs import current_run
+
+    path = current_run()
+    if path is not None and path.parent.name == "seeds":  # a repeated run resumes from its own folder
+        path = path.parent.parent
+    if path is None or not (path / "config.json").exists() or (path / "summary.json").exists():
+        return
+    print(
+        f"interrupted; finished epochs are kept. Resume with: torchdojo.run({experiment!r}, resume={str(path)!r})",
+        file=sys.stderr,
+    )
 
 
 def load(run_dir: str | Path) -> Result:
