@@ -30,7 +30,7 @@ class RuleSet:
 
 _CONV_NAMES = re.compile(
     r"^torch\.(nn\.functional|nn\.grad|_C\._nn|nn\.modules\.conv|nn\.modules\.fold)(\.|$)"
-    r"|^torch\.(?:[\w.]*\.)?((Lazy)?Conv\w*|(Un)?Fold|_?conv\w*|_?convolution\w*|\w*_conv\w*|\w*_convolution\w*)$"
+    r"|^torch\.(?:[\w.]*\.)?((Lazy)?Conv\w*|Unfold|Fold|_?conv\w*|_?convolution\w*|\w*_conv\w*|\w*_convolution\w*)$"
 )
 _CONV_OPS = re.compile(r"(^|_)conv(olution)?($|_|\d)|^(cudnn|mkldnn|miopen)_conv|im2col|col2im|convolution")
 _RNN_NAMES = re.compile(
