@@ -18,8 +18,9 @@ from torchdojo.report import figures
 VARIANTS = {"pair-image": ("image",), "pair-text": ("text",), "pair-both": ("image", "text")}
 
 
-def draw_diagram(path: Any, in_shape: tuple[int, ...], cfg: Any, vocab: int, k: int) -> None:
-    """Boxes and arrows: image -> DenseNet branch, caption -> embedding -> GRU, concatenated -> MLP head."""
+def draw_diagram(path: Any, model: Any, in_shape: tuple[int, ...], cfg: Any) -> None:
+    """Boxes and arrows, sizes read from the fused `model`: image -> DenseNet branch, caption -> embedding ->
+    GRU, concatenated -> MLP head."""
     plt = figures._plt()
     fig, ax = plt.subplots(figsize=(10, 3.6))
     ax.set_xlim(0, 10)
@@ -27,14 +28,18 @@ def draw_diagram(path: Any, in_shape: tuple[int, ...], cfg: Any, vocab: int, k: 
     ax.axis("off")
     img = "x".join(map(str, in_shape))
     blocks = ",".join(map(str, cfg.pair_block_layers))
+    text = model.features.text
+    vocab, embed, hidden = text.embed.num_embeddings, text.embed.embedding_dim, text.gru.hidden_size
+    hid, k = model.head[0].out_features, model.head[-1].out_features
+    width = model.num_features - text.out_features
     boxes = {
         "image": (0.2, 2.6, f"image\n{img}"),
-        "dense": (2.2, 2.6, f"DenseNet\nblocks {blocks}, k={cfg.pair_growth}\n+ GAP"),
+        "dense": (2.2, 2.6, f"DenseNet\nblocks {blocks}, k={cfg.pair_growth}\n+ GAP -> {width}"),
         "caption": (0.2, 0.5, f"caption\n{cfg.caption_len} token ids"),
-        "embed": (2.2, 0.5, f"Embedding\n{vocab} words -> 16"),
-        "gru": (4.2, 0.5, "GRU 32\nlast hidden state"),
-        "concat": (6.2, 1.55, "concatenate\n(fusion)"),
-        "head": (8.1, 1.55, f"MLP head\n64 -> {k} logits\n(class x colour)"),
+        "embed": (2.2, 0.5, f"Embedding\n{vocab} words -> {embed}"),
+        "gru": (4.2, 0.5, f"GRU {hidden}\nlast hidden state"),
+        "concat": (6.2, 1.55, f"concatenate\n{width} + {hidden} (fusion)"),
+        "head": (8.1, 1.55, f"MLP head\n{hid} -> {k} logits\n(class x colour)"),
     }
     for x, y, text in boxes.values():
         ax.add_patch(plt.Rectangle((x, y), 1.7, 0.95, fc="#e8eef7", ec="#3b6ea5", lw=1.5))
@@ -129,6 +134,7 @@ def train_variant(j: int, name: str, data: dict[str, PairData], split: Any, cfg:
         "learned": ok,
         "learned_reason": why,
         "history": res.history,
+        "model": model,
     }
 
 
@@ -179,8 +185,10 @@ def run_pairs(cfg: Any, split: Any, classes: list[str], ctx: Context) -> dict[st
     ctx.report.heading("H1.5 A two-modality DenseNet (image + caption)")
     ctx.report.text(_task_text(data, cfg, ceil))
     ctx.report.table(pair_examples(data["train"], 6), caption="the first training pairs")
-    ctx.report.figure("pair_model.png", "the fused model: image DenseNet and caption GRU, concatenated before the head")
     rows = [train_variant(j, name, data, split, cfg, ctx) for j, name in enumerate(VARIANTS)]
+    models = {r["variant"]: r.pop("model") for r in rows}
+    draw_diagram(ctx.run.figure_path("pair_model"), models["pair-both"], split.train.shape, cfg)
+    ctx.report.figure("pair_model.png", "the fused model: image DenseNet and caption GRU, concatenated before the head")
     figures.curves({r["variant"]: r["history"] for r in rows}, ctx.run.figure_path("pair_curves"), title="pairs")
     limit = {"pair-image": ceil["image"], "pair-text": ceil["text"], "pair-both": ceil["both"]}
     for r in rows:

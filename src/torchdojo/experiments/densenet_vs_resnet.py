@@ -113,7 +113,12 @@ def matched_resnet_width(target: int, in_shape: tuple[int, int, int], k: int, wi
     def params(w: int) -> int:
         return build_model("small-resnet", in_shape, k, widths=(w, 2 * w, 4 * w), stem=w).num_params()
 
-    return min(range(2, 257), key=lambda w: abs(params(w) - target))
+    counts = {}
+    for w in range(1, 1025):  # the count grows with w: stop at the first one past the target
+        counts[w] = params(w)
+        if counts[w] >= target:
+            break
+    return min(counts, key=lambda w: abs(counts[w] - target))
 
 
 def build_pair(cfg: Config, in_shape: tuple[int, int, int], k: int) -> dict[str, nn.Module]:
@@ -172,6 +177,8 @@ def train_both(split: Split, cfg: Config, ctx: Context, k: int) -> dict[str, dic
     the DenseNet's feature reuse before and after, test accuracy of the best epoch."""
     in_shape = split.train.shape
     models = build_pair(cfg, in_shape, k)
+    d, r = (m.num_params() for m in models.values())
+    ctx.log(f"parameter budget: DenseNet {d:,}, ResNet {r:,} ({(r - d) / d:+.1%})")
     x, y = _grad_batch(split, cfg)
     out: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
@@ -235,7 +242,10 @@ def report_accuracy(done: dict[str, dict[str, Any]], split: Split, ctx: Context)
         f"({100 * gap:.1f}% apart; the ResNet's width is the one closest to the DenseNet's count)."
     )
     if gap > 0.1:
-        ctx.report.warning(f"the parameter budgets differ by {100 * gap:.1f}% (more than 10%): set resnet_width=0")
+        ctx.report.warning(
+            f"the parameter budgets differ by {100 * gap:.1f}% (more than 10%), so this is not a matched-budget "
+            "comparison: resnet_width=0 picks the closest width, and at very small sizes even that can miss"
+        )
     tcfg = done["densenet"]["tcfg"]
     ctx.report.table([{"setting": k, "value": v} for k, v in hyper_parameters(tcfg).items()], caption="training")
     ctx.report.table(rows, caption="the matched pair: parameters, depth (conv/linear layers), accuracy, time")
@@ -295,7 +305,7 @@ def _block_of(name: str, model: nn.Module) -> str:
         same = [m for m in model.features if type(m).__name__ == kind]
         return f"{kind} {same.index(module) + 1}"
     first_block = next((i for i, m in enumerate(model.features) if len(list(m.children()))), len(model.features))
-    return "stem" if int(parts[1]) < first_block else "pool/flatten"
+    return "stem" if int(parts[1]) < first_block else "after the blocks (norm, pool)"
 
 
 def per_block(model: nn.Module, in_shape: tuple[int, int, int]) -> list[dict[str, Any]]:

@@ -87,7 +87,7 @@ SCALES = {
         "depth": 2,
         "train": {"epochs": 1, "batch_size": 8, "max_batches": 2},
     },
-    "small": {},
+    "small": {"base": 8, "repeats": 4, "train": {"epochs": 20}},
     "full": {"train_images": 64, "eval_images": 2000, "train": {"epochs": 60}},
 }
 
