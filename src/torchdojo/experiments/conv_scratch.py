@@ -241,8 +241,7 @@ def train_binary(cfg: Config, ctx: Context) -> list[dict[str, Any]]:
 
 
 def _a1(cfg: Config, ctx: Context) -> dict[str, Any]:
-    from torchdojo.verify.core import run_suite
-    from torchdojo.verify.targets import CONV2D
+    from torchdojo.verify.sandbox import check_isolated
 
     rows = compare_with_torch(torch.float32, cfg.seed) + compare_with_torch(torch.float64, cfg.seed)
     ctx.report.heading("A1. Conv2d from scratch vs nn.Conv2d")
@@ -254,22 +253,23 @@ def _a1(cfg: Config, ctx: Context) -> dict[str, Any]:
         "layer below loads nn.Conv2d's state dict and runs the same input and output gradient."
     )
     ctx.report.table(rows, caption="max |ours - nn.Conv2d| on sample inputs: output and the three gradients")
-    tallies, n_edge, n_random = run_suite(Conv2d, CONV2D, None, cfg.check_examples, cfg.seed)
+    verdict = check_isolated("conv2d", "torchdojo.nn.conv:Conv2d", max_examples=cfg.check_examples, seeds=[cfg.seed])
     ctx.report.table(
         [
             {
-                "property": t.name,
-                "passed": f"{t.passed}/{t.runs}",
-                "worst float32": t.worst.get("float32", ""),
-                "worst float64": t.worst.get("float64", ""),
+                "property": p.name,
+                "passed": f"{p.passed_runs}/{p.runs}",
+                "worst float32": p.worst.get("float32", ""),
+                "worst float64": p.worst.get("float64", ""),
             }
-            for t in tallies
+            for p in verdict.properties
         ],
-        caption=f"`torchdojo check conv2d` on our Conv2d: {n_edge} edge cases + {n_random} random "
-        "configurations; pass = |diff| <= tol (1 + |torch|), tol 1e-5 (fp32) / 1e-10 (fp64)",
+        caption=f"`torchdojo check conv2d` on our Conv2d (isolated process): {verdict.cases} configurations "
+        f"(edge cases + {cfg.check_examples} random); pass = |diff| <= tol (1 + |torch|), tol 1e-5 (fp32) / 1e-10 "
+        "(fp64); the rules: no built-in convolution in the source or in the ATen ops that ran",
     )
     worst = {k: max(r[k] for r in rows) for k in ("forward", "dL/dX", "dL/dW", "dL/db")}
-    return {"max_abs_err": worst, "check_passed": all(t.ok for t in tallies)}
+    return {"max_abs_err": worst, "check_passed": verdict.ok}
 
 
 def run(cfg: Config, ctx: Context) -> dict[str, Any]:

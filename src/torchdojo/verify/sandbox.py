@@ -62,6 +62,7 @@ class PropertyResult:
     case: dict | None = None  # the first failing case (to build a reproduce command)
     passed_runs: int = 0  # how many of the runs passed
     problem: str | None = None  # the first failure's reason alone (detail = its case + this)
+    worst: dict[str, float] = dataclasses.field(default_factory=dict)  # max |ours - torch| per dtype
 
 
 @dataclasses.dataclass
@@ -428,12 +429,14 @@ def _from_tallies(t: Target, tallies: dict[str, Tally], cls_name: str) -> list[P
         if tally.first_failure is not None:
             case, msg = tally.first_failure
             detail = f"{describe_case(cls_name, t, case)}: {msg}"
-            out.append(PropertyResult(tally.name, False, tally.runs, detail, dict(case), tally.passed, msg))
+            out.append(
+                PropertyResult(tally.name, False, tally.runs, detail, dict(case), tally.passed, msg, tally.worst)
+            )
         else:
             worst = ", ".join(f"{k} {v:.2g}" for k, v in sorted(tally.worst.items()))
             detail = f"worst |diff|: {worst}" if worst else ""
             detail = detail if tally.runs else "no case ran"
-            out.append(PropertyResult(tally.name, tally.ok, tally.runs, detail, None, tally.passed))
+            out.append(PropertyResult(tally.name, tally.ok, tally.runs, detail, None, tally.passed, None, tally.worst))
     return out
 
 
