@@ -136,8 +136,8 @@ class _Root(nn.Module):
         self.name = type(layer).__name__
         self.add_module(self.name, layer)
 
-    def forward(self, *args: Any) -> Any:
-        return getattr(self, self.name)(*args)
+    def forward(self, x: torch.Tensor) -> Any:
+        return getattr(self, self.name)(x)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -303,11 +303,14 @@ def example_input(model: nn.Module, input_shape: tuple[int, ...], batch: int) ->
     return torch.zeros(shape, device=device, dtype=dtype)
 
 
-def input_hint(model: nn.Module) -> str:
+def input_hint(model: nn.Module, train: bool = False) -> str:
     """What --input means for this model (for error messages)."""
     if isinstance(model, nn.RNNBase):
-        return f"give TxF for {type(model).__name__}: sequence length x {model.input_size} input features"
-    return "check --input: (C, H, W) without the batch dim, large enough for every kernel and pooling window"
+        return f"give --input TxF for {type(model).__name__}: sequence length x {model.input_size} input features"
+    hint = "check --input: (C, H, W) without the batch dim, large enough for every kernel and pooling window"
+    if train:
+        hint += "; in training mode BatchNorm needs more than one value per channel (use --batch 2 or more)"
+    return hint
 
 
 @contextlib.contextmanager
@@ -374,7 +377,7 @@ def analyze(
                 reason = f"the traced graph fails {problem}, while the model itself runs"
                 return hooks.analyze_hooks(model, x, tuple(input_shape), batch, label, train, reason)
             raise DojoError(
-                f"{label} fails on input {'x'.join(map(str, input_shape))} {problem}", input_hint(model)
+                f"{label} fails on input {'x'.join(map(str, input_shape))} {problem}", input_hint(model, train)
             ) from None
     layers = rec.layers
     unused = [p for p in model.parameters() if id(p) not in rec.seen]

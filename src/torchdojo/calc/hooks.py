@@ -111,7 +111,7 @@ def analyze_hooks(
         raise DojoError(
             f"{label} fails on input {'x'.join(map(str, input_shape))} at layer {rec.current or 'the input'}: "
             f"{type(e).__name__}: {msg}",
-            input_hint(model),
+            input_hint(model, train),
         ) from None
     finally:
         for h in handles:

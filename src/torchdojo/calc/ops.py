@@ -313,6 +313,8 @@ def classify_call(kind: str, target: Any, args: tuple, kwargs: dict) -> Op:
             "reduce", {"dim": _arg(args, kwargs, 1, "dim", None), "keepdim": _arg(args, kwargs, 2, "keepdim", False)}
         )
     name = getattr(target, "__name__", str(target))
+    if isinstance(target, type) and issubclass(target, tuple):  # a namedtuple of outputs (GoogLeNetOutputs)
+        return Op("free", {"fn": "tuple"})
     if target in FREE_FUNCS or name in FREE_NAMES:
         return Op("free", {"fn": name})
     return Op("unknown", {"what": name})

@@ -9,12 +9,25 @@ DESCRIPTION = """Architecture calculator. Measures every layer of a model from i
   torchdojo calc resnet18 --input 3x224x224
   torchdojo calc cnn --input 1x28x28 --format markdown
   torchdojo calc mypkg.nets:Net --input 3x64x64 --erf
+  torchdojo calc googlenet --train-mode --batch 2
+  torchdojo calc "torch.nn.LSTM(32, 64, 2)" --input 100x32
   torchdojo calc --spec "3x128x128 | conv 5 s2 p2 64 relu | conv 5 s2 p2 128 relu | flatten | fc 200 softmax"
 
 MODEL is a registered torchdojo model, a torchvision classification model (random weights, nothing is
-downloaded) or MODULE:ATTR (a module instance, or a class/function that builds one without arguments;
-MODULE may be a .py file). --spec builds a textbook network and prints each closed-form formula beside
-the measured value. Spec: the input shape without the batch (CxHxW, or F for a vector), then layers
+downloaded), MODULE:ATTR (a module instance, or a class/function that builds one without arguments;
+MODULE may be a .py file) or one built-in layer written as torch.nn.NAME(literal arguments) (parsed, never
+executed). A bare nn.RNN/LSTM/GRU takes --input TxF (time steps x features; default 32 x its input size),
+laid out (T, batch, F), or (batch, T, F) with batch_first=True.
+
+The model is measured in eval mode (the inference graph, as torchvision and the papers count it);
+--train-mode measures the training graph instead (e.g. googlenet's and inception_v3's auxiliary
+classifiers). A model torch.fx cannot trace (Python control flow on tensor values) is measured by forward
+hooks on its leaf modules: shapes, params and MACs per leaf, no receptive fields (the summary says why).
+Receptive fields are given twice: strict (every dependency: a squeeze-excitation gate makes it 'all') and
+conv path (without gates broadcast over the image, the figure papers quote).
+
+--spec builds a textbook network and prints each closed-form formula beside the measured value.
+Spec: the input shape without the batch (CxHxW, or F for a vector), then layers
 separated by '|':
   conv K[xK2] [sS] [pP|same] [dD] [gG] [nobias] N [act]     convt K [sS] [pP] N [act]
   dsconv K [sS] [pP] N [act]  (depthwise KxK, then pointwise 1x1 to N channels)
@@ -26,7 +39,11 @@ separated by '|':
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="registered model, torchvision model name, or module:attr")
-    p.add_argument("--input", default=None, help="input shape without the batch, CxHxW (default 3x224x224)")
+    p.add_argument(
+        "--input",
+        default=None,
+        help="input shape without the batch: CxHxW (default 3x224x224), TxF for a recurrent layer",
+    )
     p.add_argument("--spec", default=None, help="a textbook network instead of MODEL (grammar above)")
     p.add_argument("--batch", type=int, default=1, help="batch size the counts are for (default 1)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default 10 / 1000)")
@@ -36,6 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PREFIX",
         help="mark parameters whose name starts with PREFIX as frozen (repeatable)",
+    )
+    p.add_argument(
+        "--train-mode",
+        action="store_true",
+        help="measure the training graph (auxiliary heads, dropout) instead of the eval graph",
     )
     p.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
     p.add_argument(
@@ -65,13 +87,18 @@ def _shape(text: str) -> tuple[int, ...]:
 def main(args: argparse.Namespace) -> int:
     from torchdojo.calc import analyze, check_spec
     from torchdojo.calc import format as fmt
-    from torchdojo.calc.resolve import resolve_model
+    from torchdojo.calc.resolve import default_input, resolve_model
     from torchdojo.errors import DojoError
 
     checks = None
     if args.spec:
         if args.model:
             raise DojoError("give either MODEL or --spec, not both", "drop one of them")
+        if args.train_mode:
+            raise DojoError(
+                "--train-mode measures a MODEL's training graph; a --spec network's closed forms are for inference",
+                "drop --train-mode",
+            )
         if args.batch < 1:
             raise DojoError("--batch must be >= 1", "use --batch 1")
         spec, a, checks = check_spec(args.spec, batch=args.batch)
@@ -79,12 +106,15 @@ def main(args: argparse.Namespace) -> int:
     else:
         if not args.model:
             raise DojoError("no model given", "torchdojo calc resnet18 --input 3x224x224, or --spec '...'")
-        shape = _shape(args.input or "3x224x224")
-        model = resolve_model(args.model, shape, args.num_classes)
+        given = _shape(args.input) if args.input else None
+        model = resolve_model(args.model, given or (3, 224, 224), args.num_classes)
+        shape = given or default_input(model)
         for name, p in model.named_parameters():
             if any(name.startswith(prefix) for prefix in args.freeze):
                 p.requires_grad_(False)
-        a = analyze(model, shape, batch=args.batch, name=args.model)
+        if args.batch < 1:
+            raise DojoError("--batch must be >= 1", "use --batch 1")
+        a = analyze(model, shape, batch=args.batch, name=args.model, train=args.train_mode)
     if args.format == "markdown":
         print(fmt.markdown(a, checks))
     elif args.format == "csv":
@@ -106,11 +136,10 @@ def _erf(a, layer: str | None, png: str | None) -> None:
     from torchdojo.calc.receptive import gradient_map, support
     from torchdojo.errors import DojoError
 
-    spatial = [
-        r
-        for r in a.layers
-        if r.rf is not None and not any(d.whole for d in r.rf) and r.out_shape is not None and len(r.out_shape) >= 3
-    ]
+    if a.gm is None:
+        raise DojoError(f"--erf needs the model's graph: {a.note.split('. ')[0]}", "drop --erf")
+    nchw = tuple(range(2, len(a.example_shape)))  # gradient_map reads the unit at (0, :, *position)
+    spatial = [r for r in a.layers if r.spatial and r.spatial_axes == nchw]
     if layer:
         spatial = [r for r in a.layers if layer in (r.name, r.node)]
         if not spatial:
@@ -122,7 +151,8 @@ def _erf(a, layer: str | None, png: str | None) -> None:
     size = support(grad)
     print(
         f"empirical receptive field of {row.name} (centre unit, |d unit / d input| over 4 random inputs): "
-        f"support {'x'.join(map(str, size))} input px; analytic {fmt.rf_text(row.rf)[0]} px "
+        f"support {'x'.join(map(str, size))} input px; analytic {fmt.rf_text(row.rf)[0]} px strict, "
+        f"{fmt.rf_text(row.rf_path)[0]} px conv path "
         "(the support is clipped by the input borders and can shrink where ReLU or max-pool gate the "
         "gradient)"
     )
