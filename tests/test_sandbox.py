@@ -126,6 +126,13 @@ def test_patching_builtins_at_import_does_not_fool_the_reference(server: ForkSer
     assert torch.nn.functional.conv2d(x, w).abs().sum() > 0  # nothing was patched here
 
 
+def test_cpu_time_limit(server: ForkServer) -> None:
+    v = server.check("conv2d", f"{SUBMISSIONS / 'endless_loop.py'}:Conv2d", max_examples=0,
+                     limits=Limits(wall_s=20, cpu_s=1))  # fmt: skip
+    assert v.failure == "used more than 1 s of CPU time" and v.seconds < 15
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="without root there is no user to drop to (see docs/SECURITY.md)")
 def test_writing_outside_its_folder_is_refused(server: ForkServer, tmp_path: Path) -> None:
     outside, here = tmp_path / "escaped.txt", Path.cwd() / "ESCAPED_BY_SUBMISSION.txt"
     sub = tmp_path / "writer.py"

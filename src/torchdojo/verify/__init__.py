@@ -1,1 +1,6 @@
-"""Autograder for hand-written layers: load any implementation and check it against PyTorch."""
+"""Autograder for hand-written layers: run a submission in a jailed child process, compare it with PyTorch here.
+
+`sandbox.check_isolated` / `sandbox.ForkServer` are the API (`check` and `grade` use them); `targets` and
+`targets_cells` define what can be checked, `cases` draws cases and computes the reference, `judge` compares
+what came back, `rules` checks the assignment's rules, `jail`/`child`/`server` run the submission.
+"""

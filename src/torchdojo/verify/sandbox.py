@@ -234,7 +234,10 @@ class ForkServer:
     def _read(self, proc: subprocess.Popen, ready: threading.Event) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            msg = json.loads(line)
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # only supervisors write here, one JSON line each; anything else is not an answer
             if msg.get("ready"):
                 ready.set()
             elif (ev := self._waiting.get(msg.get("id"))) is not None:
