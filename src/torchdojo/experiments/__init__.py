@@ -15,6 +15,7 @@ from torchdojo.experiments import (
     text_autoencoder,
     transfer,
     unet,
+    yolo,
 )
 from torchdojo.experiments.base import module_name
 from torchdojo.registry import Registry
@@ -34,6 +35,7 @@ for _module in (
     text_autoencoder,
     transfer,
     unet,
+    yolo,
 ):
     EXPERIMENTS.register(module_name(_module), _module)
 
