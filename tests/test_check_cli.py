@@ -59,6 +59,12 @@ def test_load_failures_exit_2_without_running_anything(capsys: pytest.CaptureFix
 def test_bad_arguments_are_dojo_errors(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(DojoError, match="--case must be the JSON"):
         check(capsys, "conv2d", "torchdojo.nn.conv:Conv2d", "--case", "{not json")
+    huge = '{"init": {}, "shape": {"x": [100000, 100000]}, "dtype": "float32", "seed": 0}'
+    with pytest.raises(DojoError, match="case refused: shape of x must be positive ints, at most 4194304"):
+        check(capsys, "conv2d", "torchdojo.nn.conv:Conv2d", "--case", huge)
+    other = '{"init": {}, "shape": {"y": [1]}, "dtype": "float32", "seed": 0}'
+    with pytest.raises(DojoError, match="case refused: its shape must name exactly the inputs x"):
+        check(capsys, "conv2d", "torchdojo.nn.conv:Conv2d", "--case", other)
     with pytest.raises(DojoError, match="limit wall_s must be > 0"):
         check(capsys, "conv2d", "torchdojo.nn.conv:Conv2d", "--timeout", "0")
     with pytest.raises(DojoError, match="max_examples must be >= 0"):

@@ -183,6 +183,14 @@ def test_wrong_shape(server: ForkServer) -> None:
     assert "output has shape" in next(p.detail for p in v.properties if p.name == "forward")
 
 
+def test_huge_wrong_output_is_judged_by_its_shape(server: ForkServer) -> None:
+    v = check(server, "huge_output.py")
+    assert v.failure is None and "forward" in failing(v)
+    assert "output has shape (6291456,), torch gives (1, 4, 6, 6)" in next(
+        p.detail for p in v.properties if p.name == "forward"
+    )
+
+
 def test_wrong_dtype(server: ForkServer) -> None:
     v = check(server, "wrong_dtype.py")
     assert exit_code(v) == 1 and failing(v) == {"forward"}

@@ -10,6 +10,7 @@ imported torch already. Both paths run the same jail and harness and give the sa
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -331,7 +332,7 @@ def check_isolated(
             src = _resolve(spec, job_dir)
         except LoadFailure as e:
             return _load_failure(t, spec, str(e), rule, start, seeds)
-        case_list = [dict(c) for c in cases] if cases is not None else draw_cases(t, seeds, max_examples)
+        case_list = [_valid_case(t, c) for c in cases] if cases is not None else draw_cases(t, seeds, max_examples)
         prepared = [prepare(t, c) for c in case_list]
         if src.copy_from is not None:
             _copy_submission(src, job_dir / "submission")
@@ -347,6 +348,27 @@ def check_isolated(
     finally:
         _one_thread(-1)
         shutil.rmtree(job_dir, ignore_errors=True)
+
+
+_MAX_CASE_ELEMENTS = 1 << 22  # a given --case is checked before the parent allocates its tensors
+
+
+def _valid_case(t: Target, case: Case) -> Case:
+    """A user-given case with a shape for every input, positive int sizes, at most 4M elements per tensor."""
+    shape = case.get("shape")
+    problem = None
+    if not isinstance(shape, dict) or set(shape) != set(t.input_names):
+        problem = f"its shape must name exactly the inputs {', '.join(t.input_names)}"
+    elif case.get("dtype") not in ("float32", "float64") or not isinstance(case.get("seed"), int):
+        problem = "its dtype must be float32 or float64 and its seed an int"
+    else:
+        for name, dims in shape.items():
+            ok = isinstance(dims, list) and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)
+            if not ok or math.prod(dims) > _MAX_CASE_ELEMENTS:
+                problem = f"shape of {name} must be positive ints, at most {_MAX_CASE_ELEMENTS} elements"
+    if problem:
+        raise DojoError(f"case refused: {problem}", "copy the --case printed after 'reproduce:' unchanged")
+    return dict(case)
 
 
 def _load_failure(t: Target, spec: str, msg: str, rule: str | None, start: float, seeds: tuple) -> Verdict:
@@ -381,6 +403,8 @@ def _process_failure(status: dict[str, Any] | None, header: dict | None, why: st
         if why == "missing":
             return f"the submission ended the process (exit code {status.get('exit')}) before its results were written"
         return f"the submission's result file is {why}"
+    if header.get("fatal"):
+        return str(header["fatal"])
     if status.get("left_running"):
         n = status["left_running"]
         return f"left {n} process{'es' if n > 1 else ''} running after it finished (all killed)"
