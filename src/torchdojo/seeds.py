@@ -392,7 +392,7 @@ def run_seeds(
     try:
         for k, seed in enumerate(saved["seeds"]):
             _one_seed(module, parent, k, seed, saved, verbose, run_opts, run_experiment)
-        _finish(module, parent, saved["seeds"])
+        _finish(module, parent, saved)
     finally:
         lock.release()
     return parent
@@ -423,16 +423,18 @@ def _one_seed(
     )
 
 
-def _finish(module: ModuleType, parent: Path, seeds: list[int]) -> None:
+def _finish(module: ModuleType, parent: Path, saved: dict[str, Any]) -> None:
     """The repeated run's report and summary.json (written last: it marks the run finished)."""
-    spec = spec_of(module)
+    from torchdojo.config import from_dict
+    from torchdojo.experiments.base import module_name, report_title
+
+    seeds, spec = saved["seeds"], spec_of(module)
+    title = report_title(module, from_dict(module.Config, saved["config"]))
     res = collect(parent, seeds, spec)
     agg = aggregate(res, spec)
     cmps = comparisons(res, spec)
     run = Run(parent)
-    report = Report(
-        f"torchdojo {module.__name__.rsplit('.', 1)[-1].replace('_', '-')}: {module.SUMMARY} ({len(seeds)} seeds)"
-    )
+    report = Report(f"torchdojo {module_name(module)}: {title} ({len(seeds)} seeds)")
     write_report(report, run, res, agg, cmps, module)
     run.close()
     report.save(parent)
