@@ -79,6 +79,7 @@ class FakeChecker:
         props = [
             FakeProp(p, p not in how.get("fail", []), 3, f"{p} is wrong", case if p in how.get("fail", []) else None)
             for p in PROPS
+            if not (options.get("allow_builtin") and p.startswith("rules"))
         ]
         return FakeVerdict(target, spec, props, how.get("failure"), how.get("stdout", ""), "", 0.5)
 
@@ -369,3 +370,69 @@ def test_entry_pattern_is_validated() -> None:
         with pytest.raises(DojoError, match="is not GLOB:Class"):
             intake.Entry.parse(bad)
     assert intake.Entry.parse("src/*.py:Conv2d") == intake.Entry("src/*.py", "Conv2d")
+
+
+def test_command_targets_are_the_checkers_targets() -> None:
+    from torchdojo.commands import grade_cmd
+    from torchdojo.verify.targets import TARGETS
+
+    assert sorted(grade_cmd.TARGET_NAMES) == sorted(TARGETS) == sorted(grade.DEFAULT_CLASS)
+
+
+def test_allow_builtin_drops_the_rules(klass: Path, tmp_path: Path) -> None:
+    graded, dropped = grade.target_properties("conv2d", True)
+    assert dropped == ["rules (source)", "rules (ops)"] and not set(dropped) & set(graded)
+    st = settings(rubric=default_rubric(graded), allow_builtin=True)
+    checker = FakeChecker()
+    with grade.grading_folder(tmp_path / "out", klass) as folder:
+        res = grade.grade_class(st, klass, folder, checker=checker, progress=lambda _: None)
+    assert {r["student"]: r["earned"] for r in res.results}["cmd"] == 11.0  # its failing rule is not graded
+    assert grade.target_properties("ste", False)[0] == ["forward", "grad x"]  # a target without rules
+
+
+def test_reproduce_command_carries_non_default_limits(tmp_path: Path) -> None:
+    from torchdojo.verify.sandbox import Limits
+
+    st = settings(limits=Limits(wall_s=5.0, memory_mb=1024), allow_builtin=True)
+    cmd = report._repro(st, "my dir/conv.py", {"seed": 1, "label": "it's"})
+    assert cmd.startswith("torchdojo check conv2d 'my dir/conv.py:Conv2d' --case ")
+    assert "--allow-builtin --timeout 5 --memory-mb 1024" in cmd and "--cpu-s" not in cmd
+    assert "it'\"'\"'s" in cmd  # shell-quoted
+
+
+def test_cli_refuses_a_bad_rubric_before_grading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from torchdojo.cli import main
+
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "subs" / "a.py").write_text(GOOD)
+    (tmp_path / "r.toml").write_text("[points]\nforwrd = 4\n")
+    argv = [
+        "grade",
+        "conv2d",
+        str(tmp_path / "subs"),
+        "--out",
+        str(tmp_path / "out"),
+        "--rubric",
+        str(tmp_path / "r.toml"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'forwrd'" in err and "Traceback" not in err and not (tmp_path / "out").exists()
+    assert main([*argv[:5], "--timeout", "0"]) == 2 and "wall_s must be > 0" in capsys.readouterr().err
+    assert main([*argv[:5], "--entry", "Conv2d"]) == 2 and "is not GLOB:Class" in capsys.readouterr().err
+
+
+@given(st.lists(st.floats(0, 37.5), max_size=30), st.sampled_from([15.0, 37.5, 0.0, 30.0]))
+def test_histogram_counts_every_student_once(totals: list[float], maximum: float) -> None:
+    totals = [min(t, maximum) for t in totals]
+    labels, counts = report.histogram(totals, maximum)
+    assert len(labels) == len(counts) and sum(counts) == len(totals)
+    if maximum == 15.0:
+        assert labels[0] == "0" and labels[-1] == "15" and counts[-1] == totals.count(15.0)
+
+
+def test_reported_properties_must_be_known(klass: Path, tmp_path: Path) -> None:
+    st = settings(rubric=default_rubric(PROPS[:5]))  # the checker reports rules this grading does not know
+    with grade.grading_folder(tmp_path / "out", klass) as folder:
+        res = grade.grade_class(st, klass, folder, checker=FakeChecker(), progress=lambda _: None)
+    assert all(r["earned"] == 0 and "does not know: rules (ops), rules (source)" in r["note"] for r in res.results)

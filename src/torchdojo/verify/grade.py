@@ -181,13 +181,13 @@ def verdict_record(verdict: Any) -> dict[str, Any]:
 def score(record: dict[str, Any] | None, rubric: Rubric, properties: Sequence[str]) -> dict[str, float]:
     """Points per property. A process failure (crash, timeout, memory) or a property that did not run
     earns nothing: only a property the checker saw pass on every case counts."""
-    if record is None or record["failure"] is not None:
+    if record is None:
         return rubric.earned({})
     passed = {p["name"]: p["passed"] and p["runs"] > 0 for p in record["properties"]}
     unexpected = set(passed) - set(properties)
     if unexpected:
         raise DojoError(f"the checker reported properties this grading does not know: {', '.join(sorted(unexpected))}")
-    return rubric.earned(passed)
+    return rubric.earned(passed if record["failure"] is None else {})
 
 
 def _result(sub: intake.Submission, settings: Settings, record: dict[str, Any] | None, note: str | None) -> dict:

@@ -127,7 +127,7 @@ def write_feedback(folder: Path, results: Sequence[dict[str, Any]], settings: An
 
 def _svg_bars(labels: Sequence[str], values: Sequence[float], title: str, xlabel: str) -> str:
     """A small vertical bar chart as inline SVG (no scripts, every label escaped)."""
-    w, h, left, bottom, top = 640, 240, 40, 40, 24
+    w, h, left, bottom, top = 640, 250, 40, 40, 40
     n, peak = max(1, len(values)), max([1.0, *values])
     bw = (w - left - 10) / n
     e = html.escape
@@ -151,14 +151,20 @@ def _svg_bars(labels: Sequence[str], values: Sequence[float], title: str, xlabel
 
 
 def histogram(totals: Sequence[float], maximum: float, bins: int = 10) -> tuple[list[str], list[float]]:
-    """Counts of totals in `bins` equal ranges of [0, maximum] (the last range includes the maximum)."""
+    """Students per score: one bar per whole point when the maximum is a whole number up to 30, else
+    `bins` equal ranges of [0, maximum] (the last one includes the maximum)."""
     if maximum <= 0:
-        return [f"{_fmt(maximum)}"], [float(len(totals))]
-    width = maximum / bins
-    counts = [0.0] * bins
+        return [_fmt(maximum)], [float(len(totals))]
+    if maximum == int(maximum) <= 30:
+        edges = [float(i) for i in range(int(maximum) + 1)]
+        labels = [_fmt(e) for e in edges]
+    else:
+        width = maximum / bins
+        edges = [i * width for i in range(bins)]
+        labels = [f"{edges[i]:.3g}-{edges[i] + width:.3g}" for i in range(bins)]
+    counts = [0.0] * len(edges)
     for t in totals:
-        counts[min(bins - 1, int(t / width))] += 1
-    labels = [f"{_fmt(round(i * width, 2))}-" for i in range(bins)]
+        counts[max(i for i, e in enumerate(edges) if t >= e - 1e-9)] += 1
     return labels, counts
 
 
@@ -177,7 +183,11 @@ def summary_html(res: Any, settings: Any, described: dict[str, Any]) -> str:
     total = settings.rubric.total
     totals = [r["earned"] for r in results]
     labels, counts = histogram(totals, total)
-    fails = {p: sum(1 for r in results if r["points"][p] == 0 and pts > 0) for p, pts in settings.rubric.points.items()}
+    finished = [r for r in results if r["verdict"] and r["verdict"]["failure"] is None]
+    fails = {
+        p: sum(1 for r in finished if not any(q["name"] == p and q["passed"] for q in r["verdict"]["properties"]))
+        for p in settings.rubric.points
+    }
     ranked = sorted(fails.items(), key=lambda kv: -kv[1])
     slow = sorted(results, key=lambda r: -r["seconds"])[:10]
     full = sum(1 for t in totals if t == total)
