@@ -43,7 +43,7 @@ LADDER_LIKE = {
     "dataset": "fashion-mnist",
     "rungs": {
         "logreg": {"test_acc": 0.8412, "params": 7850, "s_per_epoch": 1.25, "curve": [1, 2]},
-        "cnn": {"test_acc": 0.9121, "params": 856170, "s_per_epoch": 8.5, "extra": {"deep": 1}},
+        "cnn": {"test_acc": 0.9121, "params": 856170, "s_per_epoch": 8.5, "extra": {"deep": 1}, "why": "x " * 40},
     },
     "layers": [{"layer": "conv", "params": 10}, {"layer": "fc", "params": 20}],
     "speed": {"forward_s": 0.001, "device": "cpu"},
@@ -194,6 +194,10 @@ def test_curves_have_whole_epoch_ticks_and_a_legend_below_the_panels(tmp_path, d
         assert ax.get_legend() is None  # no legend inside a panel
     (legend,) = fig.legends
     assert len(legend.get_texts()) == 16
+    figures.curves({"one epoch": _hist(1)}, tmp_path / "one.png")
+    assert list(drawn[-1].axes[0].get_xticks()) == [1]  # one whole tick, not 0.95, 0.975, ...
+    figures.curves({"long": _hist(40)}, tmp_path / "long.png")
+    assert all(float(t).is_integer() for t in drawn[-1].axes[0].get_xticks())
     box = legend.get_window_extent()
     assert all(box.y1 <= ax.get_window_extent().y0 for ax in fig.axes)  # wholly below every panel
 

@@ -110,11 +110,18 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _integer_ticks(ax: Any) -> None:
-    """Whole numbers only on the x axis (epochs, steps)."""
+def _integer_ticks(ax: Any, values: Sequence[float] = ()) -> None:
+    """Whole numbers only on the x axis (epochs, steps): each one when there are few (a single epoch gets one
+    tick, centred), else as many as fit."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    whole = sorted({int(v) for v in values if float(v).is_integer()})
+    if whole and whole[-1] - whole[0] <= 15:
+        ax.set_xticks(range(whole[0], whole[-1] + 1))
+        if whole[0] == whole[-1]:
+            ax.set_xlim(whole[0] - 1, whole[0] + 1)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _legend_below(fig: Any, axes: Sequence[Any], fontsize: float = 8) -> None:
@@ -158,7 +165,7 @@ def curves(
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-        _integer_ticks(ax)
+        _integer_ticks(ax, [r["epoch"] for rows in histories.values() for r in rows])
     if title:
         fig.suptitle(title)
     _tidy(fig)

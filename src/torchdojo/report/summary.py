@@ -4,7 +4,8 @@ flattened into tables, so the summary is always the run's numbers and never a se
 A mapping of mappings (`rungs`: {logreg: {test_acc, ...}, ...}) becomes one table, a row per entry and a column
 per number (regime x metric); a list of mappings (per-layer rows) becomes a table too; every other number is
 one row of the 'numbers of the run' table, named by its path (`speed · scratch forward (s)`). Lists of plain
-numbers (a curve) and values nested deeper are left to summary.json itself.
+numbers (a curve), sentences (a verdict's reason, over 60 characters) and values nested deeper are left to the
+sections and to summary.json itself.
 """
 
 from typing import Any
@@ -25,8 +26,12 @@ class SummaryTable:
         self.left_out = left_out
 
 
+LONG_TEXT = 60  # characters: a sentence (a verdict's reason) is left to its section
+
+
 def _scalar(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str))
+    """A value the summary shows: a number, a bool, None or a short text."""
+    return v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= LONG_TEXT)
 
 
 def _table(caption: str, first: str, entries: list[tuple[str, dict[str, Any]]]) -> SummaryTable | None:
