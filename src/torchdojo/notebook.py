@@ -277,6 +277,6 @@ def write(
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, nbformat.writes(nb).encode())
     if failure is not None:
-        last = (str(failure).strip().splitlines() or ["a cell failed"])[-1][:300]
-        raise DojoError(f"a cell of {out} failed: {last}", f"open {out} to see the cell and its error output")
+        what = f"{failure.ename}: {failure.evalue}".strip()[:300]
+        raise DojoError(f"a cell of {out} failed: {what}", f"open {out} to see the cell and its error output")
     return out
