@@ -51,10 +51,10 @@ def test_every_target_has_ours() -> None:
 
 @pytest.mark.parametrize("target", sorted(OURS))
 def test_our_implementation_passes(server: ForkServer, target: str) -> None:
-    v = server.check(target, OURS[target], max_examples=10, seeds=[0, 1], limits=LIMITS)
+    v = server.check(target, OURS[target], max_examples=5, seeds=[0, 1], limits=LIMITS)
     assert v.ok, [p for p in v.properties if not p.passed]
     t = TARGETS[target]
-    assert v.cases == 2 * (2 * len(t.edge_cases) + 10)
+    assert v.cases == 2 * (2 * len(t.edge_cases) + 5)
     assert [p.name for p in v.properties][: len(t.properties())] == t.properties()
     rules = [p.name for p in v.properties if p.name.startswith("rules")]
     assert rules == rule_properties(t.rules) and (t.rules is None) == (rules == [])
@@ -223,4 +223,58 @@ def test_lipschitz_written_out_passes(server: ForkServer, tmp_path: Path) -> Non
 )
 def test_lipschitz_broken_variant_fails(server: ForkServer, tmp_path: Path, out: str, bad: str) -> None:
     v = run(server, tmp_path, "lipschitz-rnn", LIPSCHITZ.format(out=out))
+    assert not status(v)[bad], v.properties
+
+
+# conv-transpose (A3)
+
+TRANSPOSE = """
+from torchdojo.nn.conv_transpose import ConvTranspose2d, conv_transpose2d
+
+
+class Broken(ConvTranspose2d):
+    def forward(self, x):
+        w, b, s, p = self.weight, self.bias, self.stride, self.padding
+        return {call}
+"""
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        ("conv_transpose2d(x, w, b, 1, p)", "output has shape"),  # stride ignored: no gaps between stamps
+        ("conv_transpose2d(x, w, b, s, 0)", "output has shape"),  # padding does not crop the border
+        ("conv_transpose2d(x, w.flip(-1, -2), b, s, p)", "output: max |diff|"),  # a correlation's kernel
+        ("conv_transpose2d(x, w, None, s, p) + 0 * b.sum()", "output: max |diff|"),  # the bias forgotten
+    ],
+)
+def test_conv_transpose_broken_variant_fails(server: ForkServer, tmp_path: Path, call: str, message: str) -> None:
+    v = run(server, tmp_path, "conv-transpose", TRANSPOSE.format(call=call))
+    assert not status(v)["forward"] and message in detail(v, "forward") and status(v)["parameters"]
+
+
+# rnn-cell (Elman vs nn.RNNCell)
+
+ELMAN = """
+import torch
+from torchdojo.nn.elman import ElmanCell
+
+
+class Broken(ElmanCell):
+    def forward(self, x, h):
+        return {out}
+"""
+
+
+@pytest.mark.parametrize(
+    "out,bad",
+    [
+        ("torch.relu(x @ self.weight_ih.T + self.bias_ih + h @ self.weight_hh.T + self.bias_hh)", "forward"),
+        ("torch.tanh(x @ self.weight_ih.T + self.bias_ih + h @ self.weight_hh + self.bias_hh)", "forward"),  # W_hh^T
+        ("torch.tanh(x @ self.weight_ih.T + self.bias_ih + h @ self.weight_hh.T)", "grad bias_hh"),  # b_hh unused
+        ("torch.tanh(x @ self.weight_ih.T + self.bias_ih + h.detach() @ self.weight_hh.T + self.bias_hh)", "grad h"),
+    ],
+)
+def test_rnn_cell_broken_variant_fails(server: ForkServer, tmp_path: Path, out: str, bad: str) -> None:
+    v = run(server, tmp_path, "rnn-cell", ELMAN.format(out=out))
     assert not status(v)[bad], v.properties
