@@ -3,11 +3,6 @@ validation bar, announced phases, one line per epoch in a log, silence with --qu
 
 import io
 import re
-import shlex
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -167,77 +162,3 @@ def test_the_interrupt_message_names_the_real_folder(tmp_path, monkeypatch):
     assert cli._kept_and_resume() == expected  # a repeated run resumes from its own folder
     (run / "summary.json").write_text("{}")
     assert cli._kept_and_resume() == f"the run in {run} had finished"
-
-
-def test_ctrl_c_prints_the_exact_resume_command_and_it_resumes(tmp_path):
-    args = ["run", "ladder", "--scale", "smoke", "--rungs", "logreg,mlp", "--set", "dataset=digits"]
-    args += ["--set", "train.epochs=4", "--runs-dir", str(tmp_path)]
-    proc = subprocess.Popen([sys.executable, "-m", "torchdojo", *args], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not list(tmp_path.glob("ladder/*/checkpoints/logreg/last.pt")):
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    (run,) = (tmp_path / "ladder").iterdir()
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]
-    assert last == f"interrupted; finished epochs are kept. Resume with: torchdojo run ladder --resume {run}"
-    command = shlex.split(last.partition("Resume with: ")[2])
-    assert command[0] == "torchdojo"
-    done = subprocess.run([sys.executable, "-m", "torchdojo", *command[1:], "--quiet"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert (run / "summary.json").exists()
-    rows = runs.read_metrics(run)
-    assert [(r["stage"], r["epoch"]) for r in rows] == [(s, e) for s in ("logreg", "mlp") for e in range(1, 5)]
-
-
-def test_jupyter_shows_live_bars_under_nbclient(tmp_path):
-    """Executed by nbclient (as `jupyter nbconvert --execute` would): each cell gets one live output updated in
-    place, with the stage name and the running loss; no error; the epoch lines are in the cell's stderr."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    setup = """
-import time, torch
-from torch import nn
-from torchdojo import progress
-from torchdojo.config import TrainConfig
-from torchdojo.engine import fit
-
-class Slow(list):
-    def __iter__(self):
-        for b in super().__iter__():
-            time.sleep(0.02)
-            yield b
-
-g = torch.Generator().manual_seed(0)
-data = Slow((torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(25))
-print(progress.mode())
-"""
-    train = "fit(nn.Linear(4, 3), data, data, TrainConfig(epochs=2), device=torch.device('cpu'), stage='{}')"
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(c) for c in (setup, train.format("logreg"), train.format("mlp"))]
-    messages: list[tuple[int, str, dict]] = []
-
-    class Recording(nbclient.NotebookClient):
-        def process_message(self, msg, cell, cell_index):  # noqa: ANN001, ANN201
-            if msg["msg_type"] in ("display_data", "update_display_data"):
-                messages.append((cell_index, msg["msg_type"], msg["content"]["data"]))
-            return super().process_message(msg, cell, cell_index)
-
-    Recording(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    outputs = [o for c in nb.cells for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    assert nb.cells[0].outputs[0].text.strip() == "jupyter"
-    for index, stage in ((1, "logreg"), (2, "mlp")):
-        shown = [m[2]["text/plain"] for m in messages if m[0] == index]
-        assert sum(1 for m in messages if m[0] == index and m[1] == "display_data") == 1  # one live output a cell
-        assert any(s.startswith(f"[{stage}] epoch 1/2") and " loss " in s for s in shown), shown
-        assert any(s.startswith(f"[{stage}] validating epoch 2/2") for s in shown)
-        assert len(shown) < 60  # updated now and then, not per batch
-        err = "".join(o.text for o in nb.cells[index].outputs if o.output_type == "stream" and o.name == "stderr")
-        assert [line[: len(stage) + 12] for line in err.splitlines()] == [
-            f"[{stage}] epoch 1/2",
-            f"[{stage}] epoch 2/2",
-        ]

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._main(args) or 0)
+        return _run(args)
     except DojoError as e:
         print(f"error: {e.problem}", file=sys.stderr)
         if e.fix:
@@ -77,6 +77,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, with whatever progress it left on screen cleared before its exit status or error prints."""
+    from torchdojo import progress
+
+    try:
+        return int(args._main(args) or 0)
+    finally:
+        progress.clear()
 
 
 def _kept_and_resume() -> str:

@@ -14,6 +14,7 @@ Where they go depends on where the output goes (`mode()`):
 Permanent lines (a finished epoch, a finished phase) are plain `print`s to stderr in every mode.
 """
 
+import atexit
 import contextlib
 import html
 import os
@@ -210,6 +211,20 @@ class _Display:
 
 
 _DISPLAY = _Display()
+
+
+def clear() -> None:
+    """End whatever is still shown (a status nobody replaced, after an error): the terminal gets its cursor back.
+    The CLI calls it when a command ends; it also runs at exit."""
+    with _DISPLAY.lock:
+        shown = bool(_DISPLAY.tasks)
+        _DISPLAY.tasks.clear()
+        _DISPLAY.status = None
+    if shown and _DISPLAY.backend is not None:
+        _DISPLAY.backend.changed()
+
+
+atexit.register(clear)
 
 
 class Bar:

@@ -70,6 +70,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import json
 
+    from torchdojo import progress
+
+    if not args.quiet and not args.config:  # the seconds before the first line: say what they are
+        progress.status(f"starting {args.experiment}: importing PyTorch, recording the environment")
+
     from torchdojo.config import to_dict
     from torchdojo.engine import keep_freed_memory
     from torchdojo.errors import DojoError
