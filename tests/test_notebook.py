@@ -145,3 +145,65 @@ def test_cli_writes_an_executed_ladder_notebook(tmp_path, capsys, monkeypatch):
     nb = nbformat.read(tmp_path / "ladder.ipynb", as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert len(errors) == 1 and "cifar10" in errors[0].evalue
+
+
+def _report_folder(tmp_path: Path) -> Path:
+    """A run folder with a report of every block type, one figure outside the folder and one missing."""
+    from torchdojo.report.figures import bars
+
+    run = tmp_path / "run"
+    (run / "figures").mkdir(parents=True)
+    bars({"a": 1.0, "b": 2.0}, run / "figures" / "bars.png", ylabel="y")
+    (tmp_path / "outside.png").write_bytes((run / "figures" / "bars.png").read_bytes())
+    (run / "figures" / "link.png").symlink_to(tmp_path / "outside.png")
+    blocks = [
+        {"type": "heading", "text": "C1. Bars", "level": 2},
+        {"type": "figure", "path": "bars.png", "caption": "two bars"},
+        {"type": "table", "columns": ["model", "test_acc"], "rows": [["cnn", 0.8765]], "caption": "acc"},
+        {"type": "figure", "path": "gone.png", "caption": ""},
+        {"type": "figure", "path": "link.png", "caption": ""},
+    ]
+    (run / "report.json").write_text(json.dumps({"title": "t", "blocks": blocks}))
+    return run
+
+
+def _displayed(monkeypatch) -> list:
+    """What `show` hands to IPython's display(), as (mime type, data) pairs."""
+    import IPython.display
+
+    shown: list = []
+
+    def display(obj):
+        kind = {"Image": "image/png", "HTML": "text/html", "Markdown": "text/markdown"}[type(obj).__name__]
+        shown.append((kind, obj.data))
+
+    monkeypatch.setattr(IPython.display, "display", display)
+    return shown
+
+
+def test_show_displays_figures_tables_and_text(tmp_path, monkeypatch):
+    shown = _displayed(monkeypatch)
+    run = _report_folder(tmp_path)
+    notebook.show(run, 0, 1, 2, 3)
+    assert [k for k, _ in shown] == ["text/markdown", "image/png", "text/markdown", "text/html", "text/markdown"]
+    assert shown[0][1] == "## C1. Bars" and shown[2][1] == "*two bars*"
+    assert shown[1][1] == (run / "figures" / "bars.png").read_bytes()
+    assert "87.6%" in shown[3][1] and "<caption>acc</caption>" in shown[3][1]  # formatted as in the report
+    assert "missing figure gone.png" in shown[4][1]
+    with pytest.raises(DojoError, match="no block 9"):
+        notebook.show(run, 9)
+
+
+def test_show_report_displays_every_block_in_order(tmp_path, monkeypatch):
+    shown = _displayed(monkeypatch)
+    run = _report_folder(tmp_path)
+    (run / "figures" / "link.png").unlink()  # now simply missing
+    notebook.show_report(run)
+    assert [k for k, _ in shown] == ["text/markdown", "image/png", "text/markdown", "text/html"] + ["text/markdown"] * 2
+
+
+def test_show_reads_no_figure_outside_the_run_folder(tmp_path):
+    from torchdojo.report import FigureRefused
+
+    with pytest.raises(FigureRefused, match="outside the run folder"):
+        notebook.show(_report_folder(tmp_path), 4)

@@ -86,12 +86,14 @@ def section_cells(blocks: list[dict[str, Any]], result_var: str = "r") -> list[A
 
 def show(result: Any, *blocks: int) -> None:
     """Display blocks `blocks` (indices into the run's report.json) in a notebook: figures as PNG images with
-    their captions, tables as tables (a pandas DataFrame when pandas is installed), text as markdown."""
-    from IPython.display import Image, Markdown, display
+    their captions (read as report.html reads them: only PNGs inside the run folder), tables as HTML tables
+    formatted as in the report, text as markdown."""
+    from IPython.display import HTML, Image, Markdown, display
 
     from torchdojo.report import Report
     from torchdojo.report.document import _figure_bytes
-    from torchdojo.results import Result, table
+    from torchdojo.report.page import table_html
+    from torchdojo.results import Result
 
     run_dir = (result if isinstance(result, Result) else Result(result)).path
     doc = Report.load(run_dir)
@@ -102,10 +104,9 @@ def show(result: Any, *blocks: int) -> None:
         if b["type"] == "figure":
             png = _figure_bytes(run_dir, b["path"])
             display(Image(data=png) if png is not None else Markdown(f"*missing figure {_md(b['path'])}*"))
-        elif b["type"] == "table":
-            if b.get("caption"):
-                display(Markdown(f"**{_md(b['caption'])}**"))
-            display(table([dict(zip(b["columns"], row, strict=False)) for row in b["rows"]]))
+        elif b["type"] == "table":  # formatted as the report formats it; wide tables scroll sideways
+            page = table_html(b["columns"], b["rows"], b.get("caption", ""))
+            display(HTML(f"<div style='overflow-x:auto;max-width:100%'>{page}</div>"))
             continue
         else:
             display(Markdown(_block_markdown(b)))
