@@ -7,6 +7,7 @@ real fork server): it reads a `# FAKE: {...}` line in the entry file saying whic
 import contextlib
 import csv
 import dataclasses
+import inspect
 import io
 import json
 import os
@@ -20,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from torchdojo.errors import DojoError
-from torchdojo.verify import grade, intake, report
+from torchdojo.verify import grade, intake, report, sandbox
 from torchdojo.verify.rubric import default_rubric, load_rubric
 
 PROPS = ["parameters", "forward", "grad x", "grad weight", "grad bias", "rules (source)", "rules (ops)"]
@@ -377,6 +378,11 @@ def test_command_targets_are_the_checkers_targets() -> None:
     from torchdojo.verify.targets import TARGETS
 
     assert sorted(grade_cmd.TARGET_NAMES) == sorted(TARGETS) == sorted(grade.DEFAULT_CLASS)
+    from torchdojo.verify.sandbox import Limits
+
+    assert {f: d for f, _, _, _, d in grade_cmd.LIMIT_FLAGS.values()} == dataclasses.asdict(Limits())
+    assert {f: flag for flag, (f, *_) in grade_cmd.LIMIT_FLAGS.items()} == report.LIMIT_FLAGS
+    assert grade.DEFAULT_EXAMPLES == inspect.signature(sandbox.check_isolated).parameters["max_examples"].default
 
 
 def test_allow_builtin_drops_the_rules(klass: Path, tmp_path: Path) -> None:

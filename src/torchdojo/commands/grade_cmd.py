@@ -28,35 +28,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--entry", default=None, metavar="GLOB:Class", help='the file and class to check (e.g. "*.py:Conv2d")'
     )
-    p.add_argument("--jobs", type=int, default=None, help="submissions checked at once (default: the CPU cores)")
+    p.add_argument(
+        "--jobs", type=int, default=None, metavar="N", help="submissions checked at once (default: the CPU cores)"
+    )
     p.add_argument("--rubric", default=None, metavar="FILE", help="points per property (.toml or .json)")
-    p.add_argument("--seed", type=int, action="append", default=None, help="a hidden seed (repeatable)")
-    p.add_argument("--max-examples", type=int, default=None, help="random cases per seed (default: check's)")
+    p.add_argument("--seed", type=int, action="append", default=None, metavar="N", help="a hidden seed (repeatable)")
+    p.add_argument("--max-examples", type=int, default=None, metavar="N", help="random cases per seed (default 50)")
     p.add_argument("--allow-builtin", action="store_true", help="do not check the rules (built-in layers allowed)")
     p.add_argument("--force", action="store_true", help="grade every submission again, even unchanged ones")
     p.add_argument("--no-fork-server", action="store_true", help="a fresh interpreter per submission (slower)")
     add_limit_arguments(p)
 
 
-LIMIT_FLAGS = {  # flag: (Limits field, type, help); defaults are sandbox.Limits'
-    "--timeout": ("wall_s", float, "wall-clock seconds per submission"),
-    "--cpu-s": ("cpu_s", float, "CPU seconds per submission"),
-    "--memory-mb": ("memory_mb", int, "address space in MB"),
-    "--file-mb": ("file_mb", int, "largest file the submission may write, MB"),
-    "--nproc": ("nproc", int, "processes the submission may run"),
-    "--output-kb": ("output_kb", int, "captured output kept, KB"),
+LIMIT_FLAGS = {  # flag: (sandbox.Limits field, type, metavar, help, its default there: a test keeps them equal)
+    "--timeout": ("wall_s", float, "S", "wall-clock seconds per submission", 20.0),
+    "--cpu-s": ("cpu_s", float, "S", "CPU seconds per submission", 60.0),
+    "--memory-mb": ("memory_mb", int, "MB", "memory (address space) on top of torch", 4096),
+    "--file-mb": ("file_mb", int, "MB", "largest file it may write; cap on its output", 16),
+    "--nproc": ("nproc", int, "N", "extra processes/threads it may start", 32),
+    "--output-kb": ("output_kb", int, "KB", "stdout/stderr kept for the feedback, each", 64),
 }
 
 
 def add_limit_arguments(p: argparse.ArgumentParser) -> None:
-    for flag, (field, kind, text) in LIMIT_FLAGS.items():
-        p.add_argument(flag, dest=f"limit_{field}", type=kind, default=None, help=f"{text} (default: check's)")
+    g = p.add_argument_group("limits of each submission's process (as torchdojo check)")
+    for flag, (field, kind, metavar, text, default) in LIMIT_FLAGS.items():
+        g.add_argument(
+            flag, dest=f"limit_{field}", type=kind, default=None, metavar=metavar, help=f"{text} ({default})"
+        )
 
 
 def _limits(args: argparse.Namespace):  # noqa: ANN202 (sandbox.Limits, imported lazily: torch)
     from torchdojo.verify.sandbox import Limits
 
-    given = {f: getattr(args, f"limit_{f}") for f, _, _ in LIMIT_FLAGS.values()}
+    given = {f: getattr(args, f"limit_{f}") for f, *_ in LIMIT_FLAGS.values()}
     return Limits(**{k: v for k, v in given.items() if v is not None})
 
 

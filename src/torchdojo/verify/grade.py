@@ -115,16 +115,16 @@ DEFAULT_CLASS = {  # the class `--entry` looks for unless told: the names torchd
     "reset-cell": "ResetGateCell",
     "lipschitz-rnn": "LipschitzCell",
 }
-RULES = ("rules (source)", "rules (ops)")
 
 
 def target_properties(target: str, allow_builtin: bool) -> tuple[list[str], list[str]]:
     """(the properties a grading of `target` checks, in report order; its rules when --allow-builtin
     turns them off)."""
+    from torchdojo.verify.rules import rule_properties
     from torchdojo.verify.targets import TARGETS
 
     t = TARGETS[target]
-    rules = list(RULES) if t.rules is not None else []
+    rules = rule_properties(t.rules)
     return (t.properties(), rules) if allow_builtin else ([*t.properties(), *rules], [])
 
 
@@ -172,7 +172,14 @@ def verdict_record(verdict: Any) -> dict[str, Any]:
         "stderr": verdict.stderr,
         "notes": list(getattr(verdict, "notes", [])),
         "properties": [
-            {"name": p.name, "passed": bool(p.passed), "runs": int(p.runs), "detail": p.detail, "case": p.case}
+            {
+                "name": p.name,
+                "passed": bool(p.passed),
+                "runs": int(p.runs),
+                "passed_runs": getattr(p, "passed_runs", None),
+                "detail": p.detail,
+                "case": p.case,
+            }
             for p in verdict.properties
         ],
     }

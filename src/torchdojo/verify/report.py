@@ -41,7 +41,14 @@ def write_csv(path: Path, results: Sequence[dict[str, Any]], properties: Sequenc
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-LIMIT_FLAGS = {"wall_s": "--timeout", "cpu_s": "--cpu-s", "memory_mb": "--memory-mb", "file_mb": "--file-mb"}
+LIMIT_FLAGS = {  # sandbox.Limits field: its `torchdojo check` flag
+    "wall_s": "--timeout",
+    "cpu_s": "--cpu-s",
+    "memory_mb": "--memory-mb",
+    "file_mb": "--file-mb",
+    "nproc": "--nproc",
+    "output_kb": "--output-kb",
+}
 
 
 def _repro(settings: Any, entry: str, case: dict | None) -> str:
@@ -67,6 +74,12 @@ def _fence(text: str, limit: int) -> str:
     return f"{ticks}text\n{cut}\n{ticks}"
 
 
+def _cases_passed(p: dict[str, Any]) -> str:
+    """' (3/70 cases passed)' when the checker counted them."""
+    k = p.get("passed_runs")
+    return f" ({k}/{p['runs']} cases passed)" if isinstance(k, int) and p["runs"] > 1 else ""
+
+
 def feedback(result: dict[str, Any], settings: Any) -> str:
     """A student's feedback in Markdown: score, one line per property, each failure with its reproduce
     command, and the submission's captured output (truncated)."""
@@ -86,7 +99,13 @@ def feedback(result: dict[str, Any], settings: Any) -> str:
     for name, pts in settings.rubric.points.items():
         p = by_name.get(name)
         state = (
-            "not run" if p is None else "FAIL" if not p["passed"] else "pass" if v["failure"] is None else "not counted"
+            "not run"
+            if p is None
+            else f"FAIL{_cases_passed(p)}"
+            if not p["passed"]
+            else "pass"
+            if v["failure"] is None
+            else "not counted"
         )
         lines.append(f"| {name} | {state} | {_fmt(result['points'][name])} / {_fmt(pts)} |")
     if v and v["failure"]:
