@@ -152,6 +152,10 @@ def test_class_is_graded_with_points_per_property(klass: Path, tmp_path: Path) -
     ]
     assert all(c.endswith(":Conv2d") and str(tmp_path / "out" / "work") in c for c in checker.calls)
     assert (res.checked, res.reused, res.ungradable) == (5, 0, 0)
+    page = (tmp_path / "out" / "summary.html").read_text()
+    assert "Among the 4 students whose run finished" in page  # dave timed out
+    assert "<td>forward</td><td>4</td><td>1</td>" in page and "<td>rules (ops)</td><td>2</td><td>1</td>" in page
+    assert "<td>dave</td><td>timed out after 5 s</td>" in page
 
 
 def test_resume_skips_unchanged_and_regrades_changed(klass: Path, tmp_path: Path) -> None:

@@ -224,6 +224,7 @@ def summary_html(res: Any, settings: Any, described: dict[str, Any]) -> str:
         "<h2>Scores</h2>",
         _svg_bars(labels, counts, f"students per total (out of {_fmt(total)})", "total points"),
         "<h2>Most failed properties</h2>",
+        f"<p>Among the {len(finished)} students whose run finished (the others are listed below).</p>",
         _svg_bars([p for p, _ in ranked], [float(c) for _, c in ranked], "students failing each property", "property"),
         _table(
             ["property", "points", "students failing"], [[p, _fmt(settings.rubric.points[p]), c] for p, c in ranked]
