@@ -1,11 +1,15 @@
 """Receptive fields from the graph against the analytic recursion on chains and the gradient support."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from torchdojo.calc import analyze
+from torchdojo.calc import Analysis, analyze
+from torchdojo.calc import format as fmt
+from torchdojo.calc.fields import Axis, regroup
+from torchdojo.calc.linear import expected_interval, support_intervals
 from torchdojo.calc.receptive import gradient_map, support
 
 
@@ -129,3 +133,159 @@ def test_global_ops_make_the_field_whole() -> None:
     assert all(d.whole for r in a.layers[1:] for d in r.rf)
     mlp = analyze(nn.Sequential(nn.Linear(10, 4)), (10,))
     assert mlp.layers[0].rf is None  # a vector input has no spatial field
+
+
+def conv(c_in: int, c_out: int, k: int, s: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, k, s, k // 2, groups=groups)
+
+
+def check_against_gradient(model: nn.Module, shape: tuple[int, ...]) -> Analysis:
+    """Every NCHW layer's strict field, at its centre unit, equals the linearised gradient support."""
+    a = analyze(model, shape)
+    rows = [r for r in a.layers if r.spatial_axes == (2, 3) and len(r.out_shape) == 4]
+    measured = support_intervals(a.gm, shape, [r.node for r in rows])
+    for row, got in zip(rows, measured, strict=True):
+        want = tuple(
+            (0, e - 1) if d.whole else expected_interval(d.size, d.jump, d.start, n // 2, e)
+            for d, n, e in zip(row.rf, row.out_shape[2:], shape[1:], strict=True)
+        )
+        assert got == want, (row.name, row.rf, got)
+    return a
+
+
+class NHWCBlock(nn.Module):
+    """ConvNeXt's block shape: depthwise conv, then LayerNorm and an MLP over the channel axis in NHWC."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.dw = conv(c, c, 7, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.mlp = nn.Sequential(nn.Linear(c, 2 * c), nn.GELU(), nn.Linear(2 * c, c))
+        self.scale = nn.Parameter(torch.full((c, 1, 1), 1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.mlp(self.norm(y)).permute(0, 3, 1, 2)
+        return x + self.scale * y
+
+
+def test_nhwc_permute_linear_and_layernorm_keep_the_spatial_dims() -> None:
+    model = nn.Sequential(conv(3, 4, 4, 4), NHWCBlock(4), NHWCBlock(4), conv(4, 4, 3, 2))
+    a = check_against_gradient(model, (3, 96, 96))
+    assert [d.size for d in a.last_spatial.rf] == [4 + 2 * 6 * 4 + 2 * 4] * 2  # 60
+    assert a.last_spatial.rf == a.last_spatial.rf_path
+    nhwc = [r for r in a.layers if r.type == "Linear"]
+    assert nhwc and all(r.spatial_axes == (1, 2) and not any(d.whole for d in r.rf) for r in nhwc)
+
+
+class Shuffle(nn.Module):
+    """ShuffleNet's channel shuffle three ways: view to 5-D + transpose + view back, the function, the module."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.module = how, nn.ChannelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.size()
+        if self.how == "view":
+            return torch.transpose(x.view(n, 2, c // 2, h, w), 1, 2).contiguous().view(n, -1, h, w)
+        if self.how == "function":
+            return torch.channel_shuffle(x, 2)
+        return self.module(x)
+
+
+@pytest.mark.parametrize("how", ["view", "function", "module"])
+def test_channel_shuffle_keeps_the_field(how: str) -> None:
+    model = nn.Sequential(conv(3, 4, 3, 2), Shuffle(how), conv(4, 4, 5), Shuffle(how), conv(4, 2, 3))
+    a = check_against_gradient(model, (3, 64, 64))
+    assert [d.size for d in a.last_spatial.rf] == [3 + 4 * 2 + 2 * 2] * 2
+
+
+class Gate(nn.Module):
+    """Squeeze-excitation: a per-channel gate from the global mean, broadcast back over the image."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.fc = nn.Conv2d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True)))
+
+
+def test_a_global_gate_makes_the_strict_field_whole_but_not_the_conv_path() -> None:
+    model = nn.Sequential(conv(3, 4, 3), Gate(4), conv(4, 4, 5))
+    a = check_against_gradient(model, (3, 40, 40))  # the gradient reaches every pixel through the gate
+    last = a.last_spatial
+    assert all(d.whole for d in last.rf) and [d.size for d in last.rf_path] == [7, 7]
+    assert "strict all (every input pixel)" in fmt.summary_lines(a)[3] and "conv path 7 px" in fmt.summary_lines(a)[3]
+
+
+class Windows(nn.Module):
+    """Swin-style window partition, an MLP over channels inside each window, and the reverse."""
+
+    def __init__(self, c: int, w: int):
+        super().__init__()
+        self.w, self.fc = w, nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, wd = x.shape
+        s = self.w
+        y = x.view(n, c, h // s, s, wd // s, s).permute(0, 2, 4, 3, 5, 1).reshape(-1, s * s, c)
+        y = self.fc(y)
+        y = y.view(n, h // s, wd // s, s, s, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, h, wd)
+        return y
+
+
+class Tokens(nn.Module):
+    """Flatten H and W into tokens (N, HW, C), a Linear over channels, then back to an image."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.fc = nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        y = self.fc(x.flatten(2).transpose(1, 2))
+        return y.transpose(1, 2).reshape(n, c, h, w)
+
+
+@pytest.mark.parametrize("block", [Windows(4, 4), Tokens(4)])
+def test_views_that_split_or_merge_spatial_axes_and_come_back(block: nn.Module) -> None:
+    model = nn.Sequential(conv(3, 4, 3), block, conv(4, 4, 3))
+    a = check_against_gradient(model, (3, 32, 32))
+    assert [d.size for d in a.last_spatial.rf] == [5, 5]
+
+
+class Crop(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(x[:, :, 3:, ::2], (1, 2, 0, 0))
+
+
+def test_slicing_and_padding_move_start_and_jump() -> None:
+    model = nn.Sequential(conv(3, 4, 3), Crop(), conv(4, 4, 3), Crop(), conv(4, 2, 3))
+    a = check_against_gradient(model, (3, 48, 48))  # checks size, jump and start at every layer
+    rf = a.last_spatial.rf
+    assert (rf[0].size, rf[0].jump) == (7, 1) and (rf[1].size, rf[1].jump) == (15, 4)
+
+
+def test_mixing_along_a_spatial_axis_makes_it_whole() -> None:
+    class SoftmaxOverWidth(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * torch.softmax(x, dim=-1)
+
+    a = analyze(nn.Sequential(conv(3, 4, 3), SoftmaxOverWidth(), conv(4, 4, 3)), (3, 16, 16))
+    h, w = a.last_spatial.rf
+    assert (h.size, w.whole) == (5, True)
+    tokens = analyze(nn.Sequential(conv(3, 4, 3), nn.Flatten(2), nn.Linear(256, 8)), (3, 16, 16))
+    assert all(d.whole for d in tokens.layers[-1].rf)  # a Linear over the flattened positions
+
+
+def test_regroup_labels() -> None:
+    a, b = Axis(frozenset({0})), Axis(frozenset({1}))
+    assert regroup((None, None, a, b), (1, 6, 4, 5), (1, 2, 3, 4, 5)) == (None, None, None, a, b)
+    merged = regroup((None, None, a, b), (1, 6, 4, 5), (1, 6, 20))
+    assert merged[2].kind == "mix" and merged[2].pure and merged[2].dims == {0, 1}
+    assert regroup(merged, (1, 6, 20), (1, 6, 4, 5)) == (None, None, a, b)
+    features = regroup((None, None, a, b), (1, 6, 4, 5), (1, 120))
+    assert not features[1].pure  # channels went in: no longer a spatial axis
+    assert regroup((None, a), (2, 6), (2, 5)) is None

@@ -24,13 +24,15 @@ Shape = tuple[int, ...]
 class Axis:
     """What one tensor axis runs along. `dims`: the input spatial dims in it; `kind`: 'plain' (one dim, as
     in the input), 'part' (factor `part` of `parts` of a split plain axis, outer first) or 'mix' (several
-    axes flattened together); `pure`: only spatial axes went into it (a token axis), no channels."""
+    axes flattened together, remembered so that a view back to them restores them); `pure`: only spatial
+    axes went into it (a token axis), no channels."""
 
     dims: frozenset[int]
     kind: str = "plain"
     part: int = 0
     parts: int = 1
     pure: bool = True
+    members: tuple[tuple["Axis | None", int], ...] = ()  # a 'mix': the (label, size) axes it was made of
 
     @property
     def dim(self) -> int | None:
@@ -129,8 +131,9 @@ def _broadcast(inputs: list[tuple[Field | None, Shape | None]], out_shape: Shape
     return Field(tuple(labels), _union([f.strict for f, _ in usable]), _union([f.path for f in data]))
 
 
-def _merged(labels: list[Label]) -> Label:
-    """The label of one axis made by flattening axes with `labels` together (size-1 axes already left out)."""
+def _merged(src: list[tuple[Label, int]]) -> Label:
+    """The label of one axis made by flattening the (label, size) axes `src` (size-1 axes left out)."""
+    labels = [a for a, _ in src]
     if all(a is None for a in labels):
         return None
     parts = [a for a in labels if a is not None and a.kind == "part"]
@@ -140,15 +143,19 @@ def _merged(labels: list[Label]) -> Label:
         and [a.part for a in parts] == list(range(parts[0].parts))
     ):
         return Axis(parts[0].dims)  # a split axis put back together in order
-    return Axis(frozenset(_dims_of(labels)), "mix", pure=all(a is not None and a.pure for a in labels))
+    pure = all(a is not None and a.pure for a in labels)
+    return Axis(frozenset(_dims_of(labels)), "mix", pure=pure, members=tuple(src))
 
 
-def _split(label: Label, n: int) -> list[Label]:
+def _split(label: Label, sizes: list[int]) -> list[Label]:
+    """The labels of the axes of `sizes` that one axis labelled `label` is viewed as."""
     if label is None:
-        return [None] * n
+        return [None] * len(sizes)
+    if label.kind == "mix" and [n for _, n in label.members] == sizes:
+        return [a for a, _ in label.members]  # a flattened group viewed back as it was
     if label.kind == "plain":
-        return [Axis(label.dims, "part", i, n) for i in range(n)]
-    return [Axis(label.dims, "mix", pure=label.pure)] * n
+        return [Axis(label.dims, "part", i, len(sizes)) for i in range(len(sizes))]
+    return [Axis(label.dims, "mix", pure=label.pure)] * len(sizes)
 
 
 def regroup(axes: tuple[Label, ...], in_shape: Shape, out_shape: Shape) -> tuple[Label, ...] | None:
@@ -172,9 +179,10 @@ def regroup(axes: tuple[Label, ...], in_shape: Shape, out_shape: Shape) -> tuple
                 pj, j = pj * outs[j][1], j + 1
             else:
                 return None
-        src = [axes[a] for a, _ in gi]
+        src = [(axes[a], n) for a, n in gi]
+        sizes = [n for _, n in gj]
         if len(gi) == 1:
-            new = [src[0]] if len(gj) == 1 else _split(src[0], len(gj))
+            new = [src[0][0]] if len(gj) == 1 else _split(src[0][0], sizes)
         else:
             m = _merged(src)
             new = [m] if len(gj) == 1 else [None if m is None else Axis(m.dims, "mix", pure=m.pure)] * len(gj)
