@@ -412,8 +412,10 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     results: dict[str, RegimeResult] = {}
     evals: dict[str, dict[str, Any]] = {}
     layer_names: list[str] = []
+    e4_at = None  # where E4's section starts: the E3 comparison goes before it (the course's order)
     for i, name in enumerate(cfg.regimes):
         ctx.log(f"== regime {i + 1}/{len(cfg.regimes)}: {REGIMES[name]}")
+        e4_at = len(ctx.report.blocks) if name == "e4" else e4_at
         res, layers = train_regime(name, cfg, ctx, p, tcfgs)
         layer_names = list(layers)
         out, ev, emb = measure_regime(res, cfg, p, layers, tcfgs["e1"].eval_batch_size)
@@ -427,7 +429,11 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         results[name], evals[name] = res, out
         ctx.report.save(ctx.run.path)  # readable after every regime, even if a later one is interrupted
     pixels = _pixel_baseline(p.ref, p.test, cfg.seed)
+    compared_at = len(ctx.report.blocks)
     report_comparison(ctx.report, ctx.run, results, evals, layer_names, pixels, cfg.target_acc, cfg.probe_images)
+    if e4_at is not None:  # E1, E2, E3 (every regime side by side, E4's row included), then E4's own section
+        b = ctx.report.blocks
+        ctx.report.blocks = b[:e4_at] + b[compared_at:] + b[e4_at:compared_at]
     return {
         "dataset": cfg.dataset,
         "classes": list(cfg.classes),

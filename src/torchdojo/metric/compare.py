@@ -140,7 +140,7 @@ def conclusion(evals: dict[str, dict[str, Any]], layers: list[str]) -> str:
     )
     collapsed = [n for n in names if evals[n]["collapse_warnings"]]
     if collapsed:
-        text.append(f"Collapse warnings: {', '.join(collapsed)} (see the warnings above).")
+        text.append(f"Collapse warnings: {', '.join(collapsed)} (see the warning in each regime's section).")
     if len(names) > 1:
         text.append(
             "These are one seed's numbers: `torchdojo run metric-learning --seeds 5` gives each a 95% interval "
