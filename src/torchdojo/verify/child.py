@@ -79,22 +79,24 @@ class _Harness:
         self.oom = self.oom or _is_oom(e)
         return {"error": {"phase": phase, "msg": describe_exception(e, self.path)}}
 
-    def build(self, cls: type, case: dict[str, Any], dtype: torch.dtype) -> tuple[Any, dict[str, Any]]:
-        init = {k: tuple(v) if isinstance(v, list) else v for k, v in case["init"].items()}
+    def build(self, cls: type, case: dict[str, Any], dtype: torch.dtype) -> Any:
+        """What the case calls: `cls.apply` for an autograd.Function, else `cls(**init)` in the case's dtype."""
         if self.job["kind"] == "function" and issubclass(cls, torch.autograd.Function):
-            return cls.apply, {}
+            return cls.apply
+        init = {k: tuple(v) if isinstance(v, list) else v for k, v in case["init"].items()}
         self.phase("constructor")
         sub = cls(**init)
         self.phase("harness")
-        return sub.to(dtype), init
+        return sub.to(dtype)
 
     def case(self, cls: type, i: int, case: dict[str, Any]) -> dict[str, Any]:
+        """Build, set the parameters, forward, backward; the answer's header entry (tensors go to self.out)."""
         dtype = getattr(torch, case["dtype"])
         params = {n: self.tensors[f"{i}.param.{n}"] for n in case["param_names"]}
         ins = [self.tensors[f"{i}.in.{n}"].clone().requires_grad_() for n in case["input_names"]]
         info: dict[str, Any] = {}
         try:
-            call, _ = self.build(cls, case, dtype)
+            call = self.build(cls, case, dtype)
         except (Exception, SystemExit) as e:
             return self.fail("constructor", e)
         pairs: dict[str, Any] = {}

@@ -10,7 +10,6 @@ imported torch already. Both paths run the same jail and harness and give the sa
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -27,13 +26,12 @@ import torch
 from torchdojo.errors import DojoError
 from torchdojo.verify.cases import PUBLIC_SEEDS, Prepared, draw_cases, prepare
 from torchdojo.verify.core import Case, Tally, Target, describe_case
-from torchdojo.verify.jail import NOBODY
+from torchdojo.verify.job import Source, copy_submission, new_job_dir, resolve, valid_case, write_job
 from torchdojo.verify.judge import Malformed, read_regular, read_result, tally_cases
-from torchdojo.verify.load import LoadFailure, split_spec
+from torchdojo.verify.load import LoadFailure
 from torchdojo.verify.rules import RULES, forbidden_ops, rule_properties, source_violations
 
 _MB = 1024 * 1024
-_SIBLINGS_MAX = (200, 16 * _MB)  # sibling .py files copied with a submission: count, total bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,99 +81,6 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return self.failure is None and bool(self.properties) and all(p.passed for p in self.properties)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Source:
-    spec: str  # what the child imports
-    static_file: Path | None  # the file the source rules read (in the parent)
-    copy_from: Path | None  # the submission's folder, for file specs
-    submission_dir: str | None  # frames under it are "the submission's line"
-
-
-def _find_module_file(module: str) -> Path | None:
-    """The file `import module` would load, found on sys.path without importing anything."""
-    parts = module.split(".")
-    for entry in sys.path:
-        base = Path(entry or os.getcwd()).joinpath(*parts)
-        for cand in (base.with_suffix(".py"), base / "__init__.py"):
-            if cand.is_file():
-                return cand.resolve()
-    return None
-
-
-def _resolve(spec: str, job_dir: Path) -> _Source:
-    source, name = split_spec(spec)
-    path = Path(source)
-    if source.endswith(".py") or path.exists():
-        if not path.is_file():
-            raise LoadFailure(f"no such file: {source}")
-        path = path.resolve()
-        sub = job_dir / "submission"
-        return _Source(f"{sub / path.name}:{name}", path, path.parent, str(sub) + os.sep)
-    found = _find_module_file(source)
-    if found is None:
-        raise LoadFailure(f"no module {source} on the path (write FILE.py:Class for a file)")
-    return _Source(spec, found, None, str(found.parent) + os.sep)
-
-
-def _copy_submission(src: _Source, dest: Path) -> None:
-    """The submission file and (up to a cap) its sibling .py files, readable by the jailed user."""
-    dest.mkdir()
-    assert src.copy_from is not None and src.static_file is not None
-    siblings = sorted(p for p in src.copy_from.glob("*.py") if p.is_file() and not p.is_symlink())
-    if len(siblings) > _SIBLINGS_MAX[0] or sum(p.stat().st_size for p in siblings) > _SIBLINGS_MAX[1]:
-        siblings = [src.static_file]
-    for p in {*siblings, src.static_file}:
-        shutil.copyfile(p, dest / p.name)
-        os.chmod(dest / p.name, 0o644)
-
-
-def _write_job(target: Target, src: _Source, valid: list[Prepared], record_ops: bool, job_dir: Path) -> None:
-    from safetensors.torch import save_file
-
-    tensors: dict[str, Any] = {}
-    cases = []
-    for i, prep in enumerate(valid):
-        for n, t in prep.params.items():
-            tensors[f"{i}.param.{n}"] = t
-        for n, t in zip(target.input_names, prep.inputs, strict=True):
-            tensors[f"{i}.in.{n}"] = t
-        tensors[f"{i}.gout"] = prep.grad_out
-        c = prep.case
-        cases.append(
-            {
-                "init": c.get("init", {}),
-                "args": c.get("args", []),
-                "dtype": c["dtype"],
-                "param_names": list(prep.params),
-                "input_names": list(target.input_names),
-            }
-        )
-    job = {
-        "spec": src.spec,
-        "import_path": src.spec.rpartition(":")[0] if src.copy_from else None,
-        "kind": target.kind,
-        "reference_name": target.reference_name,
-        "cases": cases,
-        "record_ops": record_ops,
-        "submission_dir": src.submission_dir,
-        "sys_path": [p or os.getcwd() for p in sys.path],
-    }
-    (job_dir / "job.json").write_text(json.dumps(job))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(job_dir / "job.safetensors"))
-    for p in (job_dir / "job.json", job_dir / "job.safetensors"):
-        os.chmod(p, 0o644)
-
-
-def _new_job_dir() -> Path:
-    job_dir = Path(tempfile.mkdtemp(prefix="torchdojo-check-"))
-    os.chmod(job_dir, 0o755)  # the jailed user reads the job; only its work/ folder is writable to it
-    work = job_dir / "work"
-    work.mkdir(mode=0o700)
-    if os.geteuid() == 0:
-        os.chown(work, NOBODY, NOBODY)
-    return job_dir
 
 
 def _scrubbed_env() -> dict[str, str]:
@@ -325,19 +230,19 @@ def check_isolated(
     t, seeds = TARGETS[target], tuple(PUBLIC_SEEDS if seeds is None else seeds)
     start = time.monotonic()
     rule = None if allow_builtin else t.rules
-    job_dir = _new_job_dir()
+    job_dir = new_job_dir()
     _one_thread(+1)
     try:
         try:
-            src = _resolve(spec, job_dir)
+            src = resolve(spec, job_dir)
         except LoadFailure as e:
             return _load_failure(t, spec, str(e), rule, start, seeds)
-        case_list = [_valid_case(t, c) for c in cases] if cases is not None else draw_cases(t, seeds, max_examples)
+        case_list = [valid_case(t, c) for c in cases] if cases is not None else draw_cases(t, seeds, max_examples)
         prepared = [prepare(t, c) for c in case_list]
         if src.copy_from is not None:
-            _copy_submission(src, job_dir / "submission")
+            copy_submission(src, job_dir / "submission")
         record = "rules (ops)" in rule_properties(rule)
-        _write_job(t, src, [p for p in prepared if not p.invalid], record, job_dir)
+        write_job(t, src, [p for p in prepared if not p.invalid], record, job_dir)
         if server is not None:
             server.run(job_dir, limits)
         else:
@@ -348,27 +253,6 @@ def check_isolated(
     finally:
         _one_thread(-1)
         shutil.rmtree(job_dir, ignore_errors=True)
-
-
-_MAX_CASE_ELEMENTS = 1 << 22  # a given --case is checked before the parent allocates its tensors
-
-
-def _valid_case(t: Target, case: Case) -> Case:
-    """A user-given case with a shape for every input, positive int sizes, at most 4M elements per tensor."""
-    shape = case.get("shape")
-    problem = None
-    if not isinstance(shape, dict) or set(shape) != set(t.input_names):
-        problem = f"its shape must name exactly the inputs {', '.join(t.input_names)}"
-    elif case.get("dtype") not in ("float32", "float64") or not isinstance(case.get("seed"), int):
-        problem = "its dtype must be float32 or float64 and its seed an int"
-    else:
-        for name, dims in shape.items():
-            ok = isinstance(dims, list) and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)
-            if not ok or math.prod(dims) > _MAX_CASE_ELEMENTS:
-                problem = f"shape of {name} must be positive ints, at most {_MAX_CASE_ELEMENTS} elements"
-    if problem:
-        raise DojoError(f"case refused: {problem}", "copy the --case printed after 'reproduce:' unchanged")
-    return dict(case)
 
 
 def _load_failure(t: Target, spec: str, msg: str, rule: str | None, start: float, seeds: tuple) -> Verdict:
@@ -412,7 +296,7 @@ def _process_failure(status: dict[str, Any] | None, header: dict | None, why: st
 
 
 def _assemble(
-    t: Target, spec: str, src: _Source, prepared: list[Prepared], job_dir: Path, limits: Limits, rule: str | None,
+    t: Target, spec: str, src: Source, prepared: list[Prepared], job_dir: Path, limits: Limits, rule: str | None,
     start: float,
 ) -> Verdict:  # fmt: skip
     status = _status(job_dir)
@@ -437,7 +321,7 @@ def _assemble(
     )  # fmt: skip
 
 
-def _unjail_paths(text: str, src: _Source, job_dir: Path) -> str:
+def _unjail_paths(text: str, src: Source, job_dir: Path) -> str:
     """Messages name the student's own file, not the copy the child imported."""
     if src.copy_from is None:
         return text
@@ -467,7 +351,7 @@ def _from_tallies(t: Target, tallies: dict[str, Tally], cls_name: str) -> list[P
     return out
 
 
-def _rules(rule: str | None, src: _Source, header: dict | None, failure: str | None) -> list[PropertyResult]:
+def _rules(rule: str | None, src: Source, header: dict | None, failure: str | None) -> list[PropertyResult]:
     if rule is None:
         return []
     what = RULES[rule].what
