@@ -437,7 +437,6 @@ def _finish(module: ModuleType, parent: Path, saved: dict[str, Any]) -> None:
     report = Report(f"torchdojo {module_name(module)}: {title} ({len(seeds)} seeds)")
     write_report(report, run, res, agg, cmps, module)
     run.close()
-    report.save(parent)
     summary = {
         "seeds": seeds,
         "metric": spec.metric,
@@ -445,4 +444,5 @@ def _finish(module: ModuleType, parent: Path, saved: dict[str, Any]) -> None:
         "comparisons": [c.to_dict() for c in cmps],
         "seconds": round(sum(res.seconds), 2),  # the seeds' own, however many sessions they took
     }
+    report.save(parent, summary)  # its summary table: these very numbers
     atomic_write_json(parent / "summary.json", summary)
