@@ -1,6 +1,7 @@
 """calc's counts cross-checked: params against sum(p.numel()), conv/linear FLOPs against FlopCounterMode."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -254,3 +255,95 @@ def test_ops_without_a_rule_are_counted_by_torch_inside() -> None:
     a = analyze(Net(), (6,), batch=3)
     (row,) = [r for r in a.layers if r.op == "opaque"]
     assert a.opaque == ["mystery (mystery)"] and row.macs == 3 * 6 * 5 and row.params == 30
+
+
+class Unrolled(nn.Module):
+    """An LSTM/GRU/RNN written out step by step with F.linear: what the fused kernel computes, in matmuls
+    FlopCounterMode sees (torch's LSTM kernel on the CPU is not visible to it)."""
+
+    def __init__(self, rnn: nn.RNNBase):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.rnn
+        layer_in = x  # (T, N, F)
+        for layer in range(m.num_layers):
+            outs = []
+            for d in range(2 if m.bidirectional else 1):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                w_ih, w_hh = getattr(m, "weight_ih" + sfx), getattr(m, "weight_hh" + sfx)
+                h = x.new_zeros(x.shape[1], w_hh.shape[1])
+                steps = []
+                for t in range(x.shape[0]) if d == 0 else reversed(range(x.shape[0])):
+                    gates = F.linear(layer_in[t], w_ih) + F.linear(h, w_hh)
+                    h = torch.tanh(gates[:, : h.shape[1]])  # the counts only: the gate algebra is left out
+                    steps.append(h)
+                outs.append(torch.stack(steps if d == 0 else steps[::-1]))
+            layer_in = torch.cat(outs, -1)
+        return layer_in
+
+
+@pytest.mark.parametrize(
+    "rnn",
+    [nn.LSTM(32, 64, 2), nn.GRU(8, 16, 3, bidirectional=True), nn.RNN(5, 7, batch_first=True), nn.LSTM(6, 4)],
+)
+def test_bare_recurrent_layers_are_models_and_their_matmuls_are_counted(rnn: nn.RNNBase) -> None:
+    t, batch = 11, 3
+    a = analyze(rnn, (t, rnn.input_size), batch=batch)
+    (row,) = a.layers
+    assert a.method == "fx graph" and row.type == type(rnn).__name__ and row.op == "rnn"
+    dirs = 2 if rnn.bidirectional else 1
+    expect_in = (batch, t, rnn.input_size) if rnn.batch_first else (t, batch, rnn.input_size)
+    assert row.in_shapes == [expect_in] and row.out_shape == expect_in[:2] + (dirs * rnn.hidden_size,)
+    assert a.total_params == row.params == sum(p.numel() for p in rnn.parameters())
+    x = torch.zeros(t, batch, rnn.input_size)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        Unrolled(rnn)(x)
+    assert row.macs == fc.get_total_flops() // 2  # per layer, direction and step: gates x H x (I + H)
+    assert fmt.totals(a)["weight_MACs"] == row.macs  # part of the conv/linear/matmul total
+
+
+def test_lstm_32_64_2_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["calc", "torch.nn.LSTM(32, 64, 2)", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (row,) = doc["layers"]
+    # default 32 steps of 32 features, batch 1: (4 x 64 x (32 + 64) + 4 x 64 x (64 + 64)) x 32
+    assert (row["input"], row["output"], row["MACs"]) == ("32x1x32", "32x1x64", 1_835_008)
+    assert doc["totals"]["weight_MACs"] == 1_835_008 and doc["totals"]["params"] == 58_368
+    assert main(["calc", "nn.GRU(4, 8, batch_first=True)", "--input", "100x4", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"][0]["input"] == "1x100x4"
+    assert main(["calc", "torch.nn.LSTM(32, 64, 2)", "--input", "10x31"]) == 2
+    assert "sequence length x 32 input features" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("__import__('os').system('true')", "is not a torch.nn layer call"),
+        ("torch.nn.LSTM(32, open('x'))", "is not a literal"),
+        ("torch.nn.LSTM(*[32, 64])", "*args and **kwargs are not accepted"),
+        ("torch.nn.Lstm(32, 64)", "did you mean LSTM"),
+        ("torch.nn.functional.relu(1)", "is not a torch.nn layer call"),
+        ("torch.nn.LSTM(32, 64, nonsense=1)", "cannot build"),
+        ("torch.nn.LSTM(32, 64", "cannot parse"),
+    ],
+)
+def test_layer_expressions_are_parsed_never_run(text: str, problem: str) -> None:
+    with pytest.raises(DojoError, match=re.escape(problem)):
+        resolve_model(text, (3, 32, 32))
+
+
+def test_eval_mode_by_default_and_the_model_is_given_back_as_it_was() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(), nn.Linear(144, 2))
+    model.train()
+    model[1].eval()  # a mixed state is restored module by module
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    analyze(model, (3, 8, 8), batch=4, train=True)
+    assert [m.training for m in model.modules()] == [True, True, False, True, True, True]
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # running stats kept
+    a = analyze(model, (3, 8, 8))
+    assert a.mode == "eval" and "eval mode" in fmt.title(a)
+    with pytest.raises(DojoError, match="more than one value per channel"):
+        analyze(nn.Sequential(nn.Conv2d(3, 4, 8), nn.BatchNorm2d(4)), (3, 8, 8), train=True)
+    assert main(["calc", "--spec", "3x8x8 | conv 3 4", "--train-mode"]) == 2

@@ -79,7 +79,8 @@ def from_expression(text: str) -> nn.Module:
         raise DojoError(f"{text!r} is not a torch.nn layer call", form)
     cls = getattr(nn, path[-1], None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        close = difflib.get_close_matches(path[-1], [n for n in dir(nn) if n[:1].isupper()], n=3)
+        layers = {n.lower(): n for n in dir(nn) if n[:1].isupper()}
+        close = [layers[n] for n in difflib.get_close_matches(path[-1].lower(), list(layers), n=3)]
         raise DojoError(f"torch.nn has no layer {path[-1]!r}", f"did you mean {', '.join(close)}?" if close else form)
     if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
         raise DojoError(f"{text!r}: *args and **kwargs are not accepted", form)
