@@ -11,6 +11,7 @@ import inspect
 import io
 import json
 import os
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,10 @@ class FakeChecker:
         text = path.read_text()
         if "RAISE" in text:
             raise RuntimeError("fork server died")
+        if "INTERRUPT" in text and not os.environ.get("FAKE_NO_INTERRUPT"):
+            raise KeyboardInterrupt
+        if os.environ.get("FAKE_SLOW"):
+            time.sleep(float(os.environ["FAKE_SLOW"]))
         line = next((x for x in text.splitlines() if x.startswith("# FAKE: ")), "# FAKE: {}")
         how = json.loads(line[len("# FAKE: ") :])
         case = {"init": {"in_channels": 1}, "shape": {"x": [1, 1, 3, 3]}, "dtype": "float32", "seed": 7}
@@ -446,3 +451,22 @@ def test_reported_properties_must_be_known(klass: Path, tmp_path: Path) -> None:
     with grade.grading_folder(tmp_path / "out", klass) as folder:
         res = grade.grade_class(st, klass, folder, checker=FakeChecker(), progress=lambda _: None)
     assert all(r["earned"] == 0 and "does not know: rules (ops), rules (source)" in r["note"] for r in res.results)
+
+
+def test_an_interrupted_grading_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    names = "abcdefgh"
+    for name in names:
+        (subs / f"{name}.py").write_text(GOOD + ("# INTERRUPT\n" if name == "b" else ""))
+    first = FakeChecker()
+    monkeypatch.setenv("FAKE_SLOW", "0.2")
+    with pytest.raises(KeyboardInterrupt):
+        run(subs, tmp_path / "out", first, jobs=1)
+    started = [Path(c.rpartition(":")[0]).stem for c in first.calls]
+    assert started[:2] == ["a", "b"] and len(started) < len(names)  # the queued ones were dropped
+    monkeypatch.delenv("FAKE_SLOW")
+    monkeypatch.setenv("FAKE_NO_INTERRUPT", "1")
+    second = FakeChecker()
+    res = run(subs, tmp_path / "out", second, jobs=1)
+    assert [Path(c.rpartition(":")[0]).stem for c in second.calls] == list(names[1:]) and res.reused == 1

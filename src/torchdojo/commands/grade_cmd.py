@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import sys
 
 NAME = "grade"
 TARGET_NAMES = ["conv2d", "conv2d-backward", "conv-transpose", "ste", "rnn-cell", "reset-cell", "lipschitz-rnn"]
@@ -85,7 +86,11 @@ def main(args: argparse.Namespace) -> int:
     )
     checker = grade.fresh_interpreter_checker if args.no_fork_server else grade.fork_server_checker
     with grade.grading_folder(Path(args.out), Path(args.submissions)) as out:
-        res = grade.grade_class(settings, Path(args.submissions), out, jobs=jobs, force=args.force, checker=checker)
+        try:
+            res = grade.grade_class(settings, Path(args.submissions), out, jobs=jobs, force=args.force, checker=checker)
+        except KeyboardInterrupt:
+            print("interrupted; the students graded so far are kept: run the same command to go on", file=sys.stderr)
+            return 130
         report.write_outputs(out, res, settings)
     print(f"{res.summary()}\n  {out / 'grades.csv'}\n  {out / 'feedback'}/\n  {out / 'summary.html'}")
     return 0

@@ -283,14 +283,19 @@ def grade_class(
     with contextlib.ExitStack() as stack, ThreadPoolExecutor(max(1, min(jobs, len(todo)))) as ex:
         check = stack.enter_context(checker()) if runnable else None
         futures = {ex.submit(_grade_one, sub, settings, check, cases): sub for sub in todo}
-        for done, fut in enumerate(as_completed(futures), 1):
-            sub, res = futures[fut], fut.result()
-            atomic_write_json(_result_path(out, sub), res)  # kept at once: a killed grading resumes from here
-            results[sub.student] = res
-            progress(
-                f"[{done}/{len(todo)}] {sub.student}: {res['earned']:g}/{res['total']:g} points, "
-                f"{res['seconds']:.1f} s" + (f"  ({res['note'][:120]})" if res["note"] else "")
-            )
+        try:
+            for done, fut in enumerate(as_completed(futures), 1):
+                sub, res = futures[fut], fut.result()
+                atomic_write_json(_result_path(out, sub), res)  # kept at once: a killed grading resumes from here
+                results[sub.student] = res
+                progress(
+                    f"[{done}/{len(todo)}] {sub.student}: {res['earned']:g}/{res['total']:g} points, "
+                    f"{res['seconds']:.1f} s" + (f"  ({res['note'][:120]})" if res["note"] else "")
+                )
+        except BaseException:  # Ctrl-C: the submissions not started yet are dropped, the running ones finish
+            for fut in futures:
+                fut.cancel()
+            raise
     ordered = [results[s.student] for s in subs]
     seconds = time.perf_counter() - start
     return ClassResult(ordered, len(runnable), reused, len(todo) - len(runnable), seconds)
