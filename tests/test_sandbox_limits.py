@@ -95,6 +95,7 @@ def test_environment_is_scrubbed(server: ForkServer, tmp_path: Path) -> None:
     sub.write_text(
         "import os, socket\n"
         "print(sorted(os.environ))\n"
+        "print('\\x1b[2J\\x1b[31mterminal escape')\n"
         "print('cwd', os.getcwd(), os.listdir('.'))\n"
         "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=1)\n    print('network: yes')\n"
         "except OSError:\n    print('network: no')\n"
@@ -105,5 +106,6 @@ def test_environment_is_scrubbed(server: ForkServer, tmp_path: Path) -> None:
     finally:
         del os.environ["TORCHDOJO_TEST_SECRET"]
     assert "TORCHDOJO_TEST_SECRET" not in v.stdout and "hunter2" not in v.stdout
+    assert "\x1b" not in v.stdout and "\ufffd[2J\ufffd[31mterminal escape" in v.stdout
     assert "cwd /tmp/torchdojo-check-" in v.stdout and "/work []" in v.stdout
     assert "network: no" in v.stdout or "network not isolated on this platform" in " ".join(v.notes)

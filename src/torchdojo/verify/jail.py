@@ -215,6 +215,8 @@ def supervise(job_dir: Path, limits: dict[str, Any], harness: Callable[[Path, li
         stderr=drains[err_r].text(),
         stdout_bytes=drains[out_r].total,
         stderr_bytes=drains[err_r].total,
+        stdout_kept=len(drains[out_r].data),
+        stderr_kept=len(drains[err_r].data),
     )
     if code is not None:
         status.update(

@@ -11,6 +11,7 @@ imported torch already. Both paths run the same jail and harness and give the sa
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -222,6 +223,8 @@ def check_isolated(
     """
     from torchdojo.verify.targets import TARGETS
 
+    if sys.platform != "linux":
+        raise DojoError("isolated checks need Linux (namespaces, rlimits, pidfd, /proc)", "run check/grade on Linux")
     if target not in TARGETS:
         raise DojoError(f"unknown check target {target!r}", f"choose one of: {', '.join(TARGETS)}")
     if max_examples < 0:
@@ -328,9 +331,15 @@ def _unjail_paths(text: str, src: Source, job_dir: Path) -> str:
     return text.replace(str(job_dir / "submission"), str(src.copy_from))
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # terminal escapes and other control characters
+
+
 def _clip(status: dict[str, Any], stream: str) -> str:
-    text, total = str(status.get(stream, "")), int(status.get(f"{stream}_bytes", 0))
-    kept = len(text.encode())
+    """The kept output, control characters shown as U+FFFD (no escape sequence reaches a terminal), and a note
+    saying how much more there was."""
+    raw, total = str(status.get(stream, "")), int(status.get(f"{stream}_bytes", 0))
+    kept = int(status.get(f"{stream}_kept", total))
+    text = _CONTROL.sub("\ufffd", raw)
     return text + (f"\n[... {total - kept} more bytes not shown]" if total > kept else "")
 
 
