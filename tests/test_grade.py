@@ -261,11 +261,18 @@ def test_entry_missing_ambiguous_or_lone(tmp_path: Path) -> None:
     two = tmp_path / "two"
     two.mkdir()
     (two / "a.py").write_text(GOOD)
-    (two / "b.py").write_text("import torch\nConv2d = 1\n")
+    (two / "b.py").write_text("import torch\n" + GOOD)
     path, why = intake.find_entry(two, e)
     assert path is None and "ambiguous entry: Conv2d is defined in a.py, b.py" in why
+    (two / "a.py").write_text("Conv2d = 1\n")
+    (two / "b.py").write_text("from torch.nn import Conv2d\n")
+    assert "ambiguous entry: Conv2d is defined in a.py, b.py" in intake.find_entry(two, e)[1]
+    (two / "a.py").write_text(GOOD)
     (two / "b.py").write_text("class Helper:\n    pass\n")
     assert intake.find_entry(two, e) == (two / "a.py", None)
+    (two / "test_a.py").write_text("from a import Conv2d\n")  # a student's own test: the class statement wins
+    assert intake.find_entry(two, e) == (two / "a.py", None)
+    (two / "test_a.py").unlink()
     (two / "a.py").write_text("class Conv2d(\n")  # does not parse: the checker will say where
     assert intake.find_entry(two, e) == (two / "a.py", None)
     (two / "a.py").write_text("class Other:\n    pass\n")

@@ -165,29 +165,29 @@ def content_hash(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _defines(path: Path, cls: str) -> tuple[bool | None, list[str]]:
-    """(whether the file binds `cls` at module level, the classes it defines); None when it does not parse."""
+def _defines(path: Path, cls: str) -> tuple[str | None, list[str]]:
+    """How the file binds `cls` at module level: "class" (a class statement), "name" (an assignment or an
+    import, e.g. a test file's `from conv import Conv2d`), "" (not at all), None (it does not parse); and
+    the classes it defines."""
     try:
         tree = ast.parse(path.read_bytes(), filename=path.name)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None, []
+    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
     names: set[str] = set()
-    classes = []
     for node in tree.body:
-        if isinstance(node, ast.ClassDef):
-            names.add(node.name)
-            classes.append(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             names.update(t.id for t in targets if isinstance(t, ast.Name))
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
-    return cls in names, classes
+    return ("class" if cls in classes else "name" if cls in names else ""), classes
 
 
 def find_entry(folder: Path, entry: Entry) -> tuple[Path | None, str | None]:
-    """The one file matching the glob that defines the class; else (None, why). A lone candidate is
-    taken even if it does not parse or names no such class: the checker then says exactly why."""
+    """The one file matching the glob that defines the class (a class statement first, else an assignment
+    or import); else (None, why). A lone candidate is taken even if it does not parse or names no such
+    class: the checker then says exactly why."""
     files = sorted(
         p for p in folder.rglob("*") if p.is_file() and PurePosixPath(p.relative_to(folder)).match(entry.glob)
     )
@@ -198,16 +198,14 @@ def find_entry(folder: Path, entry: Entry) -> tuple[Path | None, str | None]:
     if len(files) == 1:
         return files[0], None
     parsed = {f: _defines(f, entry.cls) for f in files}
-    defining = [f for f, (yes, _) in parsed.items() if yes]
-    if len(defining) == 1:
-        return defining[0], None
-    rel = [f.relative_to(folder).as_posix() for f in (defining or files)]
-    if defining:
-        return (
-            None,
-            f"ambiguous entry: {entry.cls} is defined in {', '.join(rel)}; grade with --entry 'FILE.py:{entry.cls}'",
-        )
-    broken = [f for f, (yes, _) in parsed.items() if yes is None]
+    for kind in ("class", "name"):
+        defining = [f for f, (how, _) in parsed.items() if how == kind]
+        if len(defining) == 1:
+            return defining[0], None
+        if defining:
+            rel = ", ".join(f.relative_to(folder).as_posix() for f in defining)
+            return None, f"ambiguous entry: {entry.cls} is defined in {rel}; grade with --entry 'FILE.py:{entry.cls}'"
+    broken = [f for f, (how, _) in parsed.items() if how is None]
     if len(broken) == 1:  # the class is probably in the file that does not parse: let the checker say so
         return broken[0], None
     classes = "; ".join(f"{f.relative_to(folder).as_posix()}: {', '.join(c) or 'none'}" for f, (_, c) in parsed.items())
