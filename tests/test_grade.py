@@ -273,6 +273,8 @@ def test_entry_missing_ambiguous_or_lone(tmp_path: Path) -> None:
     (two / "test_a.py").write_text("from a import Conv2d\n")  # a student's own test: the class statement wins
     assert intake.find_entry(two, e) == (two / "a.py", None)
     (two / "test_a.py").unlink()
+    (two / "._a.py").write_bytes(b"\x00\x05\x16\x07")  # a macOS resource fork beside it
+    assert intake.find_entry(two, e) == (two / "a.py", None)
     (two / "a.py").write_text("class Conv2d(\n")  # does not parse: the checker will say where
     assert intake.find_entry(two, e) == (two / "a.py", None)
     (two / "a.py").write_text("class Other:\n    pass\n")

@@ -189,7 +189,11 @@ def find_entry(folder: Path, entry: Entry) -> tuple[Path | None, str | None]:
     or import); else (None, why). A lone candidate is taken even if it does not parse or names no such
     class: the checker then says exactly why."""
     files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and PurePosixPath(p.relative_to(folder)).match(entry.glob)
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and PurePosixPath(p.relative_to(folder)).match(entry.glob)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)  # macOS ._conv.py and the like
     )
     if not files:
         found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
