@@ -18,7 +18,8 @@ FAST = ("ladder",)  # executed in every test run; the others are marked slow (ea
 
 
 def test_markdown_shows_the_report_text_as_written():
-    assert notebook._md("train_acc <b> $x$ *y* [z] #1 a|b") == r"train\_acc \<b\> \$x\$ \*y\* \[z\] \#1 a\|b"
+    assert notebook._md("train_acc <b> $x$ *y* [z] #1 a|b a->b") == r"train\_acc \<b> \$x\$ \*y\* \[z\] \#1 a\|b a->b"
+    assert notebook._md("> quoted") == r"\> quoted"
     assert notebook._md("- a_b\n- c") == "- a\\_b\n- c"  # the report's lists stay lists
     assert notebook._md("1. not a list\n+ nor this") == "1\\. not a list\n\\+ nor this"
 

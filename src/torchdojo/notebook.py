@@ -23,7 +23,7 @@ from typing import Any
 from torchdojo.errors import DojoError
 
 KERNEL = "python3"  # the name the notebook records: Jupyter opens it with the user's own Python 3 kernel
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|$~])")
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<#|$~])")  # and, at a line's start, > + - = and "1."
 
 
 def _md(text: str) -> str:
@@ -35,7 +35,7 @@ def _md(text: str) -> str:
         head, rest = (bullet.group(0), line[bullet.end() :]) if bullet else ("", line)
         rest = MARKDOWN_SPECIAL.sub(r"\\\1", rest)
         if not bullet:  # what would start a list, a rule or a heading underline
-            rest = re.sub(r"^(\s*)([+\-=])", r"\1\\\2", rest)
+            rest = re.sub(r"^(\s*)([>+\-=])", r"\1\\\2", rest)
             rest = re.sub(r"^(\s*\d+)([.)])", r"\1\\\2", rest)
         lines.append(head + rest)
     return "\n".join(lines)
@@ -134,8 +134,11 @@ def _call(name: str, scale: str, preset: str | None, given: dict[str, Any], runs
     return f"r = torchdojo.run({', '.join(args)})\nprint('run folder:', r.path)"
 
 
-def intro_cells(name: str, scale: str, preset: str | None, given: dict[str, Any], runs_dir: str, options: dict) -> list:
-    """The notebook's first cells: what it is, then the experiment run through the Python API."""
+def intro_cells(
+    name: str, title: str, scale: str, preset: str | None, given: dict[str, Any], runs_dir: str, options: dict
+) -> list:
+    """The notebook's first cells: what it is (`title`: the run's report title), then the experiment run through
+    the Python API."""
     import nbformat.v4 as nbf
 
     from torchdojo.experiments import EXPERIMENTS
@@ -143,7 +146,7 @@ def intro_cells(name: str, scale: str, preset: str | None, given: dict[str, Any]
     module = EXPERIMENTS.get(name)
     settings = ", ".join(f"`{k}={v}`" for k, v in given.items()) or "none"
     about = (
-        f"# torchdojo {name}: {_md(module.SUMMARY)}\n\n"
+        f"# torchdojo {name}: {_md(title)}\n\n"
         f"Course tasks: {', '.join(module.MISSION_IDS)}. Scale `{scale}`"
         + (f", preset `{preset}`" if preset else "")
         + f"; settings: {settings}.\n\n"
@@ -247,16 +250,19 @@ def write(
 
     from torchdojo.config import parse_overrides
     from torchdojo.experiments import EXPERIMENTS
-    from torchdojo.experiments.base import build_config
+    from torchdojo.experiments.base import build_config, report_title
     from torchdojo.runs import atomic_write_bytes
 
     given = parse_overrides(settings)
-    build_config(EXPERIMENTS.get(experiment), scale, preset, given)
+    module = EXPERIMENTS.get(experiment)
+    cfg = build_config(module, scale, preset, given)
     out = Path(output)
     if out.suffix != ".ipynb":
         raise DojoError(f"{out} does not end in .ipynb", f"use -o {out.with_suffix('.ipynb')}")
     options = {"device": device, "data_dir": data_dir, "download": download}
-    nb = nbf.new_notebook(cells=intro_cells(experiment, scale, preset, given, runs_dir, options))
+    nb = nbf.new_notebook(
+        cells=intro_cells(experiment, report_title(module, cfg), scale, preset, given, runs_dir, options)
+    )
     nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     failure = None
