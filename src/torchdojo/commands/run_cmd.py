@@ -11,6 +11,9 @@ Override any config field with --set key=value (nested: --set train.lr=0.01; lis
 Your settings win over every default (scale, preset, a stage's or rung's own); a setting the experiment does
 not use, an out-of-range value, NaN or inf is refused before anything runs. config.json records, under
 "stages", the training config each stage really ran with.
+Progress: in a terminal (or Jupyter) a live bar per epoch and evaluation with the running loss, and what runs
+in between (data loading, figures, the report); in a log one line per epoch; --quiet prints nothing. Ctrl-C
+keeps the finished epochs and prints the command that resumes the run. TensorBoard: RUN_DIR/tensorboard.
 Examples:
   torchdojo run ladder
   torchdojo run ladder --scale smoke --rungs logreg,cnn --set train.epochs=2
@@ -63,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="under torchrun: how long a process waits for the others before the job stops with an error "
         "(default: $TORCHDOJO_DDP_TIMEOUT, else 600)",
     )
-    p.add_argument("--quiet", action="store_true", help="no per-epoch output")
+    p.add_argument("--quiet", action="store_true", help="no progress output (bars, epoch lines, announcements)")
     p.add_argument("--config", action="store_true", help="print the resolved config and exit")
 
 
