@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -13,6 +15,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
 from torchdojo import engine, tensorboard_log  # noqa: E402
 from torchdojo.experiments import ladder  # noqa: E402
 from torchdojo.experiments.base import run_experiment  # noqa: E402
+from torchdojo.loop import _better  # noqa: E402
 from torchdojo.runs import read_metrics  # noqa: E402
 
 SETTINGS = ["dataset=digits", "rungs=logreg,mlp", "train.epochs=3", "train.max_batches=2", "train_subset=256"]
@@ -143,3 +146,18 @@ def test_names_and_tags():
     rows = [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.7}, {"epoch": 3, "val_acc": 0.7}]
     assert tensorboard_log.best_row(rows, "val_acc")["epoch"] == 2  # the first of equals, as fit keeps it
     assert tensorboard_log.best_row([{"epoch": 1, "train_loss": 0.3}], "val_loss")["epoch"] == 1  # no validation
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.floats(-5, 5, allow_nan=False).map(lambda v: round(v, 1)), min_size=1, max_size=12),
+    monitor=st.sampled_from(["val_loss", "val_acc"]),
+)
+def test_the_best_row_is_the_epoch_fit_keeps(values, monitor):
+    """TensorBoard's best/ metrics name the same epoch as fit's best.pt: the first strictly better value wins."""
+    rows = [{"stage": "s", "epoch": e, "train_loss": 1.0, monitor: v} for e, v in enumerate(values, 1)]
+    kept, best = None, None
+    for r in rows:  # fit's rule (torchdojo.loop._better), epoch by epoch
+        if _better(r[monitor], best, monitor):
+            kept, best = r["epoch"], r[monitor]
+    assert tensorboard_log.best_row(rows, monitor)["epoch"] == kept
