@@ -91,6 +91,8 @@ def _clock(seconds: float) -> str:
 class _Terminal:
     """A rich Live on stderr showing the current tasks; started with the first task, stopped with the last."""
 
+    cleanup_registered = False
+
     def __init__(self, display: "_Display"):
         self.display = display
         self.live: Any = None
@@ -109,6 +111,9 @@ class _Terminal:
                 redirect_stderr=True,
             )
             self.live.start()
+            if not _Terminal.cleanup_registered:  # a live display left at exit would keep the cursor hidden
+                atexit.register(clear)
+                _Terminal.cleanup_registered = True
         elif not self.display.tasks and self.live is not None:
             live, self.live = self.live, None
             live.stop()
@@ -215,16 +220,13 @@ _DISPLAY = _Display()
 
 def clear() -> None:
     """End whatever is still shown (a status nobody replaced, after an error): the terminal gets its cursor back.
-    The CLI calls it when a command ends; it also runs at exit."""
+    The CLI calls it when a command ends; it also runs at exit once a terminal display was started."""
     with _DISPLAY.lock:
         shown = bool(_DISPLAY.tasks)
         _DISPLAY.tasks.clear()
         _DISPLAY.status = None
     if shown and _DISPLAY.backend is not None:
         _DISPLAY.backend.changed()
-
-
-atexit.register(clear)
 
 
 class Bar:
