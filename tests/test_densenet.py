@@ -144,7 +144,7 @@ def test_two_modality_model_uses_each_input_it_is_given() -> None:
     image_only = build_model("densenet-text", (1, 16, 16), 20, vocab_size=30, modalities=("image",), growth=4)
     assert image_only.features.text is None
     text_only = build_model("densenet-text", (1, 16, 16), 20, vocab_size=30, modalities=("text",))
-    assert text_only.features.image is None and text_only.num_features == 32
+    assert text_only.features.image is None and text_only.features.fuse[0].in_features == 32
     with pytest.raises(DojoError):
         build_model("densenet-text", (1, 16, 16), 20, modalities=("audio",))
 

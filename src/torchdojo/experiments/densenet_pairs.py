@@ -30,8 +30,8 @@ def draw_diagram(path: Any, model: Any, in_shape: tuple[int, ...], cfg: Any) -> 
     blocks = ",".join(map(str, cfg.pair_block_layers))
     text = model.features.text
     vocab, embed, hidden = text.embed.num_embeddings, text.embed.embedding_dim, text.gru.hidden_size
-    hid, k = model.head[0].out_features, model.head[-1].out_features
-    width = model.num_features - text.out_features
+    fuse, k = model.features.fuse[0], model.head[-1].out_features
+    hid, width = fuse.out_features, fuse.in_features - text.out_features
     boxes = {
         "image": (0.2, 2.6, f"image\n{img}"),
         "dense": (2.2, 2.6, f"DenseNet\nblocks {blocks}, k={cfg.pair_growth}\n+ GAP -> {width}"),
@@ -39,7 +39,7 @@ def draw_diagram(path: Any, model: Any, in_shape: tuple[int, ...], cfg: Any) -> 
         "embed": (2.2, 0.5, f"Embedding\n{vocab} words -> {embed}"),
         "gru": (4.2, 0.5, f"GRU {hidden}\nlast hidden state"),
         "concat": (6.2, 1.55, f"concatenate\n{width} + {hidden} (fusion)"),
-        "head": (8.1, 1.55, f"MLP head\n{hid} -> {k} logits\n(class x colour)"),
+        "head": (8.1, 1.55, f"Linear {hid} + ReLU\n-> Linear head\n{k} logits (class x colour)"),
     }
     for x, y, text in boxes.values():
         ax.add_patch(plt.Rectangle((x, y), 1.7, 0.95, fc="#e8eef7", ec="#3b6ea5", lw=1.5))
@@ -175,13 +175,6 @@ def run_pairs(cfg: Any, split: Any, classes: list[str], ctx: Context) -> dict[st
     data = {"train": pairs_of(split.train, cfg.seed), "val": pairs_of(split.val, cfg.seed + 1)}
     data["test"] = pairs_of(split.test, cfg.seed + 2)
     ceil = ceilings(data["test"], cfg.caption_noise)
-    draw_diagram(
-        ctx.run.figure_path("pair_model"),
-        split.train.shape,
-        cfg,
-        len(data["train"].vocab.words),
-        len(data["train"].classes),
-    )
     ctx.report.heading("H1.5 A two-modality DenseNet (image + caption)")
     ctx.report.text(_task_text(data, cfg, ceil))
     ctx.report.table(pair_examples(data["train"], 6), caption="the first training pairs")

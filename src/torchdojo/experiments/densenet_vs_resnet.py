@@ -331,13 +331,16 @@ def per_block(model: nn.Module, in_shape: tuple[int, int, int]) -> list[dict[str
 def report_calc(done: dict[str, dict[str, Any]], in_shape: tuple[int, int, int], ctx: Context) -> dict[str, Any]:
     """H1: parameters, MACs and activation memory per block of both nets, from calc."""
     ctx.report.heading("H1.3 Parameters, compute and memory per block (calc)")
-    out = {}
+    out, first = {}, {}
     for name, d in done.items():
         rows = per_block(d["model"], in_shape)
         ctx.report.table(rows, caption=f"{name}: per block, for one {'x'.join(map(str, in_shape))} image")
         out[name] = rows[-1]
+        first[name] = next((r["out"] for r in rows if r["block"].endswith("Block 1")), "?")
     dn, rn = out["densenet"], out["resnet"]
     ctx.report.text(
+        f"The first block's output is {first['densenet']} (DenseNet) and {first['resnet']} (ResNet: every residual "
+        "block halves the resolution; the DenseNet halves it in the transitions between blocks). "
         f"At (about) the same parameter count the DenseNet does {dn['MACs'] / max(rn['MACs'], 1):.2f}x the "
         f"ResNet's MACs and writes {dn['activation KiB'] / max(rn['activation KiB'], 1e-9):.2f}x its activation "
         "memory per image (every layer's output, concatenations included, as calc counts them). Dense layers are "
@@ -415,10 +418,13 @@ def conclude(acc: list[dict[str, Any]], grads: dict[str, Any], blocks: dict[str,
         f"- Gradients: first/last conv gradient-norm ratio at init DenseNet {g['densenet_init']:.3g}, ResNet "
         f"{g['resnet_init']:.3g}; trained {g['densenet_trained']:.3g} and {g['resnet_trained']:.3g}. "
         + (
-            "Neither net's early layers are starved of gradient (both ratios are within 10x of 1): with short paths "
-            "to the loss (concatenation or identity shortcuts) and batch norm, nothing vanishes at this depth."
+            "Every ratio (both nets, init and trained) is within 10x of 1, so no net's early layers are starved "
+            "of gradient: with short paths to the loss (concatenation or identity shortcuts) and batch norm, "
+            "nothing vanishes at this depth."
             if all(0.1 < v < 10 for v in g.values())
-            else "A ratio far from 1 marks layers that receive much less (or more) gradient than the last ones."
+            else "Outside 10x of 1 (the early layers get far less, or far more, gradient than the last ones): "
+            + ", ".join(f"{k} {v:.3g}" for k, v in g.items() if not 0.1 < v < 10)
+            + "."
         )
         + f"\n- Cost: {_cost_text(acc, blocks)}\n"
         f"- Two modalities: {pair['text']}\n"

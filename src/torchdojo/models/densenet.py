@@ -141,14 +141,15 @@ class CaptionEncoder(nn.Module):
 
 
 class ImageTextFeatures(nn.Module):
-    """The fused features of (images, tokens): DenseNet image features and/or caption features, concatenated.
+    """The fused features of (images, tokens): DenseNet image features and/or caption features, concatenated,
+    then mixed by one Linear -> ReLU (`fuse`) before the classifier.
 
     `modalities` picks the branches (image, text or both), so the image-only and text-only baselines are the
     same code with one branch left out. A plain image tensor is an image with an empty caption (all padding)."""
 
-    def __init__(self, image: nn.Module | None, text: CaptionEncoder | None, caption_len: int):
+    def __init__(self, image: nn.Module | None, text: CaptionEncoder | None, caption_len: int, fuse: nn.Module):
         super().__init__()
-        self.image, self.text, self.caption_len = image, text, caption_len
+        self.image, self.text, self.caption_len, self.fuse = image, text, caption_len, fuse
 
     def forward(self, x: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         if isinstance(x, (tuple, list)):
@@ -161,12 +162,12 @@ class ImageTextFeatures(nn.Module):
             parts.append(self.image(images))
         if self.text is not None:
             parts.append(self.text(tokens))
-        return torch.cat(parts, 1)
+        return self.fuse(torch.cat(parts, 1))
 
 
 class ImageTextDenseNet(Classifier):
-    """Two-modality DenseNet: image DenseNet features and a GRU caption encoder, fused (concatenated) before
-    a small MLP head. Input: (images (B, C, H, W), caption token ids (B, L))."""
+    """Two-modality DenseNet: image DenseNet features and a GRU caption encoder, fused (concatenated, then one
+    Linear -> ReLU) before the Linear head. Input: (images (B, C, H, W), caption token ids (B, L))."""
 
     def __init__(
         self,
@@ -197,6 +198,7 @@ class ImageTextDenseNet(Classifier):
             text = CaptionEncoder(vocab_size, embed, text_hidden)
             width += text.out_features
         self.modalities = tuple(modalities)
-        self.features = ImageTextFeatures(image, text, caption_len)
-        self.num_features = width
-        self.head = nn.Sequential(nn.Linear(width, fused), nn.ReLU(), nn.Linear(fused, num_classes))
+        fuse = nn.Sequential(nn.Linear(width, fused), nn.ReLU())
+        self.features = ImageTextFeatures(image, text, caption_len, fuse)
+        self.num_features = fused
+        self.head = nn.Sequential(nn.Linear(fused, num_classes))
