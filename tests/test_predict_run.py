@@ -104,6 +104,12 @@ def test_default_stage_is_the_last_that_trained(tmp_path):
     assert checkpoints.checkpoint_path(run)[0] == "second"
     with pytest.raises(DojoError, match="stages with one: first, second"):
         checkpoints.checkpoint_path(run, "third")
+    repeated = tmp_path / "repeated"
+    (repeated / "seeds" / "1").mkdir(parents=True)
+    (repeated / "config.json").write_text("{}")
+    with pytest.raises(DojoError, match="one folder per seed") as e:
+        checkpoints.checkpoint_path(repeated)
+    assert str(repeated / "seeds" / "1") in e.value.fix
 
 
 def _fake_run(tmp_path: Path, stages: dict[str, str], in_shape=(1, 8, 8), k: int = 3) -> Path:

@@ -175,7 +175,9 @@ def checkpoint_path(run_dir: str | Path, stage: str | None = None) -> tuple[str,
         raise DojoError(f"{run_dir} is not a run folder (no config.json)", "pass a folder printed by `torchdojo run`")
     known = stages(run_dir)
     if not known:
-        raise DojoError(f"{run_dir} has no checkpoints (no checkpoints/*/best.pt)", "pick a run that trained a model")
+        seeds = sorted(p.name for p in (run_dir / "seeds").glob("*") if p.is_dir())
+        fix = f"a repeated run keeps one folder per seed: pass {run_dir / 'seeds' / seeds[0]}" if seeds else ""
+        raise DojoError(f"{run_dir} has no checkpoints (no checkpoints/*/best.pt)", fix or "pick a run that trained")
     if stage is None:
         stage = known[-1]
     if stage not in known:
