@@ -1,15 +1,13 @@
 """`torchdojo check` end to end: always isolated (a fresh interpreter per run, no fork server), exit codes,
-the report and the submission's output apart, --json; and the fresh path agrees with the fork server's."""
+the report, argument errors. test_check_paths.py shows the fresh path agrees with the fork server's."""
 
 import argparse
-import json
 from pathlib import Path
 
 import pytest
 
 from torchdojo.commands import check_cmd
 from torchdojo.errors import DojoError
-from torchdojo.verify.sandbox import ForkServer
 
 SUBMISSIONS = Path(__file__).parent / "submissions"
 
@@ -21,31 +19,11 @@ def check(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
     return rc, capsys.readouterr().out
 
 
-@pytest.fixture(scope="module")
-def server_verdicts() -> dict[str, object]:
-    with ForkServer() as s:
-        return {
-            name: s.check("conv2d", f"{SUBMISSIONS / name}:Conv2d", max_examples=2)
-            for name in ("builtin_fconv.py", "exit_at_import.py")
-        }
-
-
-def test_fresh_interpreter_json_agrees_with_the_fork_server(capsys: pytest.CaptureFixture, server_verdicts) -> None:
-    rc, out = check(capsys, "conv2d", f"{SUBMISSIONS / 'builtin_fconv.py'}:Conv2d", "--max-examples", "2", "--json")
-    fresh = json.loads(out)
-    assert rc == 1 and fresh["ok"] is False and fresh["failure"] is None
-    served = server_verdicts["builtin_fconv.py"]
-    assert [(p["name"], p["passed"], p["runs"]) for p in fresh["properties"]] == [
-        (p.name, p.passed, p.runs) for p in served.properties
-    ]
-    assert [p["detail"] for p in fresh["properties"]][-2:] == [p.detail for p in served.properties][-2:]
-
-
-def test_exit_at_import_is_a_failure_not_exit_0(capsys: pytest.CaptureFixture, server_verdicts) -> None:
+def test_exit_at_import_is_a_failure_not_exit_0(capsys: pytest.CaptureFixture) -> None:
     rc, out = check(capsys, "conv2d", f"{SUBMISSIONS / 'exit_at_import.py'}:Conv2d", "--max-examples", "2")
     assert rc == 1 and "Traceback" not in out
     reason = "the submission ended the process (exit code 0) before its results were written"
-    assert f"FAIL  run: {reason}" in out and server_verdicts["exit_at_import.py"].failure == reason
+    assert f"FAIL  run: {reason}" in out
     assert "FAIL  forward         0/0 passed  not checked" in out
 
 
