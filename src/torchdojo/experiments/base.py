@@ -57,8 +57,8 @@ class RankRun(Run):
     def read_json(self, name: str) -> Any:
         return Run(self.shared, is_main=False).read_json(name)
 
-    def close(self) -> None:
-        super().close()
+    def close(self, finished: bool = False) -> None:
+        super().close(finished)
         shutil.rmtree(self.path, ignore_errors=True)
 
 
