@@ -86,6 +86,7 @@ def _run_folder(tmp_path: Path, scale: str, summary: dict | None) -> Path:
     (run / "config.json").write_text(json.dumps({"experiment": "ladder", "scale": scale, "config": {"seed": 0}}))
     if summary is not None:
         (run / "summary.json").write_text(json.dumps(summary))
+    (run / "metrics.jsonl").write_text('{"stage": "cnn", "epoch": 1, "train_loss": 2.3}\n')
     r = Report("torchdojo ladder: t")
     r.heading("C1. The data")
     r.text("words")
@@ -119,8 +120,10 @@ def test_a_smoke_run_has_a_banner_and_an_unfinished_run_says_so(tmp_path):
     outline = Outline(page)
     banner = outline.index("div", **{"class": "smoke"})
     assert outline.index("h1") < banner < outline.index("nav")
-    assert "wiring test" in outline.items[banner][2] and "mean nothing" in outline.items[banner][2]
+    assert "wiring test" in outline.items[banner][2] and "means nothing" in outline.items[banner][2]
     assert "has not finished" in page  # no summary.json yet: said, not hidden
+    (run / "metrics.jsonl").unlink()  # a smoke run that trained nothing (exact counts only): no banner
+    assert "class='smoke'" not in render_html(run).read_text()
 
 
 def test_the_summary_given_at_save_wins_over_a_missing_file_and_a_bad_file_is_refused(tmp_path):

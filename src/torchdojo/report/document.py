@@ -239,6 +239,16 @@ def _run_facts(run_dir: Path) -> dict[str, dict[str, Any]]:
     return meta
 
 
+def _trained(run_dir: Path) -> bool:
+    """Whether the run trained anything: it logged at least one epoch (metrics.jsonl, a regular file, not empty).
+    A run that only counts and checks (arch-arithmetic) is exact at any scale: no smoke banner."""
+    try:
+        st = os.lstat(run_dir / "metrics.jsonl")
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size > 0
+
+
 def _summary(run_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any] | None:
     """The summary to show: the one given (the run, about to write it), else run_dir/summary.json, else None."""
     if summary is not None or not os.path.lexists(run_dir / "summary.json"):
@@ -285,7 +295,7 @@ def render_html(run_dir: Path, summary: dict[str, Any] | None = None) -> Path:
     head = [f"<h1>{html.escape(doc['title'])}</h1>"]
     if meta:
         head.append(meta_line(run_dir.name, cfg, meta.get("env.json", {})))
-    if cfg.get("scale") == "smoke":
+    if cfg.get("scale") == "smoke" and _trained(run_dir):
         head.append(smoke_banner())
     anchors = [f"s{i}" for i in range(len(doc["blocks"]))]
     body = [_block_html(run_dir, b, a) for b, a in zip(doc["blocks"], anchors, strict=True)]

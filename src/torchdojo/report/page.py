@@ -35,9 +35,10 @@ nav.toc h2{margin:.4em 0;font-size:1.1em}nav.toc ol{margin:.2em 0;padding-left:1
 LONG_WORD = re.compile(r"\S{40}")  # a cell with a word this long may break anywhere (else it never breaks)
 
 SMOKE = (
-    "Smoke scale: this run is a wiring test (a few hundred images, one epoch, a few batches). Its numbers, "
-    "figures and any conclusion drawn from them mean nothing about the methods; run with --scale small (minutes) "
-    "or --scale full (the course's own settings) for results."
+    "Smoke scale: this run is a wiring test. It trained on a few hundred examples for a few batches, so what it "
+    "trained (accuracies, losses, curves, and any comparison or conclusion drawn from them) means nothing about "
+    "the methods; exact counts and checks are unaffected. Run with --scale small (minutes) or --scale full (the "
+    "course's own settings) for results."
 )
 
 
