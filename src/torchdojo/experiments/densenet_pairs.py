@@ -159,10 +159,26 @@ def _task_text(data: dict[str, PairData], cfg: Any, ceil: dict[str, float]) -> s
     )
 
 
-def _ceiling_gap(acc: float, ceiling: float, n: int) -> str:
-    """How far a measured accuracy is above a modality's ceiling, in binomial standard errors of the test set."""
-    se = math.sqrt(max(ceiling * (1 - ceiling), 1e-12) / max(n, 1))
-    return f"{100 * acc:.1f}% vs that ceiling {100 * ceiling:.1f}% ({(acc - ceiling) / se:+.1f} standard errors)"
+def _z(acc: float, ceiling: float, n: int) -> float:
+    """How far a measured accuracy is above a ceiling, in binomial standard errors (at the ceiling) of n items."""
+    return (acc - ceiling) / math.sqrt(max(ceiling * (1 - ceiling), 1e-12) / max(n, 1))
+
+
+def _fusion_verdict(by: dict[str, dict[str, Any]], ceil: dict[str, float], n: int) -> str:
+    """Whether the fused model got past what either input alone can reach (more than 3 standard errors)."""
+    acc = by["pair-both"]["acc"]
+    z_img, z_txt = _z(acc, ceil["image"], n), _z(acc, ceil["text"], n)
+    head = (
+        f"fused {100 * acc:.1f}%, image-only {100 * by['pair-image']['acc']:.1f}%, text-only "
+        f"{100 * by['pair-text']['acc']:.1f}% on {n:,} test pairs; the ceilings of one input alone are "
+        f"{100 * ceil['image']:.1f}% (image) and {100 * ceil['text']:.1f}% (caption), and the fused accuracy is "
+        f"{z_img:+.1f} and {z_txt:+.1f} standard errors from them. "
+    )
+    if not by["pair-both"]["learned"]:
+        return head + "The fused model did not learn, so nothing is concluded about fusion."
+    if min(z_img, z_txt) > 3:
+        return head + "So the fused model uses both inputs: no model of one input could score this."
+    return head + "The fused model did not get clearly past what one input alone allows."
 
 
 def run_pairs(cfg: Any, split: Any, classes: list[str], ctx: Context) -> dict[str, Any]:
@@ -211,14 +227,7 @@ def run_pairs(cfg: Any, split: Any, classes: list[str], ctx: Context) -> dict[st
         learned=learned,
         pairs=[("pair-both", "pair-image"), ("pair-both", "pair-text")],
     )
-    n = by["pair-both"]["n"]
-    text = (
-        f"fused {100 * by['pair-both']['acc']:.1f}%, image-only {100 * by['pair-image']['acc']:.1f}%, text-only "
-        f"{100 * by['pair-text']['acc']:.1f}% on {n:,} test pairs. Against the best any single input allows: fused "
-        f"{_ceiling_gap(by['pair-both']['acc'], ceil['image'], n)} of the image alone, and "
-        f"{_ceiling_gap(by['pair-both']['acc'], ceil['text'], n)} of the caption alone. "
-        + " ".join(c.text for c in cmp)
-    )
-    ctx.report.text("What the fusion buys: " + text)
+    text = _fusion_verdict(by, ceil, by["pair-both"]["n"])
+    ctx.report.text("What the fusion buys: " + text + "\n\n" + stats.bullet_list(cmp))
     keep = ("acc", "class_acc", "colour_acc", "ceiling", "params", "learned")
     return {"text": text, "summary": {r["variant"]: {k: r[k] for k in keep} for r in rows}}

@@ -75,7 +75,7 @@ SCALES = {
         "pair_block_layers": "1,1",
         "train": {"epochs": 1, "batch_size": 64, "max_batches": 3},
     },
-    "small": {"train_subset": 6000, "train": {"epochs": 4}},
+    "small": {"train_subset": 3000, "eval_images": 5000, "train": {"epochs": 3}},
     "full": {"train": {"epochs": 30}},
 }
 
@@ -436,7 +436,7 @@ def conclude(acc: list[dict[str, Any]], grads: dict[str, Any], blocks: dict[str,
     ctx.report.text(
         "Question: how do dense connections differ from residual ones, do they ease vanishing gradients, reuse "
         "features and save parameters at a matched budget, when does DenseNet suit a problem, and how can it take "
-        "two modalities (image and text)?\n\nAnswer, from this run's measurements:\n" + answer
+        "two modalities (image and text)?\n\nAnswer, from this run's measurements:\n\n" + answer
     )
     return cmp.verdict
 

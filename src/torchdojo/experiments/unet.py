@@ -338,7 +338,7 @@ def conclude(rows: list[dict[str, Any]], ctx: Context) -> list[str]:
     ctx.report.text(
         "Question: why do U-Net's skip connections between encoder and decoder matter, and what does random "
         "elastic deformation do when a segmentation net trains on few images?\n\nAnswer, from this run's "
-        "measurements:\n" + "\n".join(f"- {x}" for x in lines) + "\n- Why: the decoder upsamples from a "
+        "measurements:\n\n" + "\n".join(f"- {x}" for x in lines) + "\n- Why: the decoder upsamples from a "
         "bottleneck a few pixels across; without skips it must re-invent where the boundaries were, with them it "
         "reads the full-resolution encoder features of the same place. Elastic deformation shows the net new, "
         "plausible shapes of the same few items, against memorising them; whether that helps at this size is "
