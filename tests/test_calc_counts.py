@@ -347,3 +347,22 @@ def test_eval_mode_by_default_and_the_model_is_given_back_as_it_was() -> None:
     with pytest.raises(DojoError, match="more than one value per channel"):
         analyze(nn.Sequential(nn.Conv2d(3, 4, 8), nn.BatchNorm2d(4)), (3, 8, 8), train=True)
     assert main(["calc", "--spec", "3x8x8 | conv 3 4", "--train-mode"]) == 2
+
+
+def test_cli_on_an_untraceable_model(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "gated.py").write_text(
+        "import torch.nn as nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(3, 4, 3)\n"
+        "    def forward(self, x):\n"
+        "        return self.conv(x) if x.sum() >= 0 else x\n"
+    )
+    ref = f"{tmp_path}/gated.py:Net"
+    assert main(["calc", ref, "--input", "3x8x8", "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "(eval mode, forward hooks, batch 1)" in out and "| conv | Conv2d | 1x3x8x8 | 1x4x6x6 |" in out
+    assert "receptive field: n/a. cannot trace Net" in out
+    assert main(["calc", ref, "--input", "3x8x8", "--erf"]) == 2
+    assert "--erf needs the model's graph" in capsys.readouterr().err
