@@ -22,7 +22,7 @@ from torchdojo.rnn import (
     structured,
     train_classifier,
 )
-from torchdojo.rnn.reset_demo import accuracy, make_reset_task, overfit, overfitted
+from torchdojo.rnn.reset_demo import KEY, RESET, accuracy, gate_and_norms, make_reset_task, overfit, overfitted
 from torchdojo.rnn.train import rnn_step
 from torchdojo.runs import Run
 from torchdojo.text import TextBatches
@@ -187,15 +187,38 @@ def test_rnn_step_is_the_engine_classification_with_label_smoothing():
     assert ev["n"] == 24 and 0 <= ev["acc"] <= 1
 
 
+def test_reset_task_needs_only_what_follows_the_reset():
+    task = make_reset_task(6, seed=1)
+    assert len(task.examples) == 36 and len(task.unseen) == 36
+    for tokens, y in task.examples + task.unseen:
+        r = tokens.index(RESET)
+        assert tokens.count(RESET) == 1 and y == int(KEY in tokens[r + 1 :])
+    # identical suffixes after different prefixes (same label), identical prefixes before different suffixes
+    by_suffix: dict[tuple[str, ...], set[int]] = {}
+    for tokens, y in task.examples:
+        by_suffix.setdefault(tuple(tokens[tokens.index(RESET) + 1 :]), set()).add(y)
+    assert all(len(ys) == 1 for ys in by_suffix.values()) and len(by_suffix) == 6
+    assert sum(KEY in p for p in task.prefixes) == 3  # half the prefixes carry the key: they mislead
+    seen = {tuple(p) for p in task.prefixes}
+    assert not any(tuple(t[: t.index(RESET)]) in seen for t, _ in task.unseen)
+
+
+def test_gate_and_norms_read_a_shut_gate():
+    task = make_reset_task(4, seed=0)
+    torch.manual_seed(0)
+    model = RNNClassifier(len(task.vocab), 2, "reset", embed_dim=8, hidden_size=8, dropout=0.0)
+    m = gate_and_norms(model, task)
+    assert 0 < m["gate_at_reset"] < 1 and m["norm_before"] > 0
+    with torch.no_grad():
+        model.rnn.weight_r.zero_()
+        model.rnn.bias_r.fill_(-30.0)  # the reset button pressed for every token: every state is wiped
+    m = gate_and_norms(model, task)
+    assert m["gate_at_reset"] < 1e-9 and m["gate_elsewhere"] < 1e-9 and m["norm_at"] < 1e-9
+
+
 def test_reset_overfit_trains_through_fit_and_stops_by_until(tmp_path):
     """Full batch (one step per epoch), stopped at the first epoch with 100% accuracy and loss < 0.01."""
-    pairs = [
-        ("good great fine nice film", 1),
-        ("lovely happy sunny warm day", 1),
-        ("bad awful sad grim film", 0),
-        ("dull cold rainy gray day", 0),
-    ]
-    task = make_reset_task(pairs, 2, seed=0)
+    task = make_reset_task(3, seed=0)
     run = Run(tmp_path / "run")
     cfg = TrainConfig(epochs=300, batch_size=len(task.examples), lr=1e-2, channels_last=False, cpu_fusion=False)
     model, res = overfit(task, cfg, "reset", hidden=16, run=run, stage="reset-overfit")

@@ -34,6 +34,8 @@ def test_rnn_experiment_smoke(tmp_path):
     assert set(summary["tbptt"]) == {"full", "3"}
     assert summary["tbptt"]["full"]["stage"] == "cell-elman"  # the cell comparison's Elman model, not retrained
     assert summary["reset"]["train_acc"] == 1.0 and 0 <= summary["reset"]["spread_ratio"]
+    assert 0 <= summary["reset"]["unseen_prefix_acc"] <= 1 and "gate_at_reset" in summary["reset"]
+    assert summary["reset"]["learned_to_reset_reason"] and "unseen_prefix_acc" in summary["reset"]["elman"]
     assert summary["padding_bucketed"] < summary["padding_random"]
     assert set(summary["clipping"]) == {"no clipping", "clip by norm (1)", "clip by value (0.01)"}
     assert summary["clipping"]["clip by norm (1)"]["median_cos"] > 0.999  # norm clipping keeps the direction
@@ -68,7 +70,7 @@ def test_rnn_experiment_smoke(tmp_path):
     assert not any(r["train_acc"] == 1.0 and r["train_loss"] < 0.01 for r in reset_rows[:-1])
     assert "val_acc" not in reset_rows[0]
     assert recorded["reset-overfit"]["lr"] == 1e-2 and recorded["reset-overfit"]["epochs"] == 60
-    assert recorded["reset-overfit"]["batch_size"] == 12  # all examples: 2 per class, each alone + 4 compositions
+    assert recorded["reset-overfit"]["batch_size"] == 9  # all examples: 3 prefixes x 3 suffixes
 
     for fig in (
         "cells_curves",

@@ -11,7 +11,6 @@ test set is evaluated once, with the best weights. The reset-gate demo (F2) trai
 """
 
 import dataclasses
-import statistics
 from typing import Any, Literal
 
 import torch
@@ -23,9 +22,8 @@ from torchdojo.errors import DojoError
 from torchdojo.experiments.base import Context
 from torchdojo.report import figures
 from torchdojo.rnn.clipping import ClipRun, clipping_study
+from torchdojo.rnn.f2 import f2_reset_gate
 from torchdojo.rnn.model import RNNClassifier, Trace
-from torchdojo.rnn.plots import gate_map
-from torchdojo.rnn.reset_demo import RESET, ResetTask, accuracy, make_reset_task, overfit, read_gate, state_spread
 from torchdojo.rnn.train import evaluate, position_gradients, train_classifier
 from torchdojo.runs import atomic_write_json
 from torchdojo.text import TextBatches, Vocab, WordPiece, bucket_batches, load_text_dataset, padding_fraction
@@ -76,7 +74,8 @@ class Config:
     tbptt_steps: int = 0  # truncation window of the cell comparison (0 = full BPTT)
     tbptt_compare: tuple[int, ...] = (0, 20, 5)  # Elman trained and its gradients plotted with each (0 = full)
     grad_length: int = 30  # T of the test sentences used for per-position gradients and state norms
-    reset_per_class: int = 4  # the handful of sentences for the reset-gate overfit
+    reset_prefixes: int = 8  # F2's task: this many prefixes x as many suffixes (and as many held-out prefixes)
+    reset_hidden: int = 8  # F2's cells are small, so memorising every composition is no easier than forgetting
     reset_steps: int = 400  # at most this many full-batch Adam steps (= epochs of its stage)
     reset_lr: float = 1e-2  # Adam's learning rate in the reset-gate demo
     clip_radius: float = 1.8  # spectral radius of the recurrent matrix in the clipping study
@@ -102,7 +101,7 @@ class Config:
             raise DojoError("tbptt_compare is empty", "give one or more windows, e.g. --set tbptt_compare=0,20,5")
         if any(t < 0 for t in (self.tbptt_steps, *self.tbptt_compare)):
             raise DojoError("tbptt steps must be >= 0 (0 = full BPTT)", "e.g. --set tbptt_compare=0,20,5")
-        for name in ("reset_per_class", "reset_steps", "clip_batch_size"):
+        for name in ("reset_prefixes", "reset_hidden", "reset_steps", "clip_batch_size"):
             if getattr(self, name) < 1:
                 raise DojoError(f"{name} must be >= 1, got {getattr(self, name)}", f"e.g. --set {name}=4")
 
@@ -116,7 +115,7 @@ SCALES = {
         "max_len": 24,
         "grad_length": 12,
         "tbptt_compare": "0,8,3",
-        "reset_per_class": 2,
+        "reset_prefixes": 3,
         "reset_steps": 60,
         "clip_steps": 6,
         "train": {"epochs": 1, "max_batches": 3},
@@ -500,140 +499,6 @@ def f3_state_norms(data: TextData, cells: dict[str, Trained], cfg: Config, ctx: 
     return norms
 
 
-def reset_train_config(cfg: Config, n_examples: int) -> TrainConfig:
-    """The reset-gate demo's own TrainConfig (outside the `train` group): full-batch Adam at `reset_lr` for at
-    most `reset_steps` steps, fp32 everywhere (a handful of sentences: nothing to gain from bf16)."""
-    return TrainConfig(
-        epochs=cfg.reset_steps,
-        batch_size=n_examples,
-        eval_batch_size=n_examples,
-        optimizer="adam",
-        lr=cfg.reset_lr,
-        amp=False,
-        channels_last=False,
-        cpu_fusion=False,
-    )
-
-
-def f2_reset_gate(data: TextData, cfg: Config, ctx: Context) -> dict[str, Any]:
-    """F2: the reset-gate cell overfits a handful of sentences (stage `reset-overfit`), an Elman cell the same
-    examples as the control without a gate (`reset-control-elman`); its gate is read token by token."""
-    task = make_reset_task(data.pairs["train"], cfg.reset_per_class, cfg.seed)
-    tcfg = reset_train_config(cfg, len(task.examples))
-    fits = {}
-    for cell, stage in (("reset", "reset-overfit"), ("elman", "reset-control-elman")):
-        # quiet: one console line per full-batch step would be hundreds of lines; one summary line instead
-        fits[cell] = overfit(
-            task,
-            tcfg,
-            cell,
-            seed=cfg.seed,
-            device=ctx.device,
-            stage=stage,
-            run=ctx.run,
-            resume=ctx.resume,
-            verbose=False,
-        )
-        h = fits[cell][1].history
-        ctx.log(
-            f"[{stage}] {len(h)} steps: train_loss {h[-1]['train_loss']:.4f} train_acc "
-            f"{h[-1]['train_acc']:.4f}" + (" (target reached)" if fits[cell][1].stopped_early else "")
-        )
-    (reset_model, res), (elman_model, elman_res) = fits["reset"], fits["elman"]
-    example = next(t for t, _ in task.examples if RESET in t)
-    g = read_gate(reset_model, example, task.vocab)
-    r_at = example.index(RESET)
-    hist = res.history
-    out = {
-        "train_acc": accuracy(reset_model, task),
-        "originals_acc": accuracy(reset_model, task, True),
-        "steps": len(hist),
-        "reached_target": res.stopped_early,
-        "final_loss": hist[-1]["train_loss"],
-        "gate_at_reset": g["gate_mean"][r_at],
-        "gate_elsewhere": statistics.mean(v for j, v in enumerate(g["gate_mean"]) if j != r_at),
-        "norm_before": g["state_norm"][r_at - 1],
-        "norm_at": g["state_norm"][r_at],
-        "elman_train_acc": accuracy(elman_model, task),
-        "elman_steps": len(elman_res.history),
-    }
-    gate_map(
-        g["tokens"],
-        g["gate"],
-        g["state_norm"],
-        ctx.run.figure_path("reset_gate"),
-        title="reset-gate cell: R_t per unit and token, and ||h_t||",
-    )
-    figures.line_plot(
-        {
-            "reset cell": ([r["epoch"] for r in hist], [r["train_loss"] for r in hist]),
-            "elman control": ([r["epoch"] for r in elman_res.history], [r["train_loss"] for r in elman_res.history]),
-        },
-        ctx.run.figure_path("reset_overfit"),
-        "step (full batch = one epoch)",
-        "cross-entropy",
-        logy=True,
-        title=f"overfitting {len(task.examples)} examples",
-    )
-    spreads = {"reset": state_spread(reset_model, task), "elman": state_spread(elman_model, task)}
-    _report_reset(task, out, spreads, tcfg, cfg, ctx)
-    return {**out, "spread_ratio": spreads["reset"]["ratio"], "elman_spread_ratio": spreads["elman"]["ratio"]}
-
-
-def _report_reset(
-    task: ResetTask,
-    out: dict[str, Any],
-    spreads: dict[str, dict[str, float]],
-    tcfg: TrainConfig,
-    cfg: Config,
-    ctx: Context,
-) -> None:
-    rep = ctx.report
-    rep.heading("F2. The reset-gate cell")
-    rep.text(
-        "Candidate c_t = tanh(W_ih x_t + W_hh h_{t-1} + b) as in an Elman cell; reset R_t = sigmoid(W_r x_t "
-        "+ b_r), a function of the current token only; h_t = c_t * R_t. Why sigmoid: the gate must reach 0 "
-        "(the product is ~0 whatever the candidate: the state is wiped and the next step starts afresh) and "
-        "1 (the candidate passes unchanged), smoothly so it can be learned by gradient descent, and never "
-        "flip the state's sign; tanh would allow a negative 'reset' that inverts the state, ReLU is unbounded "
-        "above and has no gradient once it is off."
-    )
-    reached = "reached" if out["reached_target"] else f"did not reach, within {cfg.reset_steps} steps,"
-    rep.text(
-        f"The handful: {len(task.sentences)} sentences of the training part ({cfg.reset_per_class} per "
-        f"class), each alone and each after a sentence of the other class with a {RESET} token between "
-        f"them, labelled like the part after {RESET}: {len(task.examples)} examples, all of them training "
-        f"data (no validation or test split here: the point is what the gate learns). Full-batch Adam "
-        f"(lr {cfg.reset_lr}, stage reset-overfit) {reached} the target of 100% training accuracy with a "
-        f"training loss under 0.01 in {out['steps']} steps; final loss {out['final_loss']:.4f}, training "
-        f"accuracy {out['train_acc']:.0%} ({out['originals_acc']:.0%} on the original sentences). On the "
-        f"example below, mean R_t at {RESET} is {out['gate_at_reset']:.3f} vs {out['gate_elsewhere']:.3f} on "
-        f"the other tokens; ||h|| goes from {out['norm_before']:.3f} before it to {out['norm_at']:.3f} at it. "
-        "(When the gate stays open, the cell solved the task without wiping the state: with this few "
-        "sentences, memorising them is as easy as forgetting.)"
-    )
-    rep.text(
-        "Does the state still depend on what came before the reset? Over all compositions, the spread of "
-        "the state (mean distance to the mean state) just before and at the reset token; a ratio near 0 "
-        "means the prefix is forgotten. The Elman cell, overfitted on the same examples (stage "
-        f"reset-control-elman: {out['elman_train_acc']:.0%} training accuracy in {out['elman_steps']} "
-        "steps), is the control without a gate."
-    )
-    rep.table(
-        [
-            {"cell": c, "spread_before": v["before"], "spread_at_reset": v["at_reset"], "ratio": v["ratio"]}
-            for c, v in spreads.items()
-        ],
-        caption="prefix dependence of the state at the reset token",
-    )
-    rep.table(
-        [{"setting": k, "value": v} for k, v in hyper_parameters(tcfg).items()],
-        caption="what both overfitting stages trained with (the demo's own reset_* settings)",
-    )
-    rep.figure("reset_gate.png", "R_t per hidden unit and token (top); mean R_t and ||h_t|| per token (bottom)")
-    rep.figure("reset_overfit.png", "training loss per full-batch step while overfitting the handful of sentences")
-
-
 def f4_clipping(data: TextData, cfg: Config, ctx: Context) -> list[dict[str, Any]]:
     """F4: no clipping vs clipping by norm vs by value, from the same exploding initial weights. Its own SGD
     loop (the raw gradient before clipping is the subject) and its own `clip_*` settings, no `train.*` ones."""
@@ -712,7 +577,7 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         padding = report_data(data, cfg, ctx)
         cells = f1_cells(data, cfg, ctx)
         windows = f1_truncated_bptt(data, cells, cfg, ctx)
-        reset = f2_reset_gate(data, cfg, ctx)  # the course's order: F2 before F3
+        reset = f2_reset_gate(cfg, ctx)  # the course's order: F2 before F3
         f3_state_norms(data, cells, cfg, ctx)
         clipping = f4_clipping(data, cfg, ctx)
     finally:

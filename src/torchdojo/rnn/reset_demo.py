@@ -1,11 +1,14 @@
-"""The reset-gate cell learns to forget (MISSION F2): overfit a handful of sentences, then read its gate.
+"""The reset-gate cell and forgetting (MISSION F2): overfit a task built so that only what follows `<reset>`
+decides the label, then read the gate.
 
-The task: a few real sentences, each alone and each appended after a sentence of the other class with a
-`<reset>` token between them (`s_j <reset> s_i`, labelled like s_i). Only the part after `<reset>` decides
-the label, so wiping the state at `<reset>` is the simplest solution; the gate R_t per token and the state
-norm ||h_t|| show whether the cell found it. The overfitting trains through `engine.fit` (one full batch per
-epoch, stopped by `until` once the handful is learned), with a `TrainConfig` the experiment builds from its
-own settings: it is a demo outside the `train` group.
+The task: short word sequences `prefix <reset> suffix`, labelled 1 when the key word occurs in the suffix.
+The prefixes carry the key too (half of them), so a cell that remembers across `<reset>` is misled; every
+prefix is combined with every suffix, so identical suffixes follow different prefixes (same label) and
+identical prefixes precede different suffixes (different labels). Wiping the state at `<reset>` solves it;
+held-out prefixes (never seen in training) measure whether the cell did: a cell that forgets gets them right
+for free. The overfitting trains through `engine.fit` (one full batch per epoch, stopped by `until` once the
+task is learned), with a `TrainConfig` the experiment builds from its own settings: a demo outside the
+`train` group.
 """
 
 import dataclasses
@@ -20,42 +23,52 @@ from torchdojo.rnn.model import RNNClassifier, Trace
 from torchdojo.rnn.train import rnn_step
 from torchdojo.runs import Run
 from torchdojo.text.batching import TextBatches, pad_batch
-from torchdojo.text.vocab import Vocab, tokenize
+from torchdojo.text.vocab import Vocab
 
 RESET = "<reset>"
+KEY = "great"
+FILLERS = ("the", "a", "movie", "was", "it", "and", "so", "very")
 
 
 @dataclasses.dataclass
 class ResetTask:
-    sentences: list[tuple[str, int]]  # the handful of originals
-    examples: list[tuple[list[str], int]]  # tokens, label: originals and "s_j <reset> s_i" compositions
+    prefixes: list[list[str]]  # the training prefixes (half contain KEY)
+    suffixes: list[list[str]]  # the suffixes (half contain KEY): their KEY decides the label
+    examples: list[tuple[list[str], int]]  # tokens, label: every training prefix with every suffix
+    unseen: list[tuple[list[str], int]]  # held-out prefixes with every suffix: forgetting gets these right
     vocab: Vocab
 
 
-def make_reset_task(pairs: list[tuple[str, int]], n_per_class: int, seed: int, max_tokens: int = 12) -> ResetTask:
-    """Pick `n_per_class` short sentences per class and build the originals plus every cross-class composition."""
+def _words(rng: random.Random, lo: int, hi: int, key: bool) -> list[str]:
+    words = [rng.choice(FILLERS) for _ in range(rng.randint(lo, hi))]
+    if key:
+        words[rng.randrange(len(words))] = KEY
+    return words
+
+
+def make_reset_task(n: int, seed: int, lo: int = 3, hi: int = 6) -> ResetTask:
+    """`n` prefixes and `n` suffixes of lo..hi words (half of each with KEY), all n x n training compositions,
+    and `n` held-out prefixes composed with the same suffixes."""
+    if n < 2:
+        raise ValueError(f"the reset task needs n >= 2 prefixes and suffixes, got {n}")
     rng = random.Random(seed)
-    picked: list[tuple[str, int]] = []
-    for label in sorted({y for _, y in pairs}):
-        short = [p for p in pairs if p[1] == label and 4 <= len(tokenize(p[0])) <= max_tokens]
-        picked += rng.sample(short, min(n_per_class, len(short)))
-    toks = [(tokenize(s), y) for s, y in picked]
-    examples = list(toks)
-    for a, ya in toks:
-        for b, yb in toks:
-            if ya != yb:
-                examples.append(([*b, RESET, *a], ya))  # the label of what follows the reset
-    vocab = Vocab.build([t for t, _ in toks] + [[RESET]], min_freq=1)
-    return ResetTask(picked, examples, vocab)
+    drawn: set[tuple[str, ...]] = set()
 
+    def distinct(key: bool) -> list[str]:  # every prefix and suffix differs from every other one
+        while tuple(words := _words(rng, lo, hi, key)) in drawn:
+            pass
+        drawn.add(tuple(words))
+        return words
 
-def _tensors(
-    task: ResetTask, device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All examples as one padded batch: ids (N, T), lengths (N,), mask (N, T), labels (N,), on `device`."""
-    ids, lengths, mask = pad_batch([task.vocab.encode(t) for t, _ in task.examples])
-    y = torch.tensor([y for _, y in task.examples])
-    return ids.to(device), lengths.to(device), mask.to(device), y.to(device)
+    prefixes = [distinct(i % 2 == 1) for i in range(n)]
+    suffixes = [distinct(i % 2 == 1) for i in range(n)]
+    held = [distinct(i % 2 == 1) for i in range(n)]
+
+    def compose(ps: list[list[str]]) -> list[tuple[list[str], int]]:
+        return [([*p, RESET, *s], int(KEY in s)) for p in ps for s in suffixes]
+
+    vocab = Vocab.build([[*FILLERS, KEY, RESET]], min_freq=1)
+    return ResetTask(prefixes, suffixes, compose(prefixes), compose(held), vocab)
 
 
 def overfitted(row: dict[str, Any]) -> bool:
@@ -117,12 +130,42 @@ def _device(model: RNNClassifier) -> torch.device:
 
 
 @torch.no_grad()
-def accuracy(model: RNNClassifier, task: ResetTask, only_originals: bool = False) -> float:
-    """Accuracy on the task's examples (or only its original sentences)."""
+def accuracy(model: RNNClassifier, task: ResetTask, unseen: bool = False) -> float:
+    """Accuracy on the task's training compositions (or on those with held-out prefixes)."""
     model.eval()
-    ids, lengths, _, y = _tensors(task, _device(model))
-    n = len(task.sentences) if only_originals else len(y)
-    return (model(ids[:n], lengths[:n]).argmax(1) == y[:n]).float().mean().item()
+    examples = task.unseen if unseen else task.examples
+    ids, lengths, _ = pad_batch([task.vocab.encode(t) for t, _ in examples])
+    y = torch.tensor([y for _, y in examples], device=_device(model))
+    dev = _device(model)
+    return (model(ids.to(dev), lengths.to(dev)).argmax(1) == y).float().mean().item()
+
+
+@torch.no_grad()
+def gate_and_norms(model: RNNClassifier, task: ResetTask) -> dict[str, float]:
+    """Over every training composition: the mean gate R_t at `<reset>` and at the other tokens (reset cells;
+    R_t depends on the token only), its smallest unit at `<reset>`, and the mean state norm just before and
+    at `<reset>`."""
+    model.eval()
+    out: dict[str, float] = {}
+    before, at = [], []
+    for tokens, _ in task.examples:
+        r = tokens.index(RESET)
+        trace = Trace()
+        ids = torch.tensor([task.vocab.encode(tokens)], device=_device(model))
+        model.encode(ids, torch.tensor([len(tokens)]), trace=trace)
+        norms = trace.state_norms()[0]
+        before.append(float(norms[r - 1]))
+        at.append(float(norms[r]))
+    out["norm_before"], out["norm_at"] = sum(before) / len(before), sum(at) / len(at)
+    if hasattr(model.rnn, "gate"):
+        tokens = [t for ex, _ in task.examples for t in ex]
+        ids = torch.tensor(task.vocab.encode(tokens), device=_device(model))
+        gate = model.rnn.gate(model.embed(ids))  # (N, H)
+        is_reset = torch.tensor([t == RESET for t in tokens], device=gate.device)
+        out["gate_at_reset"] = float(gate[is_reset].mean())
+        out["gate_elsewhere"] = float(gate[~is_reset].mean())
+        out["gate_min_unit_at_reset"] = float(gate[is_reset].mean(0).min())
+    return out
 
 
 @torch.no_grad()
