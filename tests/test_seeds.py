@@ -137,3 +137,4 @@ def test_stage_rows_go_to_the_longest_matching_regime():
     out = seeds.stage_rows(rows, ["improved", "improved-bn", "e2", "resnet18:finetune"])
     assert {k: len(v) for k, v in out.items()} == {"improved": 2, "improved-bn": 2, "e2": 4, "resnet18:finetune": 2}
     assert [r["epoch"] for r in out["e2"]] == [1, 2, 3, 4]  # the stages one after another
+    assert seeds._stage_starts(out["e2"]) == [3]  # where the figure marks E2's head stage

@@ -226,6 +226,8 @@ def seed_curves(curves: Mapping[str, list[list[dict[str, Any]]]], path: Path, ke
             series = [s for s in series if s]
             for s in series:
                 ax.plot([e for e, _ in s], [v for _, v in s], ".-", color=c, alpha=0.3, lw=0.9, ms=4)
+            for e in _stage_starts(runs[0]) if runs else []:
+                ax.axvline(e - 0.5, ls=":", lw=1, color=c)
             common = min((len(s) for s in series), default=0)
             if common:
                 mean = [sum(s[j][1] for s in series) / len(series) for j in range(common)]
@@ -236,6 +238,11 @@ def seed_curves(curves: Mapping[str, list[list[dict[str, Any]]]], path: Path, ke
         ax.legend(fontsize=7)
     fig.suptitle("validation curves: each seed faint, the mean over seeds bold")
     return _save(fig, path)
+
+
+def _stage_starts(rows: list[dict[str, Any]]) -> list[int]:
+    """The epochs (numbered across stages) at which a regime's next stage starts."""
+    return [b["epoch"] for a, b in zip(rows, rows[1:], strict=False) if a.get("stage") != b.get("stage")]
 
 
 def _interval_text(e: Mapping[str, Any], unit: str) -> str:
@@ -288,7 +295,11 @@ def write_report(
         report.text(own(cmps, headline(res, spec)))
     path = seed_curves(res.curves, run.figure_path("seed_curves"), ("val_acc", "val_loss"))
     if path is not None:
-        report.figure("seed_curves.png", "validation accuracy and loss per epoch: each seed faint, their mean bold")
+        report.figure(
+            "seed_curves.png",
+            "validation accuracy and loss per epoch: each seed faint, their mean bold; a regime of several stages "
+            "is drawn stage after stage, a dotted line where its next stage starts (whose loss is its own)",
+        )
     report.table(
         [
             {
