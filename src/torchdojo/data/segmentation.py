@@ -80,7 +80,8 @@ def elastic(alpha: float, sigma: float) -> Aug:
 class SegBatches:
     """(scene, mask) float batches from 2-channel scenes: the scene normalised by (mean, std), the mask in {0, 1}.
     `repeats` > 1 draws every scene that many times per epoch (a few images, each seen under several random
-    deformations); shuffling, augmentation seeds and DDP sharding are `TensorBatches`'."""
+    deformations); shuffling, augmentation seeds and DDP sharding are `TensorBatches`' (`whole`: no sharding, for
+    a measurement every rank makes on all scenes)."""
 
     def __init__(
         self,
@@ -93,11 +94,13 @@ class SegBatches:
         augment: Aug | None = None,
         repeats: int = 1,
         seed: int = 0,
+        whole: bool = False,
     ):
         if repeats > 1:
             scenes = scenes.take(torch.arange(len(scenes), device=scenes.x.device).repeat(repeats))
+        layout = {"rank": 0, "world_size": 1} if whole else {}  # whole: every scene on every rank (no DDP shard)
         self.scenes = TensorBatches(
-            scenes, batch_size, (mean, 0.0), (std, 1.0), shuffle=shuffle, augment=augment, seed=seed
+            scenes, batch_size, (mean, 0.0), (std, 1.0), shuffle=shuffle, augment=augment, seed=seed, **layout
         )
 
     @property

@@ -229,7 +229,8 @@ def train_regime(j: int, name: str, scenes: Scenes, cfg: Config, ctx: Context) -
     per = {"iou": [], "dice": [], "acc": []}
     logits = []
     with torch.no_grad():
-        for k, (x, mask) in enumerate(batches(scenes.test, tcfg.eval_batch_size, False)):
+        test = SegBatches(scenes.test, tcfg.eval_batch_size, scenes.mean, scenes.std, whole=True)
+        for k, (x, mask) in enumerate(test):
             if tcfg.max_batches and k >= tcfg.max_batches:
                 break
             out = model(x)
