@@ -13,9 +13,11 @@ from torchdojo import stats
 from torchdojo.checkpoints import describe
 from torchdojo.config import TrainConfig, hyper_parameters
 from torchdojo.data import ImageData, Splits, random_subset, stratified_split
-from torchdojo.data.augment import AUGMENTATIONS, build_augment
+from torchdojo.data.augment import AUGMENTATIONS, Aug, build_augment
 from torchdojo.data.loader import TensorBatches
+from torchdojo.data.standin import random_window, resized
 from torchdojo.engine import evaluate, fit
+from torchdojo.errors import DataMissingError
 from torchdojo.experiments.base import Context
 from torchdojo.interpret import confusion
 from torchdojo.models import build_model
@@ -105,6 +107,11 @@ class Config:
     augment: tuple[str, ...] = ("crop", "flip")  # train-time, batched; see `torchdojo list`
     crop_padding: int = 2
     test_crop: int = 0  # center crop at test time (0 = none)
+    train_crop: int = 0  # random window of this side at training time, no padding (0 = none)
+    augment_all: bool = False  # augment every rung, also those whose own default is none (seed 002 asks for it)
+    channels: int = 0  # network input channels: 3 replicates grayscale images (0 = as stored)
+    standin: str = ""  # dataset used when `dataset` is not found offline (the report says so)
+    standin_size: int = 0  # the stand-in's images resized to this side before cropping (0 = as stored)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -115,6 +122,14 @@ class Config:
                 raise DojoError(f"unknown rung {r!r}", f"rungs: {', '.join(RUNGS)}")
         if not self.rungs:
             raise DojoError("rungs is empty", f"pick one or more of {', '.join(RUNGS)}")
+        if self.train_crop and self.test_crop and self.train_crop != self.test_crop:
+            raise DojoError(
+                f"train_crop={self.train_crop} and test_crop={self.test_crop} differ: the network would see "
+                "another input size at test time",
+                "set them equal (e.g. --set train_crop=64 --set test_crop=64)",
+            )
+        if self.channels not in (0, 1, 3):
+            raise DojoError(f"channels must be 0 (as stored), 1 or 3, got {self.channels}", "e.g. --set channels=3")
 
 
 SCALES = {
@@ -129,6 +144,21 @@ PRESETS = {
             "rungs": "baseline,improved,improved-bn,improved-bn-dropout",
             "augment": "crop,flip",
             "crop_padding": 4,
+        }
+    },
+    # Seed 002's rungs 1-3: 3x64x64 inputs, train random 64 px crop + flip, test center 64 px crop, on STL-10's
+    # ten classes (96 px) when present, else Fashion-MNIST resized to 72 px and replicated to 3 channels.
+    "seed002": {
+        "all": {
+            "dataset": "stl10",
+            "standin": "fashion-mnist",
+            "standin_size": 72,
+            "channels": 3,
+            "rungs": "logreg,mlp,cnn",
+            "augment": "flip",
+            "augment_all": True,
+            "train_crop": 64,
+            "test_crop": 64,
         }
     },
 }
@@ -176,8 +206,23 @@ def show_data(data: Splits, ctx: Context, cfg: Config) -> None:
         f"Training uses {', '.join(cfg.augment) or 'no augmentation'}, applied to whole batches on the training "
         "device with independent random parameters per image (no DataLoader workers). crop: zero-pad by "
         f"{cfg.crop_padding} px and cut a random window of the original size; flip: mirror left-right with p=0.5; "
-        "erase: zero a random rectangle; jitter: random brightness and contrast. Test images get "
-        + (f"a {cfg.test_crop} px center crop." if cfg.test_crop else "no augmentation (center view).")
+        "erase: zero a random rectangle; jitter: random brightness and contrast. "
+        + (
+            f"Every rung also takes a random {cfg.train_crop}x{cfg.train_crop} window of each training image "
+            "(no padding) before those. "
+            if cfg.train_crop
+            else ""
+        )
+        + (
+            f"The {'augmentations apply to every rung' if cfg.augment_all else 'rungs that augment say so below'}. "
+            "Test images get "
+        )
+        + (
+            f"a {cfg.test_crop or cfg.train_crop} px center crop."
+            if cfg.test_crop or cfg.train_crop
+            else "no augmentation (center view)."
+        )
+        + (f" Images reach the networks with {cfg.channels} channel(s)." if cfg.channels else "")
     )
     ctx.report.figure("c2_augment.png", "the same training image under each augmentation")
 
@@ -186,7 +231,60 @@ def _split(data: Splits, cfg: Config, dev: torch.device) -> tuple[ImageData, Ima
     """Train / validation (stratified, seeded) / test, optionally a seeded subset of the training part."""
     tr_idx, va_idx = stratified_split(data.train.y, cfg.val_fraction, cfg.seed)
     tr_idx = random_subset(tr_idx, cfg.train_subset, cfg.seed)
-    return data.train.take(tr_idx).to(dev), data.train.take(va_idx).to(dev), data.test.to(dev)
+    parts = (data.train.take(tr_idx), data.train.take(va_idx), data.test)
+    side = cfg.standin_size if data.name == cfg.standin else 0
+    return tuple(resized(d, side).to(dev) for d in parts)  # type: ignore[return-value]
+
+
+def load(cfg: Config, ctx: Context) -> tuple[Splits, str]:
+    """`cfg.dataset`, or `cfg.standin` when that is set and the dataset is not found offline (a --download run
+    that fails still fails); the second value says which, for the report ("" when the dataset itself ran)."""
+    classes = list(cfg.classes) or None
+    if not cfg.standin or cfg.standin == cfg.dataset:
+        return ctx.load_data(cfg.dataset, classes), ""
+    try:
+        return ctx.load_data(cfg.dataset, classes), ""
+    except DataMissingError as e:
+        if ctx.download:
+            raise
+        missing = e.problem
+    data = ctx.load_data(cfg.standin, classes)
+    c, h, w = data.train.shape
+    how = [f"resized from {h}x{w} to {cfg.standin_size}x{cfg.standin_size} px (bilinear)"] if cfg.standin_size else []
+    if cfg.channels and cfg.channels != c:
+        how.append(f"its {c} channel(s) replicated to {cfg.channels}")
+    note = (
+        f"{cfg.dataset} was not found offline ({missing}), so this run used a stand-in: {data.name}"
+        + (f", {' and '.join(how)}" if how else "")
+        + f". Its numbers are {data.name}'s, not {cfg.dataset}'s; to run on {cfg.dataset}, put its files where "
+        f"the message above says (or add --download)."
+    )
+    return data, note
+
+
+def train_augment(cfg: Config, rung: Rung) -> Aug | None:
+    """The training augmentation of one rung: the random `train_crop` window (input geometry, every rung), then
+    `augment` for the rungs that augment (all of them with `augment_all`)."""
+    ops = [random_window(cfg.train_crop)] if cfg.train_crop else []
+    named = build_augment(cfg.augment, cfg.crop_padding) if rung.augment or cfg.augment_all else None
+    ops += [named] if named is not None else []
+    if not ops:
+        return None
+
+    def apply(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        for op in ops:
+            x = op(x, g)
+        return x
+
+    return apply
+
+
+def input_shape(cfg: Config, stored: tuple[int, int, int]) -> tuple[int, int, int]:
+    """What the network sees: `channels` (or the stored ones) x the central/random window (or the stored side)."""
+    c, h, w = stored
+    view = cfg.test_crop or cfg.train_crop
+    side_h, side_w = (min(view, h), min(view, w)) if view else (h, w)
+    return (cfg.channels or c, side_h, side_w)
 
 
 def train_rung(
@@ -196,7 +294,7 @@ def train_rung(
     epoch evaluated on every split, its curves, confusion matrix and tables in the report."""
     rung, dev, mean_std = RUNGS[name], ctx.device, data.mean_std()
     tcfg = ctx.train_config(rung.train)
-    augment = build_augment(cfg.augment, cfg.crop_padding) if rung.augment else None
+    augment = train_augment(cfg, rung)
 
     def batches(d: ImageData, train: bool) -> TensorBatches:
         return TensorBatches(
@@ -206,14 +304,16 @@ def train_rung(
             shuffle=train,
             seed=cfg.seed,
             augment=augment if train else None,
-            crop=cfg.test_crop or None,
+            crop=cfg.test_crop or cfg.train_crop or None,
+            channels=cfg.channels or None,
         )
 
     torch.manual_seed(cfg.seed + i)
-    model = build_model(rung.model, data.train.shape, len(data.classes), **rung.options).to(dev)
+    train, val, test = splits
+    shape = input_shape(cfg, train.shape)
+    model = build_model(rung.model, shape, len(data.classes), **rung.options).to(dev)
     describe(model, classes=data.classes, mean=mean_std[0], std=mean_std[1], crop=cfg.test_crop or None)
     ctx.log(f"== rung {i + 1}/{len(cfg.rungs)}: {name} ({model.num_params():,} params)")
-    train, val, test = splits
     result = fit(
         model,
         batches(train, True),
@@ -250,6 +350,7 @@ def train_rung(
     row = {
         "rung": name,
         "model": rung.model,
+        "input": "x".join(map(str, shape)),
         **{f"{s}_acc": ev[s]["acc"] for s in ev},
         **{f"{s}_loss": ev[s]["loss"] for s in ev},
         "params": model.num_params(),
@@ -275,7 +376,8 @@ def _report_rung(
         ctx.report.warning(f"{name} did not learn: {row['learned_reason']}")
     hp = {
         **hyper_parameters(tcfg),
-        "augment": ",".join(cfg.augment) if rung.augment else "none",
+        "augment": ",".join(cfg.augment) if rung.augment or cfg.augment_all else "none",
+        "input": row["input"],
         **{k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in rung.options.items()},
     }
     ctx.report.table(
@@ -296,8 +398,10 @@ def _report_rung(
 
 
 def run(cfg: Config, ctx: Context) -> dict[str, Any]:
-    data = ctx.load_data(cfg.dataset, list(cfg.classes) or None)
+    data, standin = load(cfg, ctx)
     splits = _split(data, cfg, ctx.device)
+    if standin:
+        ctx.report.warning(standin)
     show_data(data, ctx, cfg)
     train, val, test = splits
     ctx.report.heading("C3/C4. The ladder")
