@@ -2,10 +2,12 @@
 
 Everything here runs in the grader's own process and never sees the submission. The same seed always
 gives the same cases and the same values, so a student's `check` (the public seeds) and an instructor's
-`grade --seed N` (hidden seeds) draw over the same properties.
+`grade --seed N` (hidden seeds) draw over the same properties. A case's own value seed (shown in feedback,
+to reproduce it) is a hash of the grading seed, never the grading seed plus an offset.
 """
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -13,6 +15,7 @@ import torch
 from torchdojo.verify.core import TOLERANCE, Case, Target
 
 PUBLIC_SEEDS: tuple[int, ...] = (0,)  # what `torchdojo check` uses unless --seed is given
+SEED_SCHEME = "blake2b-v1"  # how edge-case seeds are derived; part of a grading's cache key
 
 
 @dataclasses.dataclass
@@ -28,13 +31,24 @@ class Prepared:
     invalid: str | None = None  # why the reference itself rejects the case
 
 
+def edge_seed(seed: int, index: int, target: str) -> int:
+    """The value seed of edge case `index` (label x dtype) of `target` under grading seed `seed`.
+
+    A hash, so a case's seed (which feedback shows, to reproduce it) gives no arithmetic way back to the
+    grading seed; only trying every candidate seed does, which a large random grading seed defeats.
+    In [0, 2**31), like the seeds hypothesis draws.
+    """
+    digest = hashlib.blake2b(f"{seed}/{index}/{target}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 33
+
+
 def draw_cases(target: Target, seeds: Sequence[int], max_examples: int) -> list[Case]:
     """Per seed: every named edge case in float32 and float64, then `max_examples` hypothesis draws."""
     cases: list[Case] = []
     for seed in seeds:
         for i, (label, base) in enumerate(target.edge_cases):
             for j, dtype in enumerate(TOLERANCE):
-                cases.append({"label": label, **base, "dtype": dtype, "seed": seed * 1000 + 2 * i + j})
+                cases.append({"label": label, **base, "dtype": dtype, "seed": edge_seed(seed, 2 * i + j, target.name)})
         if max_examples > 0:
             cases += _drawn(target, seed, max_examples)
     return cases

@@ -5,7 +5,8 @@ under size, count and path rules) into OUT/work/<student>/, so no student can im
 entry FILE.py:Class is found there by the `--entry` pattern; the isolated checker
 (`torchdojo.verify.sandbox`) runs it, and the rubric turns its properties into points. A student's result
 is kept in OUT/results/<student>.json with the key it was graded under (content hash, target, entry,
-rubric, seeds, limits, examples, torchdojo version): a later grading into OUT with the same key reuses it.
+rubric, seeds, case-seed scheme, limits, examples, torchdojo version): a later grading into OUT with the
+same key reuses it.
 A student who cannot be graded (no entry, two candidates, a refused zip) gets 0 and a note; the
 grader itself failing on one student is a note too, never cached, so the next grading retries it.
 """
@@ -87,6 +88,8 @@ class Settings:
 
     def describe(self) -> dict[str, Any]:
         """The settings as JSON (grading.json, the cache key, the summary page)."""
+        from torchdojo.verify.cases import SEED_SCHEME
+
         return {
             "target": self.target,
             "entry": str(self.entry),
@@ -96,6 +99,7 @@ class Settings:
             "max_examples": self.max_examples,
             "allow_builtin": self.allow_builtin,
             "limits": dataclasses.asdict(self.limits),
+            "case_seeds": SEED_SCHEME,  # a new derivation draws other cases from the same seeds
             "torchdojo": torchdojo.__version__,
         }
 
