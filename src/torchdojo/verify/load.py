@@ -27,7 +27,9 @@ def _where(exc: BaseException, path: Path | None) -> str:
 
 def describe_exception(exc: BaseException, path: Path | None = None) -> str:
     """'TypeError: message (file.py, line 12)': one line, pointing into the submission when possible."""
-    msg = str(exc).strip().splitlines()
+    # str() of a SyntaxError already ends with its position, which `_where` adds: use the bare message
+    text = exc.msg if isinstance(exc, SyntaxError) and exc.msg else str(exc)
+    msg = text.strip().splitlines()
     return f"{type(exc).__name__}: {msg[0] if msg else ''}{_where(exc, path)}"
 
 
