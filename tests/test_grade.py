@@ -395,11 +395,11 @@ def test_command_targets_are_the_checkers_targets() -> None:
     from torchdojo.commands import grade_cmd
     from torchdojo.verify.targets import TARGETS
 
-    assert sorted(grade_cmd.TARGET_NAMES) == sorted(TARGETS) == sorted(grade.DEFAULT_CLASS)
+    assert list(grade_cmd.TARGET_NAMES) == list(TARGETS) and sorted(TARGETS) == sorted(grade.DEFAULT_CLASS)
     from torchdojo.verify.sandbox import Limits
 
-    assert {f: d for f, _, _, _, d in grade_cmd.LIMIT_FLAGS.values()} == dataclasses.asdict(Limits())
-    assert {f: flag for flag, (f, *_) in grade_cmd.LIMIT_FLAGS.items()} == report.LIMIT_FLAGS
+    assert list(grade_cmd.LIMIT_HELP) == list(grade_cmd.LIMIT_FLAGS) == list(dataclasses.asdict(Limits()))
+    assert grade_cmd.LIMIT_FLAGS is report.LIMIT_FLAGS
     assert grade.DEFAULT_EXAMPLES == inspect.signature(sandbox.check_isolated).parameters["max_examples"].default
 
 

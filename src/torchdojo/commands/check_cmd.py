@@ -30,9 +30,9 @@ Examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from torchdojo.verify.targets import TARGETS
+    from torchdojo.verify.options import TARGET_NAMES  # torch-free: --help never imports torch
 
-    p.add_argument("target", choices=list(TARGETS), help="what the class implements")
+    p.add_argument("target", choices=TARGET_NAMES, help="what the class implements")
     p.add_argument("implementation", metavar="FILE.py:Class", help="the class to check (or package.module:Class)")
     p.add_argument("--max-examples", "--examples", dest="examples", type=int, default=50, metavar="N",
                    help="random configurations per seed (default 50)")  # fmt: skip
@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_limit_arguments(p: argparse.ArgumentParser) -> None:
     """--timeout, --cpu-s, --memory-mb, --file-mb, --nproc, --output-kb (shared with `grade`)."""
-    from torchdojo.verify.sandbox import Limits
+    from torchdojo.verify.options import Limits  # torch-free
 
     d = Limits()
     g = p.add_argument_group("limits of the submission's process")
@@ -60,7 +60,7 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
 
 def limits_from(args: argparse.Namespace) -> "object":
     """The Limits the limit flags give."""
-    from torchdojo.verify.sandbox import Limits
+    from torchdojo.verify.options import Limits
 
     return Limits(args.wall_s, args.cpu_s, args.memory_mb, args.file_mb, args.nproc, args.output_kb)
 

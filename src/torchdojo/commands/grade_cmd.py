@@ -4,8 +4,9 @@ import argparse
 import os
 import sys
 
+from torchdojo.verify.options import LIMIT_FLAGS, TARGET_NAMES, Limits  # torch-free: --help never imports torch
+
 NAME = "grade"
-TARGET_NAMES = ["conv2d", "conv2d-backward", "conv-transpose", "ste", "rnn-cell", "reset-cell", "lipschitz-rnn"]
 HELP = "grade a class: one isolated check per student, grades.csv, feedback per student, summary.html"
 DESCRIPTION = """Grade every submission in SUBMISSIONS (one .py file, folder or .zip per student) against TARGET
 with the same isolated checker as `torchdojo check`, in parallel, and write into DIR:
@@ -41,28 +42,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_limit_arguments(p)
 
 
-LIMIT_FLAGS = {  # flag: (sandbox.Limits field, type, metavar, help, its default there: a test keeps them equal)
-    "--timeout": ("wall_s", float, "S", "wall-clock seconds per submission", 20.0),
-    "--cpu-s": ("cpu_s", float, "S", "CPU seconds per submission", 60.0),
-    "--memory-mb": ("memory_mb", int, "MB", "memory (address space) on top of torch", 4096),
-    "--file-mb": ("file_mb", int, "MB", "largest file it may write; cap on its output", 16),
-    "--nproc": ("nproc", int, "N", "extra processes/threads it may start", 32),
-    "--output-kb": ("output_kb", int, "KB", "stdout/stderr kept for the feedback, each", 64),
+LIMIT_HELP = {  # Limits field: (type, metavar, help)
+    "wall_s": (float, "S", "wall-clock seconds per submission"),
+    "cpu_s": (float, "S", "CPU seconds per submission"),
+    "memory_mb": (int, "MB", "memory (address space) on top of torch"),
+    "file_mb": (int, "MB", "largest file it may write; cap on its output"),
+    "nproc": (int, "N", "extra processes/threads it may start"),
+    "output_kb": (int, "KB", "stdout/stderr kept for the feedback, each"),
 }
 
 
 def add_limit_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("limits of each submission's process (as torchdojo check)")
-    for flag, (field, kind, metavar, text, default) in LIMIT_FLAGS.items():
+    defaults = Limits()
+    for field, (kind, metavar, text) in LIMIT_HELP.items():
         g.add_argument(
-            flag, dest=f"limit_{field}", type=kind, default=None, metavar=metavar, help=f"{text} ({default})"
-        )
+            LIMIT_FLAGS[field], dest=f"limit_{field}", type=kind, default=None, metavar=metavar,
+            help=f"{text} ({getattr(defaults, field)})",
+        )  # fmt: skip
 
 
-def _limits(args: argparse.Namespace):  # noqa: ANN202 (sandbox.Limits, imported lazily: torch)
-    from torchdojo.verify.sandbox import Limits
-
-    given = {f: getattr(args, f"limit_{f}") for f, *_ in LIMIT_FLAGS.values()}
+def _limits(args: argparse.Namespace) -> Limits:
+    given = {f: getattr(args, f"limit_{f}") for f in LIMIT_HELP}
     return Limits(**{k: v for k, v in given.items() if v is not None})
 
 

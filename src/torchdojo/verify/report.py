@@ -20,6 +20,7 @@ from typing import Any
 
 from torchdojo.runs import atomic_write_bytes, atomic_write_json
 from torchdojo.verify.intake import csv_cell
+from torchdojo.verify.options import LIMIT_FLAGS
 
 OUTPUT_CHARS = 4000  # of each captured stream, in a feedback file
 DETAIL_CHARS = 2000
@@ -39,16 +40,6 @@ def write_csv(path: Path, results: Sequence[dict[str, Any]], properties: Sequenc
         row.append(f"{r['seconds']:.2f}")
         w.writerow([csv_cell(v) for v in [*row, r["note"]]])
     atomic_write_bytes(path, buf.getvalue().encode())
-
-
-LIMIT_FLAGS = {  # sandbox.Limits field: its `torchdojo check` flag
-    "wall_s": "--timeout",
-    "cpu_s": "--cpu-s",
-    "memory_mb": "--memory-mb",
-    "file_mb": "--file-mb",
-    "nproc": "--nproc",
-    "output_kb": "--output-kb",
-}
 
 
 def _repro(settings: Any, entry: str, case: dict | None) -> str:

@@ -30,27 +30,11 @@ from torchdojo.verify.core import Case, Tally, Target, describe_case
 from torchdojo.verify.job import Source, copy_submission, new_job_dir, resolve, valid_case, write_job
 from torchdojo.verify.judge import Malformed, read_regular, read_result, tally_cases
 from torchdojo.verify.load import LoadFailure
+from torchdojo.verify.options import Limits
 from torchdojo.verify.rules import RULES, forbidden_ops, rule_properties, source_violations
 
 _MB = 1024 * 1024
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """What one submission run may use; every field has a check/grade flag."""
-
-    wall_s: float = 20.0  # wall clock for the whole submission run
-    cpu_s: float = 60.0  # RLIMIT_CPU
-    memory_mb: int = 4096  # address space on top of the loaded harness (RLIMIT_AS)
-    file_mb: int = 16  # RLIMIT_FSIZE; also the cap on stdout + stderr together
-    nproc: int = 32  # processes/threads it may add (RLIMIT_NPROC over its user's count)
-    output_kb: int = 64  # kept of stdout and of stderr each (the rest is counted, not kept)
-
-    def validate(self) -> None:
-        """DojoError naming the first limit that is not positive."""
-        for f in dataclasses.fields(self):
-            if not getattr(self, f.name) > 0:
-                raise DojoError(f"limit {f.name} must be > 0, got {getattr(self, f.name)}")
+DEFAULT_LIMITS = Limits()
 
 
 @dataclasses.dataclass
@@ -212,7 +196,7 @@ def check_isolated(
     max_examples: int = 50,
     seeds: Sequence[int] | None = None,
     allow_builtin: bool = False,
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
     server: ForkServer | None = None,
     cases: Sequence[Case] | None = None,
 ) -> Verdict:
