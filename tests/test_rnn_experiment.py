@@ -39,6 +39,12 @@ def test_rnn_experiment_smoke(tmp_path):
     assert summary["padding_bucketed"] < summary["padding_random"]
     assert set(summary["clipping"]) == {"no clipping", "clip by norm (1)", "clip by value (0.01)"}
     assert summary["clipping"]["clip by norm (1)"]["median_cos"] > 0.999  # norm clipping keeps the direction
+    for run in summary["clipping"].values():  # each clipping run checked against the majority-class rate
+        assert isinstance(run["learned"], bool) and run["learned_reason"] and 0.5 <= run["majority_rate"] <= 1
+    norms = summary["state_norms"]
+    assert set(norms) == {"elman", "reset", "lipschitz-structured"}
+    assert all(v["verdict"] in ("bounded", "rising", "exceeds the bound") for v in norms.values())
+    assert norms["elman"]["max"] < norms["elman"]["bound"]  # a tanh state is under sqrt(H) by construction
     assert summary["sentences"] == {"train": 360, "val": 40, "test": 200}
 
     # every stage trained through fit: metrics rows, best/last checkpoints, the config it ran in config.json

@@ -15,19 +15,21 @@ from typing import Any, Literal
 
 import torch
 
+from torchdojo import stats
 from torchdojo.config import TrainConfig, hyper_parameters
 from torchdojo.data import random_subset, stratified_split
 from torchdojo.engine import FitResult
 from torchdojo.errors import DojoError
 from torchdojo.experiments.base import Context
 from torchdojo.report import figures
-from torchdojo.rnn.clipping import ClipRun, clipping_study
 from torchdojo.rnn.f2 import f2_reset_gate
-from torchdojo.rnn.model import RNNClassifier, Trace
-from torchdojo.rnn.train import evaluate, position_gradients, train_classifier
+from torchdojo.rnn.f3 import f3_state_norms
+from torchdojo.rnn.f4 import f4_clipping
+from torchdojo.rnn.model import RNNClassifier
+from torchdojo.rnn.train import evaluate, fixed_length_batch, position_gradients, train_classifier
 from torchdojo.runs import atomic_write_json
 from torchdojo.text import TextBatches, Vocab, WordPiece, bucket_batches, load_text_dataset, padding_fraction
-from torchdojo.text.batching import pad_batch, random_batches
+from torchdojo.text.batching import random_batches
 
 MISSION_IDS = ("F1", "F2", "F3", "F4")
 SUMMARY = "RNN sentiment classifier: truncated BPTT, reset-gate and Lipschitz cells, gradient clipping"
@@ -363,7 +365,7 @@ def f1_truncated_bptt(data: TextData, cells: dict[str, Trained], cfg: Config, ct
         }
         for t, w in windows.items()
     ]
-    fixed = _fixed_length_batch(data.seqs["test"], data.labels["test"], cfg.grad_length)
+    fixed = fixed_length_batch(data.seqs["test"], data.labels["test"], cfg.grad_length)
     first = cfg.tbptt_compare[0]
     if fixed is not None:
         zero = _gradient_plots(windows[first].model, fixed, cfg, ctx)
@@ -410,17 +412,6 @@ def f1_truncated_bptt(data: TextData, cells: dict[str, Trained], cfg: Config, ct
     return windows
 
 
-def _fixed_length_batch(
-    seqs: list[list[int]], labels: list[int], length: int, limit: int = 256
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Test sentences with >= `length` tokens, cut to exactly `length`, so positions line up."""
-    keep = [(s[:length], y) for s, y in zip(seqs, labels, strict=True) if len(s) >= length][:limit]
-    if not keep:
-        return None
-    ids, lengths, _ = pad_batch([s for s, _ in keep])
-    return ids, lengths, torch.tensor([y for _, y in keep])
-
-
 def _gradient_plots(
     model: RNNClassifier, fixed: tuple[torch.Tensor, ...], cfg: Config, ctx: Context
 ) -> dict[int, bool]:
@@ -455,116 +446,6 @@ def _gradient_plots(
     return zero
 
 
-def f3_state_norms(data: TextData, cells: dict[str, Trained], cfg: Config, ctx: Context) -> dict[str, list[float]]:
-    """F3 (and the other cells): the mean hidden-state norm along test sentences of one length."""
-    fixed = _fixed_length_batch(data.seqs["test"], data.labels["test"], cfg.grad_length)
-    if fixed is None:
-        return {}
-    ids, lens, _ = (v.to(ctx.device) for v in fixed)
-    norms = {}
-    for cell, t in cells.items():
-        if cell == "torch":
-            continue  # fused: states not exposed
-        t.model.eval()
-        trace = Trace()
-        with torch.no_grad():
-            t.model.encode(ids, lens, trace=trace)
-        norms[cell] = trace.state_norms().mean(0).tolist()
-    if not norms:
-        return {}
-    positions = list(range(cfg.grad_length))
-    figures.line_plot(
-        {c: (positions, v) for c, v in norms.items()},
-        ctx.run.figure_path("state_norms"),
-        "token position k",
-        "mean ||h_k||",
-        title="hidden state norm along the sentence (trained models)",
-    )
-    rep = ctx.report
-    rep.heading("F3. Lipschitz RNN: hidden state norms")
-    rep.text(
-        "h_{t+1} = A h_t + tanh(W h_t + U x_{t+1} + b). The plain form has free A and W: nothing keeps "
-        "A h from growing, so the state norm can drift along the sentence. The structured form builds "
-        "A and W as (1 - beta)(M + M^T) + beta (M - M^T) - gamma I (nearly skew-symmetric, eigenvalues "
-        "near the imaginary axis shifted left by gamma) and takes a small Euler step eps, so the state "
-        "changes slowly and stays bounded. Elman states are squashed into (-1, 1)^H by tanh. Measured on "
-        f"{len(ids)} test sentences cut to {cfg.grad_length} tokens, with each cell's best weights."
-    )
-    ends = (0, cfg.grad_length // 2, cfg.grad_length - 1)
-    rep.table(
-        [{"cell": c, **{f"||h|| at k={p}": v[p] for p in ends}} for c, v in norms.items()],
-        caption="mean state norm at the start, middle and end (test sentences)",
-    )
-    rep.figure("state_norms.png", "mean ||h_k|| over test sentences of the same length, per cell")
-    return norms
-
-
-def f4_clipping(data: TextData, cfg: Config, ctx: Context) -> list[dict[str, Any]]:
-    """F4: no clipping vs clipping by norm vs by value, from the same exploding initial weights. Its own SGD
-    loop (the raw gradient before clipping is the subject) and its own `clip_*` settings, no `train.*` ones."""
-    ctx.log("== clipping study")
-    dev = ctx.device
-    runs = clipping_study(
-        data.batches("train", cfg.clip_batch_size, cfg.seed, dev),
-        data.batches("test", cfg.clip_batch_size, cfg.seed, dev),
-        len(data.vocab),
-        len(data.classes),
-        radius=cfg.clip_radius,
-        lr=cfg.clip_lr,
-        max_steps=cfg.clip_steps,
-        norm_threshold=cfg.clip_norm,
-        value_threshold=cfg.clip_value,
-        seed=cfg.seed,
-        device=dev,
-    )
-    _clip_figures(runs, ctx)
-    rows = [r.summary() for r in runs]
-    rep = ctx.report
-    rep.heading("F4. Gradient clipping")
-    rep.text(
-        f"Exploding setting: the Elman classifier with ReLU and its recurrent matrix set to {cfg.clip_radius} x "
-        f"a random orthogonal matrix, so states and gradients grow like {cfg.clip_radius}^T over a sentence "
-        f"(up to {cfg.max_len} tokens). Plain SGD, lr {cfg.clip_lr}, {cfg.clip_steps} steps of "
-        f"{cfg.clip_batch_size} training sentences, from the same initial weights: no clipping, clipping the "
-        f"global norm at {cfg.clip_norm}, clipping each entry to [-{cfg.clip_value}, {cfg.clip_value}]. With "
-        "SGD the applied gradient is the step itself. The study has its own loop and clip_* settings (none "
-        "of train.*): it reads the raw gradient between backward and clipping. test_acc is on the test split "
-        "after the last step (none when the run diverged)."
-    )
-    rep.table(
-        rows,
-        caption="clipping study (median/min over steps; sum_cos = cos between the sum of raw "
-        "gradients and the sum of applied ones over the run)",
-    )
-    rep.figure("clip_loss.png", "training loss per step: what clipping prevents")
-    rep.figure("clip_raw_norm.png", "raw gradient norm per step (before clipping)")
-    rep.figure("clip_cos.png", "direction kept? cosine between the raw and the applied gradient")
-    rep.figure("clip_scale.png", "step shrink: applied norm / raw norm")
-    rep.text(
-        "Reading the curves: norm clipping keeps each step's direction (cos = 1) but shrinks it by "
-        "||applied||/||raw||, so steps with large gradients count for less and the sum of updates is a biased "
-        "estimate of the sum of gradients (sum_cos < 1); value clipping also bounds the step but changes its "
-        "direction (cos < 1), most when a few coordinates dominate the gradient."
-    )
-    return rows
-
-
-def _clip_figures(runs: list[ClipRun], ctx: Context) -> None:
-    for key, label, logy in (
-        ("loss", "training loss", True),
-        ("raw_norm", "||g|| before clipping", True),
-        ("cos", "cos(raw g, applied g)", False),
-        ("scale", "||applied|| / ||raw||", True),
-    ):
-        figures.line_plot(
-            {r.name: ([s["step"] for s in r.steps], [s[key] for s in r.steps]) for r in runs},
-            ctx.run.figure_path(f"clip_{key}"),
-            "SGD step",
-            label,
-            logy=logy,
-        )
-
-
 def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     """The study, item by item; on CPU with one intra-op thread (restored afterwards)."""
     # A recurrent step works on (B, H) = (64, 128) tensors: far too small for intra-op threads, whose
@@ -578,7 +459,7 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         cells = f1_cells(data, cfg, ctx)
         windows = f1_truncated_bptt(data, cells, cfg, ctx)
         reset = f2_reset_gate(cfg, ctx)  # the course's order: F2 before F3
-        f3_state_norms(data, cells, cfg, ctx)
+        norms = f3_state_norms(data, cells, cfg, ctx)
         clipping = f4_clipping(data, cfg, ctx)
     finally:
         torch.set_num_threads(threads)
@@ -591,5 +472,12 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         "cells": {c: t.row() for c, t in cells.items()},
         "tbptt": {str(t or "full"): w.row() for t, w in windows.items()},
         "reset": reset,
-        "clipping": {r["run"]: {k: v for k, v in r.items() if isinstance(v, (int, float))} for r in clipping},
+        "state_norms": {c: {k: v for k, v in n.items() if k != "text"} for c, n in norms.items()},
+        "clipping": {
+            r["run"]: {
+                **{k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                **stats.learned_entry(r["learned"], r["learned_reason"]),
+            }
+            for r in clipping
+        },
     }

@@ -18,7 +18,7 @@ from torchdojo.config import TrainConfig
 from torchdojo.engine import FitResult, Step, StepOutput
 from torchdojo.rnn.model import RNNClassifier, Trace
 from torchdojo.runs import Run
-from torchdojo.text.batching import TextBatches
+from torchdojo.text.batching import TextBatches, pad_batch
 
 ClipMode = Literal["none", "norm", "value"]
 
@@ -102,3 +102,14 @@ def position_gradients(
         out["dh"] = dh.detach()
     model.zero_grad(set_to_none=True)
     return out
+
+
+def fixed_length_batch(
+    seqs: list[list[int]], labels: list[int], length: int, limit: int = 256
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Test sentences with >= `length` tokens, cut to exactly `length`, so positions line up."""
+    keep = [(s[:length], y) for s, y in zip(seqs, labels, strict=True) if len(s) >= length][:limit]
+    if not keep:
+        return None
+    ids, lengths, _ = pad_batch([s for s, _ in keep])
+    return ids, lengths, torch.tensor([y for _, y in keep])
