@@ -281,7 +281,7 @@ def learned(
     base = f"the {100 * p0:.1f}% majority/chance rate"
     if gap <= noise:
         return False, (
-            f"final accuracy {100 * final_acc:.1f}% is within noise of {base} "
+            f"final accuracy {100 * final_acc:.1f}% is {'below' if gap < -noise else 'within noise of'} {base} "
             f"({fmt_diff(gap, '%')}; noise = {NOISE_Z:g} standard errors = {100 * noise:.1f} points on {n_eval} images)"
         )
     return True, f"final accuracy {100 * final_acc:.1f}% is {fmt_diff(gap, '%', signed=False)} above {base}"
