@@ -36,19 +36,19 @@ UNUSED = {
 @dataclasses.dataclass
 class Config:
     dataset: str = "fashion-mnist"
-    train_subset: int = 6000  # training images for the search and the diagnosis (0 = all)
+    train_subset: int = 4000  # training images for the search and the diagnosis (0 = all)
     val_fraction: float = 0.2
     width: int = 128  # the MLP's hidden width where a setup does not set its own
     trials: int = 8  # random-search budget per regime (few / many knobs)
     overfit_images: int = 256  # the over-fitting setup trains on this many images
-    overfit_epochs: int = 30
+    overfit_epochs: int = 20
     deep_layers: int = 20  # the plain and residual deep nets
     batch_sizes: tuple[int, ...] = (16, 64, 256, 1024)
     widths: tuple[int, ...] = (64, 512, 2048)
     timing_steps: int = 10
     seed: int = 0
     train: TrainConfig = dataclasses.field(
-        default_factory=lambda: TrainConfig(epochs=6, batch_size=128, optimizer="adamw", lr=1e-3)
+        default_factory=lambda: TrainConfig(epochs=5, batch_size=128, optimizer="adamw", lr=1e-3)
     )
 
     def __post_init__(self) -> None:
