@@ -164,6 +164,7 @@ class Trained:
     result: FitResult
     tcfg: TrainConfig
     test: dict[str, Any]
+    learned: tuple[bool, str]  # stats.learned against the test split's majority rate, and the loss history
 
     def row(self) -> dict[str, Any]:
         """Report numbers, named by split: train_/val_ at the best epoch, test_ once with the best weights."""
@@ -178,6 +179,7 @@ class Trained:
             "val_loss": best["val_loss"],
             "test_acc": self.test["acc"],
             "test_loss": self.test["loss"],
+            **stats.learned_entry(*self.learned),
         }
 
 
@@ -276,7 +278,13 @@ def train_stage(
         verbose=ctx.verbose,
     )
     test = evaluate(model, data.batches("test", tcfg.eval_batch_size, cfg.seed, dev), dev)
-    return Trained(stage, model, result, tcfg, test)
+    learned = stats.learned(
+        test["acc"],
+        chance_or_majority=stats.majority_rate(data.labels["test"]),
+        n_eval=int(test["n"]),
+        loss_history=[r["train_loss"] for r in result.history],
+    )
+    return Trained(stage, model, result, tcfg, test, learned)
 
 
 def _elman_seed(cfg: Config) -> int:
@@ -336,9 +344,13 @@ def f1_cells(data: TextData, cfg: Config, ctx: Context) -> dict[str, Trained]:
             "epochs",
             "params",
             "s_per_epoch",
+            "learned",
             "what",
         ],
     )
+    for c, t in cells.items():
+        if not t.learned[0]:
+            rep.warning(f"{c} did not learn: {t.learned[1]}.")
     _hyper_table(list(cells.values()), ctx, "hyper-parameters each cell's stage trained with")
     rep.figure(
         "cells_curves.png",
