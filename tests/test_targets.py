@@ -16,7 +16,7 @@ LIMITS = Limits(wall_s=30)
 
 OURS = {
     "conv2d": "torchdojo.nn.conv:Conv2d",
-    "conv2d-backward": "torchdojo.verify.reference:Conv2dBackward",
+    "conv2d-backward": "torchdojo.nn.conv:Conv2dFunction",  # A2's 5 arguments; dilation and groups default
     "conv-transpose": "torchdojo.nn.conv_transpose:ConvTranspose2d",
     "ste": "torchdojo.nn.ste:Binarize",
     "rnn-cell": "torchdojo.nn.elman:ElmanCell",
@@ -65,7 +65,7 @@ def test_our_implementation_passes(server: ForkServer, target: str) -> None:
 
 CONV_FN = """
 import torch
-from torchdojo.verify.reference import Conv2dBackward as R
+from torchdojo.nn.conv import Conv2dFunction as R
 
 
 class Broken(torch.autograd.Function):
@@ -73,7 +73,7 @@ class Broken(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy):
-        gx, gw, gb, _, _ = R.backward(ctx, gy)
+        gx, gw, gb, *_ = R.backward(ctx, gy)
         {change}
         return gx, gw, gb, None, None
 """
@@ -92,6 +92,20 @@ def test_conv2d_backward_broken_gradient_fails(server: ForkServer, tmp_path: Pat
     s = status(v)
     assert not s[bad] and s["forward"], v.properties
     assert all(ok for name, ok in s.items() if name != bad)
+
+
+def test_our_conv2d_function_takes_a2s_five_arguments() -> None:
+    """The call the conv2d-backward target makes, on torchdojo's own 7-parameter Function, matches torch."""
+    import torch
+    import torch.nn.functional as F
+
+    from torchdojo.nn.conv import Conv2dFunction
+
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(s, generator=g, dtype=torch.float64) for s in [(2, 2, 5, 4), (3, 2, 3, 2), (3,)])
+    y = Conv2dFunction.apply(x, w, b, 2, 1)
+    assert torch.allclose(y, F.conv2d(x, w, b, 2, 1))
+    assert torch.autograd.gradcheck(lambda *t: Conv2dFunction.apply(*t, 2, 1), [t.requires_grad_() for t in (x, w, b)])
 
 
 def test_conv2d_backward_without_a_custom_backward_fails(server: ForkServer, tmp_path: Path) -> None:

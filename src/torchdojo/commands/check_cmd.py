@@ -15,6 +15,7 @@ that ran: --allow-builtin turns that off.
 Targets (the submission's contract):
   conv2d           nn.Module (in_channels, out_channels, kernel_size=(kh, kw), stride=int, padding=int)
   conv2d-backward  autograd.Function: forward(ctx, x, weight, bias, stride: int, padding: int); backward
+                   (apply gets these 5; further forward parameters need defaults, as torchdojo.nn.conv's has)
   conv-transpose   nn.Module, the conv2d constructor                         vs nn.ConvTranspose2d
   ste              autograd.Function apply(x) or nn.Module(): sign (sign(0) = +1), gradient g * [|x| <= 1]
   rnn-cell         nn.Module (input_size, hidden_size); forward(x (B, I), h (B, H)) -> h'  vs nn.RNNCell

@@ -138,10 +138,16 @@ def grad_weight(cols: torch.Tensor, gy: torch.Tensor, weight_shape: torch.Size, 
 
 
 class Conv2dFunction(torch.autograd.Function):
-    """conv2d with an explicit backward; inputs: x, weight, bias | None, stride, padding, dilation, groups."""
+    """conv2d with an explicit backward; inputs: x, weight, bias | None, stride, padding, dilation=1, groups=1.
+
+    stride, padding and dilation are ints or (h, w) pairs, so `apply(x, weight, bias, stride, padding)` is
+    A2's contract (`torchdojo check conv2d-backward torchdojo.nn.conv:Conv2dFunction` verifies it).
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):  # noqa: ANN001, ANN205
+    def forward(ctx, x, weight, bias, stride, padding, dilation=1, groups=1):  # noqa: ANN001, ANN205
+        stride, padding = pair(stride, "stride"), pair(padding, "padding", minimum=0)
+        dilation = pair(dilation, "dilation")
         xp = pad2d(x, *padding)
         cols = im2col(xp, weight.shape[2:], stride, dilation, groups)  # kept: dL/dK needs the same windows
         y = correlate(xp, weight, stride, dilation, groups, cols)

@@ -121,7 +121,8 @@ CONV2D_BACKWARD = Target(
     ),
     kind="function",
     rules="no-builtin-conv",
-    contract="torch.autograd.Function: forward(ctx, x, weight, bias, stride: int, padding: int), backward(ctx, gy)",
+    contract="torch.autograd.Function: forward(ctx, x, weight, bias, stride: int, padding: int, [more with defaults]), "
+    "backward(ctx, gy)",
 )
 
 CONV_TRANSPOSE = Target(
