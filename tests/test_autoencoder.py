@@ -142,6 +142,10 @@ def test_autoencoder_experiment_smoke(tmp_path) -> None:  # noqa: ANN001
     assert set(summary["variants"]) == {"fc-lam0", "fc", "conv-pool"}
     for v in summary["variants"].values():
         assert len(v["inverse_err_per_layer"]) == 3 and v["test_mse"] > 0
+        assert isinstance(v["learned"], bool) and "for predicting the mean image" in v["learned_reason"]
+    report = json.loads((run_dir / "report.json").read_text())
+    texts = " ".join(b.get("text", "") for b in report["blocks"])
+    assert "- fc: lambda = 0.1 " in texts and "test MSE" in texts and "(fc-lam0)" in texts  # G1's cost, stated
     html = (run_dir / "report.html").read_text()
     assert "Per-layer inverse quality" in html and "reconstructions.png" not in html  # figures are embedded
     assert (run_dir / "figures" / "reconstructions.png").exists() or any(run_dir.rglob("reconstructions.png"))

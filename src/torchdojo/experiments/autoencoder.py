@@ -10,6 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchdojo import stats
+from torchdojo.autoencoders.analysis import ae_learned, discussion, inverse_loss_cost
+from torchdojo.autoencoders.analysis import seeds_text as seeds_text  # read by torchdojo.seeds for --seeds N
 from torchdojo.autoencoders.inverse import layer_report, pinv_reconstruct, pseudo_inverse, relative_error
 from torchdojo.autoencoders.mirrored import MirroredAutoencoder, build_conv, build_fc
 from torchdojo.config import TrainConfig, hyper_parameters
@@ -19,8 +22,13 @@ from torchdojo.engine import Step, StepOutput, fit
 from torchdojo.errors import DojoError
 from torchdojo.experiments.base import Context
 from torchdojo.report import figures
+from torchdojo.seeds import SeedSpec
 
 MISSION_IDS = ("G1", "G2")
+# --seeds N: the variant of lowest test MSE against each other; `seeds_text` adds the inverse loss's cost
+COMPARE = SeedSpec(
+    regimes="variants", metric="test_mse", label="test MSE", higher_is_better=False, unit="", pairs="vs-best"
+)
 SUMMARY = "mirrored FC and conv autoencoders whose decoder layers approximate inverses of the encoder layers"
 # TrainConfig settings no stage reads (setting one is refused):
 UNUSED = {
@@ -168,6 +176,11 @@ class Held:
     std: tuple[float, ...]
     pix_var: float  # normalised MSE x this = MSE in [0, 1] pixel units
     in_shape: tuple[int, ...]
+    mean_image: torch.Tensor  # (C, H, W) the training images' mean, normalised: the do-nothing reconstruction
+
+    def per_image_mse(self, rec: torch.Tensor) -> list[float]:
+        """Each held-out image's reconstruction MSE in [0, 1] pixel units."""
+        return (F.mse_loss(rec, self.x, reduction="none").flatten(1).mean(1) * self.pix_var).tolist()
 
 
 def load(cfg: Config, ctx: Context) -> tuple[Splits, Held]:
@@ -182,9 +195,10 @@ def load(cfg: Config, ctx: Context) -> tuple[Splits, Held]:
     held = random_subset(data.test, cfg.eval_images, cfg.seed + 1).to(dev)
     x_held = next(iter(TensorBatches(held, len(held), mean, std)))[0]
     pix_var = torch.tensor(std).pow(2).mean().item()
-    return data, Held(
-        data.train.take(tr_idx).to(dev), data.train.take(va_idx).to(dev), x_held, mean, std, pix_var, data.train.shape
-    )
+    train = data.train.take(tr_idx).to(dev)
+    m, sd = torch.tensor(mean, device=dev).view(-1, 1, 1), torch.tensor(std, device=dev).view(-1, 1, 1)
+    mean_image = (train.x.float().mean(0) / 255 - m) / sd
+    return data, Held(train, data.train.take(va_idx).to(dev), x_held, mean, std, pix_var, data.train.shape, mean_image)
 
 
 def design(data: Splits, held: Held, cfg: Config, tcfg: TrainConfig, ctx: Context) -> None:
@@ -224,6 +238,8 @@ class Trained:
     layers: list[dict[str, Any]]
     rec: torch.Tensor
     pinv_rec: torch.Tensor | None
+    per_image: list[float]  # each held-out image's reconstruction MSE
+    learned: tuple[bool, str]
 
 
 def train_variant(j: int, name: str, held: Held, cfg: Config, tcfg: TrainConfig, ctx: Context) -> Trained:
@@ -274,7 +290,11 @@ def train_variant(j: int, name: str, held: Held, cfg: Config, tcfg: TrainConfig,
         "s_per_epoch": res.seconds_per_epoch,
     }
     figures.curves({name: res.history}, ctx.run.figure_path(f"curves_{name}"), keys=("loss",), title=name)
-    return Trained(row, [{"variant": name, **r} for r in layers], rec, prec)
+    per_image = held.per_image_mse(rec)
+    base = held.per_image_mse(held.mean_image.expand_as(x))
+    learned = ae_learned(per_image, base, [r["train_loss"] for r in res.history])
+    row["learned"] = learned[0]
+    return Trained(row, [{"variant": name, **r} for r in layers], rec, prec, per_image, learned)
 
 
 def report_reconstructions(done: dict[str, Trained], held: Held, ctx: Context) -> None:
@@ -304,8 +324,12 @@ def report_reconstructions(done: dict[str, Trained], held: Held, ctx: Context) -
         [t.row for t in done.values()],
         caption="each variant on held-out images: MSE in [0, 1] pixel "
         "units (learned decoder and pseudo-inverse decoder), mean per-layer relative inverse error, "
-        "parameters",
+        "parameters; learned: its held-out MSE is below predicting the training mean image (95% interval over "
+        "the images) and its training loss fell",
     )
+    for name, t in done.items():
+        if not t.learned[0]:
+            ctx.report.warning(f"{name} did not learn: {t.learned[1]}.")
 
 
 def report_layers(layer_rows: list[dict[str, Any]], ctx: Context) -> None:
@@ -325,8 +349,9 @@ def report_layers(layer_rows: list[dict[str, Any]], ctx: Context) -> None:
     )
 
 
-def report_inverse_loss(summary: dict[str, Any], cfg: Config, ctx: Context) -> None:
-    """G2: what the inverse loss buys: lambda = 0 against lambda > 0 (untied and tied), per layer and overall."""
+def report_inverse_loss(summary: dict[str, Any], per_image: dict[str, list[float]], cfg: Config, ctx: Context) -> None:
+    """G1/G2: what the inverse loss buys and what it costs: lambda = 0 against lambda > 0 (untied and tied), per
+    layer and overall, the reconstruction cost stated with its interval over the held-out images."""
     comparisons = []
     for arch in ("fc", "conv"):
         names = [n for n in (f"{arch}-lam0", arch, f"{arch}-tied") if n in summary]
@@ -352,6 +377,13 @@ def report_inverse_loss(summary: dict[str, Any], cfg: Config, ctx: Context) -> N
             f"lambda = 0 against lambda = {cfg.lam:g} (untied and tied decoder weights)",
             columns=["arch", "measure", "fc-lam0", "fc", "fc-tied", "conv-lam0", "conv", "conv-tied"],
         )
+        n = len(next(iter(per_image.values())))
+        ctx.report.text(
+            "\n".join(inverse_loss_cost(summary, per_image, cfg.lam))
+            + f"\n\nThe intervals are over the {n} held-out images, decoded by this seed's trained models: they "
+            "say whether these two models differ on this data, not whether another seed would; --seeds N (e.g. "
+            "--seeds 5) compares over seeds."
+        )
 
 
 def report_fc_vs_conv(
@@ -365,7 +397,7 @@ def report_fc_vs_conv(
         caption="one random conv layer (16 filters, no activation) per kernel/stride: share of "
         "pixels it ever sees and the pseudo-inverse's relative error on held-out images",
     )
-    ctx.report.text(_discussion(summary, layer_rows, probe))
+    ctx.report.text(discussion(summary, layer_rows, probe))
     for name in cfg.variants:
         ctx.report.figure(
             f"curves_{name}.png",
@@ -383,69 +415,10 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     for name, t in done.items():
         summary[name] = {k: v for k, v in t.row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         summary[name]["inverse_err_per_layer"] = [r["rel_err"] for r in t.layers]
+        summary[name].update(stats.learned_entry(*t.learned))
     layer_rows = [r for t in done.values() for r in t.layers]
     report_reconstructions(done, held, ctx)
     report_layers(layer_rows, ctx)
-    report_inverse_loss(summary, cfg, ctx)
+    report_inverse_loss(summary, {n: t.per_image for n, t in done.items()}, cfg, ctx)
     probe = report_fc_vs_conv(summary, layer_rows, held, cfg, ctx)
     return {"dataset": data.name, "variants": summary, "stride_probe": probe}
-
-
-def _discussion(summary: dict[str, Any], layer_rows: list[dict[str, Any]], probe: list[dict[str, Any]]) -> str:
-    """The side-by-side explanation, with this run's numbers."""
-
-    def get(name: str, key: str) -> str:
-        if name not in summary:
-            return "n/a"
-        v = summary[name][key]
-        return f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
-
-    ratio = (
-        f"{summary['fc']['params'] / summary['conv']['params']:.0f}x"
-        if "fc" in summary and "conv" in summary
-        else "much"
-    )
-    lines = [
-        f"- Reconstruction: test MSE fc {get('fc', 'test_mse')} vs conv {get('conv', 'test_mse')} with "
-        f"{get('fc', 'params')} vs {get('conv', 'params')} parameters. The conv model shares each kernel across "
-        f"positions, so it is {ratio} smaller for the same code size; the FC model can spend parameters on "
-        "global, position-specific templates, the conv model only on local ones.",
-        f"- Per-layer inverse error: mean fc {get('fc', 'mean_inverse_err')} vs conv {get('conv', 'mean_inverse_err')}."
-        " An FC layer that narrows (dim_ratio < 1) can at best project onto its row space (pinv_rel_err > 0); a "
-        "conv layer with dim_ratio >= 1 (here "
-        + (
-            ", ".join(
-                f"{r['layer']} {r['in']} -> {r['out']}"
-                for r in layer_rows
-                if r["variant"] == "conv" and r["dim_ratio"] >= 1
-            )
-            or "none"
-        )
-        + ") can have an exact inverse (then pinv_rel_err ~ 0), while the narrowing stride-2 layers behave like the "
-        "FC ones.",
-        f"- ReLU: mean inverse error conv-relu {get('conv-relu', 'mean_inverse_err')} vs conv "
-        f"{get('conv', 'mean_inverse_err')}; ReLU zeroes the share of units in the 'zeroed' column and no decoder "
-        "can tell how negative they were.",
-        f"- Pooling: conv-pool {get('conv-pool', 'mean_inverse_err')} vs conv {get('conv', 'mean_inverse_err')}; a "
-        "2x2 max-pool keeps one value of four and forgets where it was, so the nearest-neighbour upsampling in the "
-        f"mirror can only smear it back (test MSE {get('conv-pool', 'test_mse')}).",
-    ]
-    for arch in ("fc", "conv"):
-        cos = [r["cos_to_pinv"] for r in layer_rows if r["variant"] == f"{arch}-tied" and "cos_to_pinv" in r]
-        if cos and arch in summary:
-            lines.append(
-                f"- Tied weights ({arch}): B_i = A_i^T equals pinv(A_i) when A_i has orthonormal rows; trained with "
-                f"the inverse loss, A_i^T reaches cosine {min(cos):.2f}-{max(cos):.2f} to pinv(A_i), and with half the "
-                f"parameters the reconstruction is {get(f'{arch}-tied', 'test_mse')} against "
-                f"{get(arch, 'test_mse')} untied and {get(f'{arch}-lam0', 'test_mse')} with lambda = 0."
-            )
-    bad = [p for p in probe if p["pixels_seen"] < 1]
-    if bad:
-        p = bad[0]
-        lines.append(
-            f"- Striding: a stride larger than the kernel (k={p['kernel']}, s={p['stride']}) never sees "
-            f"{1 - p['pixels_seen']:.0%} of the pixels, so even with dim_ratio {p['dim_ratio']:.2g} its "
-            f"pseudo-inverse misses {p['pinv_rel_err']:.2g} of the image energy; with overlapping windows "
-            "(k=3, s=2) and enough channels the layer stays invertible."
-        )
-    return "\n".join(lines)
