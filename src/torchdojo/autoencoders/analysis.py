@@ -81,8 +81,11 @@ def seeds_text(comparisons: list[stats.Comparison], values: dict[str, list[float
     if not pairs:
         return "No variant has its lambda = 0 counterpart in this run: the inverse loss's cost is not measured."
     cmps = stats.compare(values, higher_is_better=False, metric="test MSE", unit="", pairs=pairs)
-    return "The reconstruction cost of the inverse loss over the seeds (lower MSE is better):\n" + stats.bullet_list(
-        cmps
+    failed = any(c.verdict == "did-not-learn" for c in comparisons)
+    return (
+        "The reconstruction cost of the inverse loss over the seeds (lower MSE is better):\n"
+        + stats.bullet_list(cmps)
+        + ("\nSome variants did not learn (the warnings above): their MSE differences say little." if failed else "")
     )
 
 
