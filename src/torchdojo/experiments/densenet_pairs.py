@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from torchdojo import stats
+from torchdojo.config import hyper_parameters
 from torchdojo.data.pairs import PairBatches, PairData, ceilings, make_pairs, pair_examples
 from torchdojo.engine import evaluate, fit
 from torchdojo.experiments.base import Context
@@ -79,7 +80,7 @@ def _parts(probs: torch.Tensor, pairs: PairData) -> dict[str, float]:
 def train_variant(j: int, name: str, data: dict[str, PairData], split: Any, cfg: Any, ctx: Context) -> dict:
     """One variant (stage = its name) trained on the training pairs, tested on the test pairs."""
     train = data["train"]
-    tcfg = ctx.train_config()
+    tcfg = ctx.train_config(group="pair")
     torch.manual_seed(cfg.seed + 10 + j)
     model = build_model(
         "densenet-text",
@@ -194,6 +195,8 @@ def run_pairs(cfg: Any, split: Any, classes: list[str], ctx: Context) -> dict[st
     ctx.report.heading("H1.5 A two-modality DenseNet (image + caption)")
     ctx.report.text(_task_text(data, cfg, ceil))
     ctx.report.table(pair_examples(data["train"], 6), caption="the first training pairs")
+    hp = hyper_parameters(ctx.train_config(group="pair"))
+    ctx.report.table([{"setting": k, "value": v} for k, v in hp.items()], caption="training (pair.*, each variant)")
     rows = [train_variant(j, name, data, split, cfg, ctx) for j, name in enumerate(VARIANTS)]
     models = {r["variant"]: r.pop("model") for r in rows}
     draw_diagram(ctx.run.figure_path("pair_model"), models["pair-both"], split.train.shape, cfg)

@@ -29,6 +29,7 @@ SUMMARY = "DenseNet vs ResNet at a matched budget: curves, gradient norms, calc 
 UNUSED = {
     "train.cpu_fusion": "neither net has a BatchNorm -> ReLU -> 2x2 max-pool block to fuse (DenseNet transitions "
     "average-pool after a 1x1 conv; the ResNet downsamples with strided convs)",
+    "pair.cpu_fusion": "the pair models' DenseNet branch has no BatchNorm -> ReLU -> 2x2 max-pool block to fuse",
 }
 
 
@@ -54,6 +55,12 @@ class Config:
             epochs=6, batch_size=128, optimizer="adamw", lr=3e-3, weight_decay=5e-4, schedule="onecycle"
         )
     )
+    # the pair task's three models (image-only, text-only, fused): the caption encoder needs more epochs
+    pair: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(
+            epochs=10, batch_size=128, optimizer="adamw", lr=3e-3, weight_decay=5e-4, schedule="onecycle"
+        )
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.caption_noise < 1:
@@ -74,9 +81,10 @@ SCALES = {
         "pair_growth": 4,
         "pair_block_layers": "1,1",
         "train": {"epochs": 1, "batch_size": 64, "max_batches": 3},
+        "pair": {"epochs": 1, "batch_size": 64, "max_batches": 3},
     },
-    "small": {"train_subset": 3000, "eval_images": 5000, "train": {"epochs": 3}},
-    "full": {"train": {"epochs": 30}},
+    "small": {"train_subset": 6000, "eval_images": 5000, "train": {"epochs": 4}, "pair": {"epochs": 8}},
+    "full": {"train": {"epochs": 30}, "pair": {"epochs": 30}},
 }
 
 

@@ -335,6 +335,15 @@ def conclude(rows: list[dict[str, Any]], ctx: Context) -> list[str]:
         _factor(rows, "no-skips+elastic", "no-skips"),
     ]
     lines = [x for x in lines if x]
+    gaps = ", ".join(f"{r['regime']} {r['train_iou'] - r['test_iou']:+.3f}" for r in rows)
+    lines.append(
+        f"Generalisation gap (the best epoch's training IoU - test IoU): {gaps}. A smaller gap with elastic "
+        "deformation means it kept the net from fitting the few training scenes as closely, whether or not "
+        "the test IoU rose."
+    )
+    last = [r["regime"] for r in rows if r["best_epoch"] == len(r["history"])]
+    if last:
+        lines.append(f"Still improving at the last epoch (best epoch = last): {', '.join(last)}; more epochs may help.")
     ctx.report.heading("Question and answer")
     ctx.report.text(
         "Question: why do U-Net's skip connections between encoder and decoder matter, and what does random "
