@@ -273,6 +273,11 @@ def test_text_autoencoder_experiment_smoke(tmp_path: Path, monkeypatch: pytest.M
     s = json.loads((run_dir / "summary.json").read_text())
     assert set(s["sentiment"]) == {"dae-frozen", "dae-finetune", "scratch"}
     assert 0 <= s["heldout_token_acc"] <= 1 and 0 < s["copy_baseline_acc"] < 1
+    assert set(s["classifiers"]) == set(s["sentiment"]) and isinstance(s["dae_beats_copy"], bool)
+    assert all(
+        isinstance(c["learned"], bool) and "majority/chance rate" in c["learned_reason"]
+        for c in s["classifiers"].values()
+    )
     html = (run_dir / "report.html").read_text()
     for part in ("Overfitting a small batch", "Held-out reconstruction", "Sentiment transfer", "&lt;mask&gt;"):
         assert part in html

@@ -3,7 +3,9 @@ overfit a small batch, measure held-out token accuracy, then reuse the encoder f
 (frozen and fine-tuned) against a from-scratch encoder of the same size and the pretrained MiniLM.
 
 Every stage trains through `torchdojo.engine.fit`: `dae-overfit` (the demo, sized by this experiment's own
-`overfit_*` fields), `dae` (the `train` group) and `clf-<classifier>` (the `clf` group).
+`overfit_*` fields), `dae` (the `train` group) and `clf-<classifier>` (the `clf` group). The report sections,
+written from the run's numbers (each classifier against the majority baseline, the DAE against copying), are in
+`torchdojo.autoencoders.text_report`.
 """
 
 import copy
@@ -13,7 +15,8 @@ from typing import Any
 
 import torch
 
-from torchdojo.autoencoders.corruption import Corruption, drop_tokens, local_shuffle, mask_tokens
+from torchdojo import stats
+from torchdojo.autoencoders.corruption import Corruption
 from torchdojo.autoencoders.text_dae import (
     SentenceEncoder,
     SentimentClassifier,
@@ -21,6 +24,14 @@ from torchdojo.autoencoders.text_dae import (
     dae_vocab,
     encode_texts,
     mlp_head,
+)
+from torchdojo.autoencoders.text_report import (
+    TRANSFERRED,
+    report_design,
+    report_heldout,
+    report_overfit,
+    report_sentiment,
+    show_corruptions,
 )
 from torchdojo.autoencoders.text_train import (
     DAEBatches,
@@ -32,15 +43,16 @@ from torchdojo.autoencoders.text_train import (
     minilm_embeddings,
     sentiment_params,
 )
-from torchdojo.config import TrainConfig, hyper_parameters
+from torchdojo.config import TrainConfig
 from torchdojo.data import random_subset, stratified_split
 from torchdojo.engine import FitResult, evaluate, fit
 from torchdojo.errors import DojoError
 from torchdojo.experiments.base import Context
-from torchdojo.report import figures
+from torchdojo.seeds import SeedSpec
 from torchdojo.text import TextBatches, TextSplits, Vocab, load_text_dataset, pad_batch
 
 MISSION_IDS = ("G3",)
+COMPARE = SeedSpec(regimes="classifiers", pairs="all")  # --seeds N: the sentiment classifiers each against each
 SUMMARY = "denoising text autoencoder (GRU seq2seq) and its encoder transferred to sentiment classification"
 CLASSIFIERS = ("dae-frozen", "dae-finetune", "scratch", "minilm-frozen")
 _NO_4D = "token batches are 2-D (batch, time) and the models (embeddings, GRUs, linear layers) have no convolutions"
@@ -187,60 +199,9 @@ def prepare_data(cfg: Config, ctx: Context) -> TextData:
     return TextData(data, vocab, dae_texts, dae_val_texts, test, tr, va, te, noise, cfg.max_len)
 
 
-def report_design(d: TextData, cfg: Config, ctx: Context) -> None:
-    """G3 design: data, preprocessing, architecture, loss and the corruption, with the reasons."""
-    unk = sum(i == d.vocab.unk_id for s in d.te for i in s) / max(sum(map(len, d.te)), 1)
-    cap = ctx.train_config().max_batches
-    capped = f" (at most {cap} batches of them per epoch: train.max_batches)" if cap else ""
-    ctx.report.heading("G3. Design")
-    ctx.report.text(
-        f"Data: {d.data.name} ({d.data.source}): {len(d.dae_texts):,} training sentences for the autoencoder "
-        f"(labels unused), {len(d.dae_val_texts):,} for its validation{capped}, {len(d.test):,} held-out test "
-        "sentences. "
-        f"Preprocessing: lowercase word tokens, URLs -> <url>, @handles -> <user>, punctuation as tokens, at most "
-        f"{cfg.max_len} tokens; a {len(d.vocab):,}-word vocabulary (min frequency {cfg.min_freq}) built on the "
-        f"training texts only ({unk:.1%} of test tokens are <unk>), with specials <pad>, <unk>, <mask>, <bos>, "
-        "<eos>.\n\n"
-        f"Architecture: a bidirectional GRU encoder ({cfg.emb}-d embeddings, 2 x {cfg.dim // 2} units) whose final "
-        f"states become the sentence vector z = tanh(W [h_fwd; h_bwd]) ({cfg.dim}-d); a GRU decoder ({cfg.dim} units, "
-        "initial state from z, z also fed at every step, embeddings shared with the encoder) that regenerates the "
-        "clean sentence. Input: the corrupted sentence. Output: a distribution over the vocabulary for each token "
-        "of the clean sentence + <eos>, with <bos> + the clean prefix fed in (teacher forcing). Loss: token "
-        "cross-entropy over real (non-pad) target tokens (validation: the plain cross-entropy, also when training "
-        "smooths the labels). The decoder sees the noisy sentence only through z, so z must carry the sentence's "
-        "content: that is the representation transferred to sentiment.\n\n"
-        f"Corruption, applied freshly each epoch with a generator seeded by (seed, epoch): local shuffling (each "
-        f"{cfg.window}-token window re-ordered with probability {cfg.shuffle}), then token dropout (each token "
-        f"deleted with probability {cfg.drop}), then masking (each remaining token -> <mask> with probability "
-        f"{cfg.mask}). Why: dropout makes the model infer missing words from context (it is not told where they "
-        "were); masking tells it where a word is missing, as in BERT; shuffling within small windows teaches local "
-        "word order. The rates leave about three quarters of a sentence intact, so restoring it is possible but "
-        "copying is not enough; the window of 3 keeps the sentence readable (no token moves more than 2 places)."
-    )
-
-
-def show_corruptions(d: TextData, cfg: Config, ctx: Context) -> None:
-    """One training sentence under each corruption and under all three."""
-    ex = d.tr[0] if d.tr else [d.vocab.unk_id]
-    r = random.Random(cfg.seed)
-    ctx.report.table(
-        [
-            {"corruption": "clean", "text": d.text(ex)},
-            {
-                "corruption": f"local shuffle (rate {cfg.shuffle}, window {cfg.window})",
-                "text": d.text(local_shuffle(ex, cfg.shuffle, r, cfg.window)),
-            },
-            {"corruption": f"token dropout (rate {cfg.drop})", "text": d.text(drop_tokens(ex, cfg.drop, r))},
-            {"corruption": f"masking (rate {cfg.mask})", "text": d.text(mask_tokens(ex, cfg.mask, d.mask_id, r))},
-            {"corruption": "all three (what the model sees)", "text": d.text(d.noise(ex, d.mask_id, r))},
-        ],
-        caption="one training sentence under each corruption",
-    )
-
-
 def overfit_small_batch(d: TextData, cfg: Config, ctx: Context) -> list[dict[str, Any]]:
     """A fresh DAE trained on `overfit_sentences` sentences only, one batch per epoch with fresh noise each, for
-    `overfit_steps` epochs (stage `dae-overfit`, outside the groups): loss should go to ~0, accuracy to ~1."""
+    `overfit_steps` epochs (stage `dae-overfit`, outside the groups); the report says whether it fit."""
     small = d.tr[: cfg.overfit_sentences]
     tcfg = TrainConfig(
         epochs=cfg.overfit_steps,
@@ -270,22 +231,7 @@ def overfit_small_batch(d: TextData, cfg: Config, ctx: Context) -> list[dict[str
         f"[dae-overfit] loss {of[0]['train_loss']:.3f} -> {of[-1]['train_loss']:.3f}, token accuracy "
         f"{of[0]['train_token_acc']:.3f} -> {of[-1]['train_token_acc']:.3f}"
     )
-    steps = [r["epoch"] for r in of]
-    figures.line_plot(
-        {"loss": (steps, [r["train_loss"] for r in of]), "token accuracy": (steps, [r["train_token_acc"] for r in of])},
-        ctx.run.figure_path("overfit"),
-        "step",
-        "value",
-        title=f"overfitting {len(small)} sentences (fresh noise every step)",
-    )
-    ctx.report.heading("Overfitting a small batch")
-    ctx.report.text(
-        f"A fresh model trained on {len(small)} sentences only (Adam, lr {cfg.overfit_lr}, gradient clipping "
-        f"{OVERFIT_GRAD_CLIP}): loss {of[0]['train_loss']:.3f} -> {of[-1]['train_loss']:.3f}, token accuracy "
-        f"{of[0]['train_token_acc']:.1%} -> {of[-1]['train_token_acc']:.1%} after {len(of)} steps. The model can "
-        "learn the mapping; noise is redrawn every step, so it must learn to undo it, not memorise one noisy copy."
-    )
-    ctx.report.figure("overfit.png", "loss and teacher-forced token accuracy on the small batch (training mode)")
+    report_overfit(of, len(small), cfg.overfit_lr, OVERFIT_GRAD_CLIP, ctx)
     return of
 
 
@@ -322,56 +268,23 @@ def heldout_evaluation(
     copy_acc = sum(sum(a == b for a, b in zip(n, c, strict=False)) for n, c in zip(noisy_te, d.te, strict=True)) / max(
         sum(map(len, d.te)), 1
     )
-    figures.curves(
-        {"dae": res.history},
-        ctx.run.figure_path("dae_curves"),
-        keys=("loss", "token_acc"),
-        title="denoising autoencoder",
-    )
-    ctx.report.heading("Held-out reconstruction")
-    ctx.report.table(
-        [{"setting": k, "value": v} for k, v in hyper_parameters(tcfg).items()]
-        + [{"setting": "best epoch (by " + tcfg.monitor + ")", "value": res.best_epoch}],
-        caption="what the DAE trained with (stage dae)",
-    )
-    ctx.report.table(
-        [
-            {"input": "corrupted (as in training)", "token_acc": held["token_acc"], "loss": held["loss"]},
-            {"input": "clean (no corruption)", "token_acc": clean_ev["token_acc"], "loss": clean_ev["loss"]},
-            {"input": "baseline: copy the corrupted input", "token_acc": copy_acc, "loss": float("nan")},
-        ],
-        caption=f"{len(d.te):,} unseen test sentences; teacher-forced token accuracy over clean tokens + <eos>",
-    )
-    ctx.report.figure("dae_curves.png", "training and validation (unseen sentences) loss and token accuracy")
     k = min(8, len(d.te))
     ids, lengths, _ = pad_batch(noisy_te[:k], d.vocab.pad_id)
     dae.eval()
     gen = dae.generate(ids.to(ctx.device), lengths.to(ctx.device), cfg.max_len + 1)
-    ctx.report.table(
-        [
-            {"clean": d.text(d.te[i]), "noisy": d.text(noisy_te[i]), "reconstructed (greedy)": d.text(gen[i])}
-            for i in range(k)
-        ],
-        caption="unseen test sentences: clean, corrupted, and the DAE's greedy reconstruction",
-    )
-    verdict = (
-        "It beats copying, so it does more than pass tokens through: it restores dropped, masked and swapped tokens "
-        "from context."
-        if held["token_acc"] > copy_acc
-        else f"It does not yet beat copying: with {len(d.tr):,} sentences and {len(res.history)} epoch(s) (sized for a "
-        "2-core CPU) the model has learned the sentence frame and the frequent tokens (<user>, "
-        "punctuation, hashtags, <unk>; see the greedy outputs, which also repeat them) but few content words, "
-        "since every content word has to pass through the single sentence vector. The full scale trains on all "
-        "tweets for longer with a larger model and vocabulary."
-    )
-    ctx.report.text(
-        f"On {len(d.te):,} unseen sentences the model restores {held['token_acc']:.1%} of the clean tokens "
-        f"(teacher-forced, <eos> included); copying the corrupted input would put the right token at "
-        f"{copy_acc:.1%} of the positions, and the clean input itself is restored at {clean_ev['token_acc']:.1%}. "
-        + verdict
-    )
+    examples = [
+        {"clean": d.text(d.te[i]), "noisy": d.text(noisy_te[i]), "reconstructed (greedy)": d.text(gen[i])}
+        for i in range(k)
+    ]
+    beats = report_heldout(res, tcfg, held, clean_ev, copy_acc, examples, d.te, ctx)
     ctx.report.save(ctx.run.path)
-    return {"held": held["token_acc"], "held_loss": held["loss"], "clean": clean_ev["token_acc"], "copy": copy_acc}
+    return {
+        "held": held["token_acc"],
+        "held_loss": held["loss"],
+        "clean": clean_ev["token_acc"],
+        "copy": copy_acc,
+        "beats_copy": beats,
+    }
 
 
 @dataclasses.dataclass
@@ -506,60 +419,6 @@ def train_minilm_head(
     return _clf_row("minilm-frozen", head, res, test, cfg), res
 
 
-def report_sentiment(
-    rows: list[dict[str, Any]],
-    hists: dict[str, list[dict[str, Any]]],
-    lab: Labelled,
-    d: TextData,
-    dae_eval: dict[str, float],
-    cfg: Config,
-    ctx: Context,
-) -> tuple[float, float]:
-    """The transfer section: design, hyper-parameters, results, curves, verdict. Returns (majority, gain)."""
-    tcfg = ctx.train_config(group="clf")
-    y_te = lab.labels["test"]
-    majority = max(sum(y == c for y in y_te) for c in set(y_te)) / len(y_te)
-    n_lab = len(lab.labels["train"]) + len(lab.labels["val"])
-    ctx.report.heading("Sentiment transfer")
-    ctx.report.text(
-        f"Task: {' vs '.join(d.data.classes)} on the same {len(y_te):,} test tweets (majority class: "
-        f"{majority:.1%}). Every classifier puts the same MLP head (dropout, {cfg.dim} ReLU units, dropout, linear) "
-        f"on a sentence vector and trains on the same {len(lab.labels['train']):,} labelled tweets, with "
-        f"{len(lab.labels['val']):,} more for validation (the best epoch by {tcfg.monitor} is tested): equal budget. "
-        f"Design: the DAE was trained on {len(d.dae_texts):,} training tweets without labels, so the transfer tests "
-        f"whether that unlabelled pretraining helps when labels are few ({n_lab:,}); the frozen encoder shows what "
-        "z already encodes, fine-tuning lets it adapt (at a lower learning rate, clf.lr x "
-        f"{cfg.finetune_lr_scale}, so it keeps what it learned), the from-scratch encoder of the same size is the "
-        "control, and MiniLM, a sentence encoder pretrained on a billion sentence pairs, is an outside reference "
-        "for what a strong pretrained encoder reaches here."
-    )
-    ctx.report.table(
-        [{"setting": k, "value": v} for k, v in hyper_parameters(tcfg).items()],
-        caption="what every classifier trained with (group clf; stages clf-<classifier>)",
-    )
-    ctx.report.table(rows, caption="each sentiment classifier: validation accuracy of its best epoch, test accuracy")
-    if hists:
-        figures.curves(hists, ctx.run.figure_path("clf_curves"), title="sentiment classifiers")
-        ctx.report.figure("clf_curves.png", "training and validation loss and accuracy of each classifier")
-    summary = {r["classifier"]: r["test_acc"] for r in rows}
-    transferred = [summary[n] for n in ("dae-frozen", "dae-finetune") if n in summary]
-    gain = (max(transferred) if transferred else float("nan")) - summary.get("scratch", float("nan"))
-    if "scratch" in summary and gain <= 0:
-        ctx.report.warning(
-            f"The transferred encoder did not beat the from-scratch one here (difference {gain:+.3f}). The DAE "
-            "objective rewards keeping which words were in the sentence, not how they feel, and at this scale the "
-            f"DAE itself is weak (held-out token accuracy {dae_eval['held']:.1%} against {dae_eval['copy']:.1%} for "
-            f"copying): its sentence vector carries the frame of a tweet more than its content words, while the "
-            f"from-scratch encoder spends all of its {n_lab:,}-example budget on the few sentiment words it needs."
-        )
-    elif "scratch" in summary:
-        ctx.report.text(
-            f"The transferred encoder beats the from-scratch one by {gain:+.3f} accuracy at the same "
-            f"training budget: unlabelled pretraining helps when only {n_lab:,} labels are available."
-        )
-    return majority, gain
-
-
 def sentiment_transfer(
     dae: TextDAE, d: TextData, dae_eval: dict[str, float], cfg: Config, ctx: Context
 ) -> dict[str, Any]:
@@ -574,10 +433,18 @@ def sentiment_transfer(
             row, res = train_sentiment(j, name, dae, d, lab, cfg, ctx)
         rows.append(row)
         hists[name] = res.history
-    majority, gain = report_sentiment(rows, hists, lab, d, dae_eval, cfg, ctx)
+    learned = report_sentiment(rows, hists, lab, d, dae_eval, cfg, ctx)
+    accs = {r["classifier"]: r["test_acc"] for r in rows}
+    transferred = [accs[n] for n in TRANSFERRED if n in accs]
+    gain = (max(transferred) if transferred else float("nan")) - accs.get("scratch", float("nan"))
     return {
-        "majority_acc": majority,
-        "sentiment": {r["classifier"]: r["test_acc"] for r in rows},
+        "majority_acc": stats.majority_rate(lab.labels["test"]),
+        "classifiers": {
+            r["classifier"]: {"test_acc": r["test_acc"], "val_acc": r["val_acc"], **stats.learned_entry(*learned[n])}
+            for r in rows
+            for n in [r["classifier"]]
+        },
+        "sentiment": accs,
         "sentiment_val": {r["classifier"]: r["val_acc"] for r in rows},
         "transfer_gain": gain,
     }
@@ -597,6 +464,7 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         "overfit_final_acc": of[-1]["train_token_acc"],
         "overfit_final_loss": of[-1]["train_loss"],
         "heldout_token_acc": dae_eval["held"],
+        "dae_beats_copy": dae_eval["beats_copy"],
         "heldout_clean_token_acc": dae_eval["clean"],
         "copy_baseline_acc": dae_eval["copy"],
         "dae_best_epoch": res.best_epoch,
