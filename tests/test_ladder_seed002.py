@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torchdojo.data import ImageData
-from torchdojo.data.standin import random_window, resized
+from torchdojo.data.standin import random_window, read_image_folder, resized
 from torchdojo.errors import DojoError
 from torchdojo.experiments import ladder
 from torchdojo.experiments.base import build_config, run_experiment
@@ -73,6 +73,38 @@ def test_stl10_is_used_when_present(tmp_path: Path, data_env: dict) -> None:
     assert summary["dataset"] == "stl10"
     assert summary["rungs"]["logreg"]["params"] == 10 * 3 * 64 * 64 + 10
     assert not any(b["type"] == "warning" and "stand-in" in b["text"] for b in _blocks(run))
+
+
+def _image_folder(root: Path, per_class: dict[str, int]) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in per_class.items():
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    (root / "train" / "cat" / "empty.png").write_bytes(b"")  # a bad file: left out with a warning
+
+
+def test_an_image_folder_copy_is_read_resized_and_used(tmp_path: Path, data_env: dict) -> None:
+    root = tmp_path / "stl10-folder"
+    _image_folder(root, {"train": 10, "test": 2})
+    with pytest.warns(UserWarning, match="empty.png"):
+        data = read_image_folder(root, 96)
+    assert data.train.x.shape == (20, 3, 96, 96) and data.train.x.dtype == torch.uint8
+    assert data.classes == ["cat", "dog"] and data.train.y.tolist() == [0] * 10 + [1] * 10 and len(data.test) == 4
+    with pytest.warns(UserWarning, match="empty.png"):
+        run = _run(tmp_path, data_env, overrides=["train.max_batches=1", "rungs=logreg", f"image_folder={root}"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["dataset"] == "stl10-folder" and summary["rungs"]["logreg"]["params"] == 2 * 3 * 64 * 64 + 2
+    assert not any(b["type"] == "warning" and "stand-in" in b["text"] for b in _blocks(run))
+
+
+def test_an_image_folder_without_a_test_split_is_refused(tmp_path: Path) -> None:
+    _image_folder(tmp_path / "only-train", {"train": 2})
+    with pytest.raises(DojoError, match="has no test/ folder"), pytest.warns(UserWarning):
+        read_image_folder(tmp_path / "only-train", 32)
 
 
 def test_different_train_and_test_crops_are_refused() -> None:

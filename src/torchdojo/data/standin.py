@@ -1,14 +1,15 @@
-"""Input geometry for a stand-in dataset: images resized in memory (uint8 kept) and the random training window.
-
-Seed 002's ladder feeds 3x64x64 windows of 96 px STL-10 images; offline, Fashion-MNIST stands in, resized once
-so that the same train random crop / test center crop applies to it (`ladder --preset seed002`).
+"""Seed 002's ladder inputs (`ladder --preset seed002`): 3x64x64 windows of 96 px STL-10 images, read from an
+ImageFolder copy, the binary release, or, offline, a stand-in resized in memory (uint8 kept) so that the same
+train random crop / test center crop applies to it.
 """
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from torchdojo.data.augment import Aug
-from torchdojo.data.base import ImageData
+from torchdojo.data.base import ImageData, Splits
 from torchdojo.errors import DojoError
 
 
@@ -43,3 +44,29 @@ def random_window(size: int) -> Aug:
         return windows[torch.arange(b, device=x.device), :, dy, dx]
 
     return apply
+
+
+def read_image_folder(root: Path, side: int) -> Splits:
+    """A dataset in ImageFolder layout (root/train/<class>/<image>, root/test/<class>/<image>) in memory: every
+    image decoded safely (`CheckedImageFolder`: bad files are left out with a warning), resized to side x side,
+    kept as uint8 (N, 3, side, side). The two splits must have the same classes."""
+    from torchvision.transforms import v2
+
+    from torchdojo.data.folder import CheckedImageFolder
+
+    tf = v2.Compose([v2.PILToTensor(), v2.Resize((side, side), antialias=True)])
+    parts = {}
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DojoError(
+                f"{root} has no {split}/ folder", "lay it out as root/train/<class>/... and root/test/<class>/..."
+            )
+        ds = CheckedImageFolder(root / split, tf)
+        xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True)
+        parts[split] = ImageData(torch.stack(xs), torch.tensor(ys, dtype=torch.int64), ds.classes)
+    if parts["train"].classes != parts["test"].classes:
+        raise DojoError(
+            f"{root}: train/ has classes {parts['train'].classes}, test/ has {parts['test'].classes}",
+            "give both splits the same class folders",
+        )
+    return Splits(root.name, parts["train"], parts["test"], str(root))

@@ -5,6 +5,7 @@ a per-rung table and confusion matrices. Preset `cifar10` is C4's ablation.
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,10 +13,10 @@ import torch
 from torchdojo import stats
 from torchdojo.checkpoints import describe
 from torchdojo.config import TrainConfig, hyper_parameters
-from torchdojo.data import ImageData, Splits, random_subset, stratified_split
+from torchdojo.data import ImageData, Splits, random_subset, stratified_split, subset_classes
 from torchdojo.data.augment import AUGMENTATIONS, Aug, build_augment
 from torchdojo.data.loader import TensorBatches
-from torchdojo.data.standin import random_window, resized
+from torchdojo.data.standin import random_window, read_image_folder, resized
 from torchdojo.engine import evaluate, fit
 from torchdojo.errors import DataMissingError
 from torchdojo.experiments.base import Context
@@ -111,6 +112,8 @@ class Config:
     augment_all: bool = False  # augment every rung, also those whose own default is none (seed 002 asks for it)
     channels: int = 0  # network input channels: 3 replicates grayscale images (0 = as stored)
     standin: str = ""  # dataset used when `dataset` is not found offline (the report says so)
+    image_folder: str = ""  # an ImageFolder copy (root/train/<class>/..., root/test/<class>/...): used when given
+    folder_size: int = 96  # image_folder's images are resized to this side (STL-10's own)
     standin_size: int = 0  # the stand-in's images resized to this side before cropping (0 = as stored)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
@@ -237,9 +240,13 @@ def _split(data: Splits, cfg: Config, dev: torch.device) -> tuple[ImageData, Ima
 
 
 def load(cfg: Config, ctx: Context) -> tuple[Splits, str]:
-    """`cfg.dataset`, or `cfg.standin` when that is set and the dataset is not found offline (a --download run
-    that fails still fails); the second value says which, for the report ("" when the dataset itself ran)."""
+    """`cfg.image_folder` when given; else `cfg.dataset`, or `cfg.standin` when that is set and the dataset is not
+    found offline (a --download run that fails still fails). The second value says when the stand-in ran, for the
+    report ("" otherwise)."""
     classes = list(cfg.classes) or None
+    if cfg.image_folder:
+        data = read_image_folder(Path(cfg.image_folder), cfg.folder_size)
+        return (subset_classes(data, classes) if classes else data), ""
     if not cfg.standin or cfg.standin == cfg.dataset:
         return ctx.load_data(cfg.dataset, classes), ""
     try:
