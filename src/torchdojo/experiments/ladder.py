@@ -259,12 +259,12 @@ def load(cfg: Config, ctx: Context) -> tuple[Splits, str]:
     c, h, w = data.train.shape
     how = [f"resized from {h}x{w} to {cfg.standin_size}x{cfg.standin_size} px (bilinear)"] if cfg.standin_size else []
     if cfg.channels and cfg.channels != c:
-        how.append(f"its {c} channel(s) replicated to {cfg.channels}")
+        how.append(f"its {c} channel{'s' if c > 1 else ''} replicated to {cfg.channels}")
     note = (
         f"{cfg.dataset} was not found offline ({missing}), so this run used a stand-in: {data.name}"
         + (f", {' and '.join(how)}" if how else "")
         + f". Its numbers are {data.name}'s, not {cfg.dataset}'s; to run on {cfg.dataset}, put its files where "
-        f"the message above says (or add --download)."
+        f"the message above says, add --download, or give an ImageFolder copy with --set image_folder=PATH."
     )
     return data, note
 
@@ -378,7 +378,14 @@ def _report_rung(
     """The rung's section: accuracy per split, the hyper-parameters it trained with, curves and confusion."""
     rung = RUNGS[name]
     ctx.report.heading(f"Rung {i + 1}: {name}", level=3)
-    ctx.report.text(f"{rung.why}.")
+    ctx.report.text(
+        f"{rung.why}."
+        + (
+            " Augmented here all the same: augment_all asks for augmentation on every rung."
+            if cfg.augment_all and not rung.augment
+            else ""
+        )
+    )
     if not row["learned"]:
         ctx.report.warning(f"{name} did not learn: {row['learned_reason']}")
     hp = {
