@@ -235,7 +235,8 @@ def _split(data: Splits, cfg: Config, dev: torch.device) -> tuple[ImageData, Ima
     tr_idx, va_idx = stratified_split(data.train.y, cfg.val_fraction, cfg.seed)
     tr_idx = random_subset(tr_idx, cfg.train_subset, cfg.seed)
     parts = (data.train.take(tr_idx), data.train.take(va_idx), data.test)
-    side = cfg.standin_size if data.name == cfg.standin else 0
+    side = cfg.standin_size  # read on every run, as the config contract asks of every field
+    side = side if data.name == cfg.standin else 0
     return tuple(resized(d, side).to(dev) for d in parts)  # type: ignore[return-value]
 
 
@@ -244,8 +245,9 @@ def load(cfg: Config, ctx: Context) -> tuple[Splits, str]:
     found offline (a --download run that fails still fails). The second value says when the stand-in ran, for the
     report ("" otherwise)."""
     classes = list(cfg.classes) or None
-    if cfg.image_folder:
-        data = read_image_folder(Path(cfg.image_folder), cfg.folder_size)
+    folder, side = cfg.image_folder, cfg.folder_size
+    if folder:
+        data = read_image_folder(Path(folder), side)
         return (subset_classes(data, classes) if classes else data), ""
     if not cfg.standin or cfg.standin == cfg.dataset:
         return ctx.load_data(cfg.dataset, classes), ""
