@@ -7,7 +7,9 @@ stage (`cell-<cell>`, `tbptt-<t>`) with the `train` group's settings, on the tra
 sentences; its best epoch is picked on a held-out validation part (`val_fraction`, stratified, seeded) and the
 test set is evaluated once, with the best weights. The reset-gate demo (F2) trains through `fit` too
 (`reset-overfit`, `reset-control-elman`), sized by the experiment's own `reset_*` fields; the clipping study
-(F4) keeps its own loop, sized by its `clip_*` fields.
+(F4) keeps its own loop, sized by its `clip_*` fields. F2-F4's sections are in `torchdojo.rnn.f2`, `.f3` and
+`.f4`; each says what this run's numbers show (every cell and clipping run against the majority-class rate,
+each state norm against a stated bound).
 """
 
 import dataclasses
