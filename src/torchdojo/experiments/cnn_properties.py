@@ -64,7 +64,7 @@ SCALES = {
         "eval_images": 128,
         "train": {"epochs": 1, "batch_size": 64, "max_batches": 3},
     },
-    "small": {"train_subset": 20000, "train": {"epochs": 4}},
+    "small": {"train_subset": 12000, "eval_images": 1000, "train": {"epochs": 4}},
     "full": {"train": {"epochs": 10}},
 }
 
@@ -262,9 +262,12 @@ def _feature_measures(
     y = torch.cat([shifted[s][1] for s in moved]).double().to(f.device)
     half = len(f) // 2  # fit the probe on one half, score it on the other
     design = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype, device=f.device)], 1)
-    ridge = 1e-3 * torch.eye(design.shape[1], dtype=f.dtype, device=f.device)
-    w = torch.linalg.solve(design[:half].T @ design[:half] + ridge, design[:half].T @ y[:half])
-    pred, truth = design[half:] @ w, y[half:]
+    a, b = design[:half], design[half:]
+    if a.shape[1] <= a.shape[0]:  # ridge regression, in whichever of feature or sample space is smaller
+        w = torch.linalg.solve(a.T @ a + 1e-3 * torch.eye(a.shape[1], dtype=f.dtype, device=f.device), a.T @ y[:half])
+    else:
+        w = a.T @ torch.linalg.solve(a @ a.T + 1e-3 * torch.eye(len(a), dtype=f.dtype, device=f.device), y[:half])
+    pred, truth = b @ w, y[half:]
     r2 = 1 - ((pred - truth) ** 2).sum() / ((truth - truth.mean(0)) ** 2).sum().clamp_min(1e-12)
     return sims, float(r2)
 
