@@ -1,10 +1,9 @@
 """F2 in the rnn experiment: the reset-gate cell overfits the forgetting task, against an Elman control; the
 gate and the state are read at `<reset>`, the held-out prefixes tested, and the verdict written from them."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchdojo.config import TrainConfig, hyper_parameters
-from torchdojo.experiments.base import Context
 from torchdojo.report import figures
 from torchdojo.rnn.plots import gate_map
 from torchdojo.rnn.reset_demo import (
@@ -18,6 +17,9 @@ from torchdojo.rnn.reset_demo import (
     read_gate,
     state_spread,
 )
+
+if TYPE_CHECKING:  # the experiments package imports this module: no import back at run time
+    from torchdojo.experiments.base import Context
 
 
 def reset_train_config(cfg: Any, n_examples: int) -> TrainConfig:
@@ -35,7 +37,7 @@ def reset_train_config(cfg: Any, n_examples: int) -> TrainConfig:
     )
 
 
-def f2_reset_gate(cfg: Any, ctx: Context) -> dict[str, Any]:
+def f2_reset_gate(cfg: Any, ctx: "Context") -> dict[str, Any]:
     """F2: the reset-gate cell overfits a task where only what follows `<reset>` decides the label (stage
     `reset-overfit`), an Elman cell of the same size the same examples as the control without a gate
     (`reset-control-elman`); the gate and the state are read at `<reset>` and the held-out prefixes tested."""
@@ -144,7 +146,7 @@ def _report_reset(
     verdict: tuple[bool, str],
     tcfg: TrainConfig,
     cfg: Any,
-    ctx: Context,
+    ctx: "Context",
 ) -> None:
     rep = ctx.report
     rep.heading("F2. The reset-gate cell")
