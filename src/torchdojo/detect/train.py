@@ -13,6 +13,9 @@ from torchdojo.detect.shapes import Detections
 from torchdojo.steps import StepOutput
 
 MEAN, STD = 40.0, 80.0  # pixel normalisation for the synthetic canvases
+# A canvas has ~2.5 objects among hundreds of priors: an object's objectness counts this many times a background
+# prior's (measured: at 1 every objectness stays under 0.3 for the first epochs and recall is ~1%; at 5, ~70%)
+OBJ_POS_WEIGHT = 5.0
 
 
 class DetBatches:
@@ -114,9 +117,10 @@ def decode_wh(p: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
 
 def yolo_step(classes: str, offsets: str, sizes: Sequence[int] = ()) -> Any:
     """The YOLO loss as a Step: MSE on centres (in cells) and log sizes of the assigned priors, objectness
-    BCE everywhere, and on assigned priors the class loss: independent sigmoid BCE ("sigmoid", both labels
-    can be 1) or softmax cross-entropy against the two labels' 0.5/0.5 target ("softmax"). With `sizes`, each
-    training batch is resized to a random one of them (multi-scale training)."""
+    BCE everywhere (objects weighted OBJ_POS_WEIGHT), and on assigned priors the class loss: independent
+    sigmoid BCE ("sigmoid", both labels can be 1) or softmax cross-entropy against the two labels' 0.5/0.5
+    target ("softmax"). With `sizes`, each training batch is resized to a random one of them (multi-scale
+    training)."""
 
     def step(model: Detector, batch: Any) -> StepOutput:
         x, boxes, labels, counts = batch
@@ -127,11 +131,12 @@ def yolo_step(classes: str, offsets: str, sizes: Sequence[int] = ()) -> Any:
             boxes, size = boxes * (new / size), new
         outs = model(x)
         targets = _targets(model, boxes, labels, counts, size)
+        pos_weight = x.new_tensor(OBJ_POS_WEIGHT)
         box = obj = cls = x.new_zeros(())
         for p, t, s in zip(outs, targets, model.strides, strict=True):
             a = model.anchors(s)
             pos = t["obj"].bool()
-            obj = obj + F.binary_cross_entropy_with_logits(p[:, :, 4], t["obj"], reduction="sum")
+            obj = obj + F.binary_cross_entropy_with_logits(p[:, :, 4], t["obj"], reduction="sum", pos_weight=pos_weight)
             if pos.any():
                 xy = decode_xy(p, s, a, offsets).permute(0, 1, 3, 4, 2)[pos] / s
                 wh = p[:, :, 2:4].permute(0, 1, 3, 4, 2)[pos]

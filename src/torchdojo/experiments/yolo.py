@@ -50,7 +50,7 @@ REGIMES: dict[str, Regime] = {
 @dataclasses.dataclass
 class Config:
     canvas: int = 64  # rendered canvas side (a multiple of 32)
-    train_images: int = 1500
+    train_images: int = 1000
     val_images: int = 300
     test_images: int = 400
     max_objects: int = 4
@@ -64,7 +64,7 @@ class Config:
     seed: int = 0
     train: TrainConfig = dataclasses.field(
         default_factory=lambda: TrainConfig(
-            epochs=12, batch_size=32, optimizer="adamw", lr=2e-3, schedule="cosine", monitor="val_loss"
+            epochs=8, batch_size=32, optimizer="adamw", lr=3e-3, schedule="onecycle", monitor="val_loss"
         )
     )
 
