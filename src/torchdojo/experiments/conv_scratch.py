@@ -111,6 +111,9 @@ def _median_time(fn: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
+TIMING_FLOOR_S = 1e-3  # below this a timed call measures overheads, not the convolution
+
+
 def conv_speed(
     batch: int = 32,
     cin: int = 32,
@@ -341,5 +344,14 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         "forward + backward. The scratch layer copies the windows once (im2col) and keeps them for "
         "dL/dK; dL/dX is a second im2col of the padded output gradient."
     )
+    fastest = min(v for k, v in speed.items() if k.endswith(("_forward_s", "_fwd_bwd_s")))
+    speed["meaningful"] = fastest >= TIMING_FLOOR_S
+    if not speed["meaningful"]:
+        ctx.report.warning(
+            f"The fastest timed call took {1e3 * fastest:.3f} ms, under {1e3 * TIMING_FLOOR_S:.0f} ms: at this size "
+            "fixed per-call overheads (Python, dispatch, allocation) dominate, so these times and their ratio say "
+            "nothing about the two implementations. Run at --scale small or larger (bench_batch, bench_size) to "
+            "compare them."
+        )
     summary["speed"] = speed
     return summary
