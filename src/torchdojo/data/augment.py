@@ -92,8 +92,14 @@ def build_augment(names: Sequence[str], crop_padding: int = 4) -> Aug | None:
         if name not in AUGMENTATIONS:
             raise DojoError(f"unknown augmentation {name!r}", f"choose from {', '.join(AUGMENTATIONS.names())}")
         ops.append(AUGMENTATIONS.get(name)(crop_padding) if name == "crop" else AUGMENTATIONS.get(name)())
+    return compose(ops)
+
+
+def compose(ops: Sequence[Aug]) -> Aug | None:
+    """The augmentations applied in order, each with the same generator; None for none."""
     if not ops:
         return None
+    ops = list(ops)
 
     def apply(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         for op in ops:

@@ -14,7 +14,7 @@ from torchdojo import stats
 from torchdojo.checkpoints import describe
 from torchdojo.config import TrainConfig, hyper_parameters
 from torchdojo.data import ImageData, Splits, random_subset, stratified_split, subset_classes
-from torchdojo.data.augment import AUGMENTATIONS, Aug, build_augment
+from torchdojo.data.augment import AUGMENTATIONS, Aug, build_augment, compose
 from torchdojo.data.loader import TensorBatches
 from torchdojo.data.standin import random_window, read_image_folder, resized
 from torchdojo.engine import evaluate, fit
@@ -276,16 +276,7 @@ def train_augment(cfg: Config, rung: Rung) -> Aug | None:
     `augment` for the rungs that augment (all of them with `augment_all`)."""
     ops = [random_window(cfg.train_crop)] if cfg.train_crop else []
     named = build_augment(cfg.augment, cfg.crop_padding) if rung.augment or cfg.augment_all else None
-    ops += [named] if named is not None else []
-    if not ops:
-        return None
-
-    def apply(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        for op in ops:
-            x = op(x, g)
-        return x
-
-    return apply
+    return compose(ops + ([named] if named is not None else []))
 
 
 def input_shape(cfg: Config, stored: tuple[int, int, int]) -> tuple[int, int, int]:
